@@ -1,0 +1,279 @@
+//! The guest SDK for Latchkey auth-scheme plugins: WIT bindings, a [`Scheme`]
+//! trait to implement, and the helpers every request signer needs.
+//!
+//! A scheme is a type implementing [`Scheme`], exported with [`export_scheme!`]:
+//!
+//! ```ignore
+//! use latchkey_plugin_sdk::*;
+//!
+//! struct Hello;
+//! impl Scheme for Hello {
+//!     fn describe() -> SchemeInfo { /* name, fields, writable headers */ }
+//!     fn apply(call: &Call) -> Result<Vec<Edit>, Error> {
+//!         Ok(vec![Edit::set_header("x-hello", [Part::text("world")])])
+//!     }
+//! }
+//! export_scheme!(Hello);
+//! ```
+
+pub mod encoding;
+pub mod http;
+pub mod time;
+
+/// Generated bindings for the `scheme-plugin` world. Plugins rarely need these
+/// directly: the SDK re-exports the types and wraps the host calls.
+#[allow(missing_docs)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "scheme-plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_scheme_plugin",
+        default_bindings_module: "latchkey_plugin_sdk::bindings",
+    });
+}
+
+pub use bindings::latchkey::plugin::credentials::Credential;
+pub use bindings::latchkey::plugin::crypto::SignatureAlgorithm;
+pub use bindings::latchkey::plugin::log::Level;
+pub use bindings::latchkey::plugin::types::{
+    CallContext, Datetime, Edit, Error, FieldInfo, Part, Request, SchemeInfo,
+};
+pub use encoding::{hex, uri_encode};
+pub use http::{Config, Url};
+
+use bindings::latchkey::plugin as host;
+
+/// One call of [`Scheme::apply`] or [`Scheme::explain`]: the request, the
+/// credential handle, the configuration and the signing time.
+pub struct Call<'a> {
+    /// The signing time given by the host. Plugins have no other clock.
+    pub now: Datetime,
+    /// The credential's non-secret configuration.
+    pub config: Config,
+    /// The credential bound to this call.
+    pub credential: &'a Credential,
+    /// The HTTP method, upper case.
+    pub method: String,
+    /// The target URL, split but not normalised.
+    pub url: Url,
+    /// The request headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// Lowercase hex SHA-256 of the body, when the host hashed it.
+    pub body_sha256: Option<String>,
+}
+
+impl<'a> Call<'a> {
+    /// Build a call from what the host passed in.
+    pub fn new(ctx: CallContext, credential: &'a Credential, req: Request) -> Result<Self, Error> {
+        let url = Url::parse(&req.url)?;
+        Ok(Call {
+            now: ctx.now,
+            config: Config::new(ctx.config),
+            credential,
+            method: req.method,
+            url,
+            headers: req.headers,
+            body_sha256: req.body_sha256,
+        })
+    }
+
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the credential has this secret field.
+    pub fn has_secret(&self, field: &str) -> bool {
+        self.credential.has_secret(field)
+    }
+
+    /// Fail with `missing-secret` unless the credential has this field.
+    pub fn require_secret(&self, field: &str) -> Result<(), Error> {
+        if self.has_secret(field) {
+            Ok(())
+        } else {
+            Err(Error::MissingSecret(field.to_string()))
+        }
+    }
+
+    /// HMAC-SHA256 in the host, keyed by `key_prefix || secret(field)` and then
+    /// derived through `derivation` (see `crypto.hmac-sha256` in the WIT).
+    pub fn hmac_sha256(
+        &self,
+        field: &str,
+        key_prefix: &[u8],
+        derivation: &[&[u8]],
+        message: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let chain: Vec<Vec<u8>> = derivation.iter().map(|d| d.to_vec()).collect();
+        host::crypto::hmac_sha256(self.credential, field, key_prefix, &chain, message)
+    }
+
+    /// Sign with the private key or HMAC secret in `field`, in the host.
+    pub fn sign(
+        &self,
+        field: &str,
+        algorithm: SignatureAlgorithm,
+        message: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        host::crypto::sign(self.credential, field, algorithm, message)
+    }
+
+    /// SHA-256 over parts that may name secret fields (spliced in by the host).
+    pub fn sha256_parts(&self, parts: &[Part]) -> Result<Vec<u8>, Error> {
+        host::crypto::sha256_parts(self.credential, parts)
+    }
+
+    /// The raw value of a secret field. Only for schemes that must put a secret
+    /// on the wire as it is (API key, Basic): the host refuses to load any
+    /// other plugin that uses it.
+    pub fn reveal(&self, field: &str) -> Result<String, Error> {
+        host::secrets::reveal(self.credential, field)
+    }
+
+    /// A value this plugin cached for this credential, unless expired.
+    pub fn cache_get(&self, key: &str) -> Option<String> {
+        host::cache::get(self.credential, key)
+    }
+
+    /// Cache a value for this credential until `expires`.
+    pub fn cache_set(&self, key: &str, value: &str, expires: Datetime) {
+        host::cache::set(self.credential, key, value, expires)
+    }
+}
+
+/// SHA-256 computed by the host (native code, faster than hashing in Wasm).
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    host::crypto::sha256(data)
+}
+
+/// `n` (at most 1024) cryptographically secure random bytes from the host.
+pub fn random_bytes(n: u32) -> Vec<u8> {
+    host::random::bytes(n)
+}
+
+/// Write a line into the host's log. Never log secret values.
+pub fn log(level: Level, message: &str) {
+    host::log::log(level, message)
+}
+
+impl Part {
+    /// A literal piece of text.
+    pub fn text(s: impl Into<String>) -> Part {
+        Part::Text(s.into())
+    }
+
+    /// A reference to a secret field, replaced by its value in the host.
+    pub fn secret(field: impl Into<String>) -> Part {
+        Part::Secret(field.into())
+    }
+}
+
+impl Edit {
+    /// Set a header (replacing any of the same name).
+    pub fn set_header(name: impl Into<String>, value: impl IntoIterator<Item = Part>) -> Edit {
+        Edit::SetHeader((name.into(), value.into_iter().collect()))
+    }
+
+    /// Set a header to a literal value.
+    pub fn set_header_text(name: impl Into<String>, value: impl Into<String>) -> Edit {
+        Edit::set_header(name, [Part::text(value)])
+    }
+
+    /// Append a query parameter (given unencoded).
+    pub fn append_query(name: impl Into<String>, value: impl IntoIterator<Item = Part>) -> Edit {
+        Edit::AppendQuery((name.into(), value.into_iter().collect()))
+    }
+}
+
+impl FieldInfo {
+    /// A required field.
+    pub fn required(name: &str, description: &str) -> FieldInfo {
+        FieldInfo { name: name.into(), description: description.into(), required: true }
+    }
+
+    /// An optional field.
+    pub fn optional(name: &str, description: &str) -> FieldInfo {
+        FieldInfo { name: name.into(), description: description.into(), required: false }
+    }
+}
+
+/// An auth scheme. Implement it and export it with [`export_scheme!`].
+///
+/// Implementations keep no state between calls: the host runs every call in a
+/// fresh instance.
+pub trait Scheme {
+    /// Name, version, fields and writable headers.
+    fn describe() -> SchemeInfo;
+
+    /// Check a configuration before a credential is stored. The default
+    /// accepts only the declared config fields, and requires the required ones.
+    fn validate_config(config: &Config) -> Result<(), Error> {
+        let info = Self::describe();
+        config.check_fields(&info.config_fields)
+    }
+
+    /// Check one secret value before it is stored. Never echo the value.
+    fn validate_secret(_config: &Config, _field: &str, _value: &str) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Compute the edits that authenticate the request.
+    fn apply(call: &Call) -> Result<Vec<Edit>, Error>;
+
+    /// Describe what `apply` signs (canonical request, string to sign). Never
+    /// include a secret.
+    fn explain(_call: &Call) -> Result<String, Error> {
+        Ok(String::new())
+    }
+}
+
+/// Export a [`Scheme`] implementation as the component's `scheme` interface.
+#[macro_export]
+macro_rules! export_scheme {
+    ($scheme:ty) => {
+        struct __LatchkeyExport;
+
+        impl $crate::bindings::exports::latchkey::plugin::scheme::Guest for __LatchkeyExport {
+            fn describe() -> $crate::SchemeInfo {
+                <$scheme as $crate::Scheme>::describe()
+            }
+
+            fn validate_config(config: ::std::vec::Vec<(String, String)>) -> Result<(), $crate::Error> {
+                <$scheme as $crate::Scheme>::validate_config(&$crate::Config::new(config))
+            }
+
+            fn validate_secret(
+                config: ::std::vec::Vec<(String, String)>,
+                field: String,
+                value: String,
+            ) -> Result<(), $crate::Error> {
+                <$scheme as $crate::Scheme>::validate_secret(&$crate::Config::new(config), &field, &value)
+            }
+
+            fn apply(
+                ctx: $crate::CallContext,
+                cred: &$crate::Credential,
+                req: $crate::Request,
+            ) -> Result<::std::vec::Vec<$crate::Edit>, $crate::Error> {
+                let call = $crate::Call::new(ctx, cred, req)?;
+                <$scheme as $crate::Scheme>::apply(&call)
+            }
+
+            fn explain(
+                ctx: $crate::CallContext,
+                cred: &$crate::Credential,
+                req: $crate::Request,
+            ) -> Result<String, $crate::Error> {
+                let call = $crate::Call::new(ctx, cred, req)?;
+                <$scheme as $crate::Scheme>::explain(&call)
+            }
+        }
+
+        $crate::bindings::__export_scheme_plugin!(__LatchkeyExport with_types_in $crate::bindings);
+    };
+}
