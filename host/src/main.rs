@@ -1,1 +1,325 @@
-fn main() {}
+//! The `latchkey` command line.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use latchkey::plugin::{CallCredential, PluginSource, Runtime, RuntimeConfig};
+use latchkey::secret::Secret;
+use latchkey::sign::{self, SignInput};
+
+#[derive(Parser)]
+#[command(name = "latchkey", version, about = "A credential broker for AI agents")]
+struct Cli {
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct RuntimeArgs {
+    /// Folder of extra plugins (*.wasm); a plugin there overrides the built-in scheme of the same name.
+    #[arg(long, global = true, env = "LATCHKEY_PLUGIN_DIR")]
+    plugin_dir: Option<PathBuf>,
+    /// Grant a scheme from the plugin folder access to raw secret values (repeatable).
+    #[arg(long = "grant-secrets", global = true, value_name = "SCHEME")]
+    grant_secrets: Vec<String>,
+    /// Where compiled plugins are cached [default: $XDG_CACHE_HOME/latchkey].
+    #[arg(long, global = true, env = "LATCHKEY_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Time budget of one plugin call, in milliseconds.
+    #[arg(long, global = true, default_value_t = 100, value_name = "MS")]
+    plugin_timeout_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sign one request offline (no server, no vault) and print the outgoing request as JSON.
+    Sign(SignArgs),
+    /// Built-in and installed plugins.
+    #[command(subcommand)]
+    Plugin(PluginCmd),
+}
+
+#[derive(Args)]
+struct SignArgs {
+    /// The scheme, e.g. aws-sigv4 (see `latchkey plugin list`).
+    #[arg(long)]
+    scheme: String,
+    /// A config field, `name=value` (repeatable).
+    #[arg(long = "config", value_name = "K=V")]
+    config: Vec<String>,
+    /// A secret field: `name=value`, `name=@file`, or `name=@-` for standard input (repeatable).
+    #[arg(long = "secret", value_name = "K=V")]
+    secrets: Vec<String>,
+    /// Signing time, RFC 3339 (default: now).
+    #[arg(long, value_name = "RFC3339")]
+    at: Option<String>,
+    /// The HTTP method.
+    #[arg(long, short = 'X', default_value = "GET")]
+    method: String,
+    /// The absolute request URL.
+    #[arg(long)]
+    url: String,
+    /// A request header, `Name: value` (repeatable).
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// A file holding the request body.
+    #[arg(long, value_name = "PATH")]
+    body_file: Option<PathBuf>,
+    /// Also print on stderr what the scheme signed (canonical request, string to sign; never the key).
+    #[arg(long)]
+    explain: bool,
+}
+
+#[derive(Subcommand)]
+enum PluginCmd {
+    /// List the schemes this binary can use.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a plugin file declares: scheme, fields, imports, digest.
+    Inspect {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failure for the command line: one line, with a stable code.
+struct Failure {
+    code: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: &'static str, message: impl Into<String>) -> Failure {
+        Failure { code, message: message.into() }
+    }
+}
+
+impl From<latchkey::PluginError> for Failure {
+    fn from(e: latchkey::PluginError) -> Failure {
+        Failure::new(e.code(), e.to_string())
+    }
+}
+
+impl From<sign::SignError> for Failure {
+    fn from(e: sign::SignError) -> Failure {
+        Failure::new(e.code(), e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            let msg = latchkey::plugin::sanitize_for_log(&f.message, 2000);
+            eprintln!("latchkey: error[{}]: {msg}", f.code);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(args: &RuntimeArgs) -> Result<Runtime, Failure> {
+    let mut config = RuntimeConfig {
+        plugin_dir: args.plugin_dir.clone(),
+        grant_secrets: args.grant_secrets.clone(),
+        call_timeout: std::time::Duration::from_millis(args.plugin_timeout_ms),
+        ..RuntimeConfig::default()
+    };
+    if let Some(dir) = &args.cache_dir {
+        config.cache_dir = Some(dir.clone());
+    }
+    Ok(Runtime::new(config)?)
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Sign(args) => cmd_sign(&cli.runtime, args),
+        Command::Plugin(PluginCmd::List { json }) => cmd_list(&cli.runtime, json),
+        Command::Plugin(PluginCmd::Inspect { file, json }) => cmd_inspect(&cli.runtime, &file, json),
+    }
+}
+
+fn split_kv<'a>(s: &'a str, what: &str) -> Result<(&'a str, &'a str), Failure> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k, v)),
+        _ => Err(Failure::new("invalid_argument", format!("{what} `{}` is not of the form name=value", redact_value(s)))),
+    }
+}
+
+/// Never echo what may be a secret value: keep only the part before `=`.
+fn redact_value(s: &str) -> String {
+    match s.split_once('=') {
+        Some((k, _)) => format!("{k}=…"),
+        None if s.len() > 12 => format!("{}…", &s[..s.char_indices().nth(4).map(|(i, _)| i).unwrap_or(0)]),
+        None => "…".into(),
+    }
+}
+
+/// `@path` reads a file and `@-` standard input; one trailing newline (as
+/// editors and `echo` leave) is removed, anything else is kept.
+fn read_secret(field: &str, v: &str) -> Result<Secret, Failure> {
+    let Some(src) = v.strip_prefix('@') else { return Ok(Secret::new(v)) };
+    let mut text = String::new();
+    let res = if src == "-" {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::File::open(src).and_then(|mut f| f.read_to_string(&mut text)).map(|_| ())
+    };
+    res.map_err(|e| Failure::new("invalid_argument", format!("cannot read secret `{field}` from {src}: {e}")))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(Secret::new(text))
+}
+
+fn cmd_sign(rt_args: &RuntimeArgs, args: SignArgs) -> Result<(), Failure> {
+    let mut config = Vec::new();
+    for c in &args.config {
+        let (k, v) = split_kv(c, "--config")?;
+        config.push((k.to_string(), v.to_string()));
+    }
+    let mut secrets = BTreeMap::new();
+    for s in &args.secrets {
+        let (k, v) = split_kv(s, "--secret")?;
+        if secrets.insert(k.to_string(), read_secret(k, v)?).is_some() {
+            return Err(Failure::new("invalid_argument", format!("secret `{k}` given twice")));
+        }
+    }
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        let Some((name, value)) = h.split_once(':') else {
+            return Err(Failure::new("invalid_request", format!("header {:?} is not of the form `Name: value`", latchkey::plugin::sanitize_for_log(h, 80))));
+        };
+        headers.push((name.to_string(), value.trim_matches([' ', '\t']).to_string()));
+    }
+    let at = match &args.at {
+        None => None,
+        Some(t) => Some(
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| Failure::new("invalid_argument", format!("--at `{t}` is not an RFC 3339 time: {e}")))?,
+        ),
+    };
+    let body = match &args.body_file {
+        None => Vec::new(),
+        Some(p) => std::fs::read(p)
+            .map_err(|e| Failure::new("invalid_argument", format!("cannot read body file {}: {e}", p.display())))?,
+    };
+    let input = SignInput { method: args.method, url: args.url, headers, body, at };
+
+    let rt = runtime(rt_args)?;
+    let plugin = rt.get(&args.scheme)?;
+    let prepared = sign::prepare(&input)?;
+    sign::check_credential(&rt, &plugin, &config, &secrets)?;
+    let cred = Arc::new(CallCredential::new("cli", 1, config, secrets));
+    if args.explain {
+        let text = sign::explain(&rt, &plugin, &cred, &prepared)?;
+        eprintln!("{text}");
+    }
+    let signed = sign::sign(&rt, &plugin, &cred, prepared)?;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, &signed).map_err(|e| Failure::new("io", e.to_string()))?;
+    writeln!(out).map_err(|e| Failure::new("io", e.to_string()))?;
+    Ok(())
+}
+
+fn plugin_json(p: &latchkey::Plugin) -> serde_json::Value {
+    let fields = |fs: &[latchkey::plugin::FieldInfo]| -> serde_json::Value {
+        fs.iter()
+            .map(|f| serde_json::json!({"name": f.name, "description": f.description, "required": f.required}))
+            .collect()
+    };
+    serde_json::json!({
+        "name": p.info.name,
+        "version": p.info.version,
+        "description": p.info.description,
+        "source": p.source.to_string(),
+        "sha256": p.digest,
+        "size": p.size,
+        "config_fields": fields(&p.info.config_fields),
+        "secret_fields": fields(&p.info.secret_fields),
+        "open_secret_fields": p.info.open_secret_fields,
+        "writable_headers": p.info.writable_headers,
+        "reads_raw_secrets": p.reads_secrets,
+        "imports": p.imports,
+    })
+}
+
+fn cmd_list(rt_args: &RuntimeArgs, json: bool) -> Result<(), Failure> {
+    let rt = runtime(rt_args)?;
+    let mut plugins = Vec::new();
+    for name in rt.scheme_names() {
+        plugins.push(rt.get(&name)?);
+    }
+    if json {
+        let all: Vec<_> = plugins.iter().map(|p| plugin_json(p)).collect();
+        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+        return Ok(());
+    }
+    println!("{:<16} {:<8} {:<8} {:<7} DESCRIPTION", "SCHEME", "VERSION", "SOURCE", "SECRETS");
+    for p in plugins {
+        let source = match p.source {
+            PluginSource::Builtin => "builtin".to_string(),
+            PluginSource::File(_) => "file".to_string(),
+        };
+        let access = if p.reads_secrets { "raw" } else { "host" };
+        println!("{:<16} {:<8} {:<8} {:<7} {}", p.info.name, p.info.version, source, access, p.info.description);
+    }
+    Ok(())
+}
+
+fn cmd_inspect(rt_args: &RuntimeArgs, file: &std::path::Path, json: bool) -> Result<(), Failure> {
+    let rt = runtime(rt_args)?;
+    let p = rt.load_file(file)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plugin_json(&p)).unwrap_or_default());
+        return Ok(());
+    }
+    println!("scheme:      {} {}", p.info.name, p.info.version);
+    println!("description: {}", p.info.description);
+    println!("file:        {} ({} bytes)", file.display(), p.size);
+    println!("sha256:      {}", p.digest);
+    let show = |title: &str, fs: &[latchkey::plugin::FieldInfo]| {
+        println!("{title}:");
+        if fs.is_empty() {
+            println!("  (none)");
+        }
+        for f in fs {
+            let req = if f.required { "required" } else { "optional" };
+            println!("  {:<22} {req:<8}  {}", f.name, f.description);
+        }
+    };
+    show("config fields", &p.info.config_fields);
+    show("secret fields", &p.info.secret_fields);
+    println!("writable headers: {}", p.info.writable_headers.join(", "));
+    println!(
+        "secret access: {}",
+        if p.reads_secrets { "reads raw secret values (latchkey:plugin/secrets, granted)" } else { "none: key material stays in the host" }
+    );
+    println!("imports:");
+    for i in &p.imports {
+        println!("  {i}");
+    }
+    Ok(())
+}

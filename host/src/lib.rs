@@ -1,0 +1,9 @@
+//! Latchkey, a credential broker for AI agents: auth schemes run as sandboxed
+//! WebAssembly components over credentials the agents never hold.
+
+pub mod plugin;
+pub mod secret;
+pub mod sign;
+
+pub use plugin::{Plugin, PluginError, Runtime, RuntimeConfig};
+pub use secret::Secret;

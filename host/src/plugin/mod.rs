@@ -1,0 +1,669 @@
+//! The plugin runtime: one wasmtime engine, each scheme compiled once and
+//! pre-instantiated, and a fresh sandboxed instance for every call.
+//!
+//! A call gets a new `Store` from the pooling allocator with a memory cap, a
+//! stack cap and an epoch deadline. Whatever a plugin does — loop, trap,
+//! allocate without bound, answer garbage — fails that one call with
+//! `plugin_failed`, and the next call starts clean.
+
+mod bindings;
+pub mod crypto;
+pub mod edits;
+mod state;
+mod wasi;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ring::digest;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+pub use bindings::{Datetime, FieldInfo, Request, SchemeInfo, SignatureAlgorithm, WitError};
+pub use state::{CallCredential, PluginCache};
+
+use bindings::{CallContext, SchemePlugin, SchemePluginPre};
+use state::{CredentialHandle, State};
+
+use crate::secret::Secret;
+
+/// Limits and locations for the runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Wall-clock budget of one plugin call (epoch deadline).
+    pub call_timeout: Duration,
+    /// Linear memory cap of one call, in bytes.
+    pub max_memory: usize,
+    /// Wasm stack cap, in bytes.
+    pub max_stack: usize,
+    /// Instances that may run at once (the pool size).
+    pub max_instances: u32,
+    /// Largest plugin file accepted, in bytes.
+    pub max_plugin_size: usize,
+    /// Longest a plugin may take to compile.
+    pub compile_timeout: Duration,
+    /// Where compiled code is cached between runs; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Extra plugins (`*.wasm`), loaded beside the built-in ones and
+    /// overriding a built-in scheme of the same name.
+    pub plugin_dir: Option<PathBuf>,
+    /// Schemes granted the `secrets` import (raw secret values), besides the
+    /// built-in grant to `basic`.
+    pub grant_secrets: Vec<String>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            call_timeout: Duration::from_millis(100),
+            max_memory: 32 << 20,
+            max_stack: 512 << 10,
+            max_instances: 256,
+            max_plugin_size: 16 << 20,
+            compile_timeout: Duration::from_secs(60),
+            cache_dir: default_cache_dir(),
+            plugin_dir: None,
+            grant_secrets: Vec::new(),
+        }
+    }
+}
+
+/// `$LATCHKEY_CACHE_DIR`, else `$XDG_CACHE_HOME/latchkey`, else `~/.cache/latchkey`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("LATCHKEY_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("latchkey"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("latchkey"))
+}
+
+/// Schemes the host grants raw secret access: Basic must base64 the user and
+/// password together, which splicing cannot express.
+const BUILTIN_SECRET_GRANTS: &[&str] = &["basic"];
+
+/// Built-in plugin components, compiled from `plugins/` by the build script.
+mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/builtin.rs"));
+}
+
+/// Where a plugin came from.
+#[derive(Debug, Clone)]
+pub enum PluginSource {
+    /// Shipped inside the binary.
+    Builtin,
+    /// Loaded from a file.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for PluginSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginSource::Builtin => f.write_str("builtin"),
+            PluginSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// A loaded, checked, pre-instantiated scheme plugin.
+pub struct Plugin {
+    /// What the plugin says about itself.
+    pub info: SchemeInfo,
+    /// Where it came from.
+    pub source: PluginSource,
+    /// SHA-256 of the component bytes, lower hex.
+    pub digest: String,
+    /// Size of the component in bytes.
+    pub size: usize,
+    /// The interfaces the component imports.
+    pub imports: Vec<String>,
+    /// Whether it imports raw secret access (and was granted it).
+    pub reads_secrets: bool,
+    name: Arc<str>,
+    pre: SchemePluginPre<State>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.name).field("source", &self.source).finish()
+    }
+}
+
+/// A scheme's own answer that it cannot do the job (the WIT `error` variant).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchemeError {
+    /// A required secret field is missing.
+    #[error("missing secret field `{0}`")]
+    MissingSecret(String),
+    /// The configuration is unusable.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// A secret value is unusable.
+    #[error("invalid secret: {0}")]
+    InvalidSecret(String),
+    /// The request cannot be handled.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A presented token was refused.
+    #[error("token rejected: {0}")]
+    TokenRejected(String),
+    /// The host refused a host call.
+    #[error("denied by host: {0}")]
+    Denied(String),
+    /// Anything else.
+    #[error("internal plugin error{}", .0.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Internal(Option<String>),
+}
+
+impl SchemeError {
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SchemeError::MissingSecret(_) => "provider_key_missing",
+            SchemeError::InvalidConfig(_) => "invalid_config",
+            SchemeError::InvalidSecret(_) => "invalid_secret",
+            SchemeError::InvalidRequest(_) => "invalid_request",
+            SchemeError::TokenRejected(_) => "token_rejected",
+            SchemeError::Denied(_) | SchemeError::Internal(_) => "plugin_failed",
+        }
+    }
+}
+
+impl From<WitError> for SchemeError {
+    fn from(e: WitError) -> Self {
+        // Texts from a plugin are escaped and capped before they go anywhere.
+        let s = |m: String| sanitize_for_log(&m, 500);
+        match e {
+            WitError::MissingSecret(m) => SchemeError::MissingSecret(s(m)),
+            WitError::InvalidConfig(m) => SchemeError::InvalidConfig(s(m)),
+            WitError::InvalidSecret(m) => SchemeError::InvalidSecret(s(m)),
+            WitError::InvalidRequest(m) => SchemeError::InvalidRequest(s(m)),
+            WitError::TokenRejected(m) => SchemeError::TokenRejected(s(m)),
+            WitError::Denied(m) => SchemeError::Denied(s(m)),
+            WitError::Internal(m) => SchemeError::Internal(m.map(s)),
+        }
+    }
+}
+
+/// Errors of the plugin runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PluginError {
+    /// No plugin implements the scheme.
+    #[error("unknown scheme `{name}` (available: {})", available.join(", "))]
+    UnknownScheme {
+        /// The name asked for.
+        name: String,
+        /// The schemes that exist.
+        available: Vec<String>,
+    },
+    /// A plugin could not be loaded (invalid component, wrong world, an
+    /// import that is not granted, too large, too slow to compile).
+    #[error("plugin {plugin} cannot be loaded: {reason}")]
+    Load {
+        /// The plugin (scheme name or file).
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// A call failed inside the sandbox: trap, timeout, memory cap, or an
+    /// answer the host refused.
+    #[error("plugin `{plugin}` failed: {reason}")]
+    Failed {
+        /// The scheme.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// The scheme answered with an error.
+    #[error("{plugin}: {error}")]
+    Scheme {
+        /// The scheme.
+        plugin: String,
+        /// Its answer.
+        error: SchemeError,
+    },
+}
+
+impl PluginError {
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PluginError::UnknownScheme { .. } => "unknown_scheme",
+            PluginError::Load { .. } => "plugin_load_failed",
+            PluginError::Failed { .. } => "plugin_failed",
+            PluginError::Scheme { error, .. } => error.code(),
+        }
+    }
+}
+
+/// Escape control characters (CR, LF, ESC, ...) and cap the length, so text
+/// from plugins or requests cannot forge log lines or terminal output.
+pub fn sanitize_for_log(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    for c in s.chars() {
+        if out.len() >= max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The epoch tick. Deadlines are whole ticks, so a call gets its budget
+/// plus at most one tick.
+const TICK: Duration = Duration::from_millis(2);
+
+/// Increments the engine's epoch until dropped.
+struct Ticker(Arc<AtomicBool>);
+
+impl Ticker {
+    fn start(engine: &Engine) -> Ticker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, engine) = (stop.clone(), engine.clone());
+        std::thread::Builder::new()
+            .name("latchkey-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        Ticker(stop)
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The runtime: engine, linker, loaded plugins.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<State>,
+    config: RuntimeConfig,
+    builtins: Vec<(&'static str, &'static [u8], OnceLock<Result<Arc<Plugin>, String>>)>,
+    external: HashMap<String, Arc<Plugin>>,
+    cache: Arc<PluginCache>,
+    rng: Arc<ring::rand::SystemRandom>,
+    _ticker: Ticker,
+}
+
+impl Runtime {
+    /// Create the engine and load the plugin folder. Built-in plugins are
+    /// compiled on first use (and cached on disk across runs).
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, PluginError> {
+        let setup = |e: wasmtime::Error| PluginError::Load { plugin: "runtime".into(), reason: format!("{e:#}") };
+        let mut cfg = Config::new();
+        cfg.wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(config.max_stack)
+            .memory_reservation(config.max_memory as u64)
+            .memory_guard_size(64 << 10)
+            .memory_reservation_for_growth(0);
+        let mut pool = PoolingAllocationConfig::new();
+        let n = config.max_instances;
+        pool.total_component_instances(n)
+            .total_core_instances(n * 8)
+            .total_memories(n * 2)
+            .total_tables(n * 8)
+            .total_stacks(n)
+            .max_memories_per_component(2)
+            .max_tables_per_component(8)
+            .max_core_instances_per_component(16)
+            .max_memory_size(config.max_memory)
+            .table_elements(10_000);
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if let Some(dir) = &config.cache_dir {
+            let mut cache_cfg = wasmtime::CacheConfig::new();
+            cache_cfg.with_directory(dir.join("wasmtime"));
+            // A cache that cannot be set up costs compile time, not correctness.
+            match wasmtime::Cache::new(cache_cfg) {
+                Ok(cache) => {
+                    cfg.cache(Some(cache));
+                }
+                Err(e) => tracing::warn!(error = %e, "compiled-code cache disabled"),
+            }
+        }
+        let engine = Engine::new(&cfg).map_err(setup)?;
+        let mut linker = Linker::new(&engine);
+        SchemePlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(setup)?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
+        let ticker = Ticker::start(&engine);
+        let mut rt = Runtime {
+            engine,
+            linker,
+            builtins: builtin::BUILTIN.iter().map(|(n, b)| (*n, *b, OnceLock::new())).collect(),
+            external: HashMap::new(),
+            cache: Arc::new(PluginCache::default()),
+            rng: Arc::new(ring::rand::SystemRandom::new()),
+            _ticker: ticker,
+            config,
+        };
+        if let Some(dir) = rt.config.plugin_dir.clone() {
+            rt.load_dir(&dir)?;
+        }
+        Ok(rt)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    fn load_dir(&mut self, dir: &Path) -> Result<(), PluginError> {
+        let err = |reason: String| PluginError::Load { plugin: dir.display().to_string(), reason };
+        let entries = std::fs::read_dir(dir).map_err(|e| err(format!("cannot read plugin folder: {e}")))?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let plugin = self.load_file(&path)?;
+            let name = plugin.info.name.clone();
+            if let Some(prev) = self.external.get(&name) {
+                return Err(err(format!("{} and {} both implement scheme `{name}`", prev.source, plugin.source)));
+            }
+            if self.builtins.iter().any(|(n, ..)| *n == name) {
+                tracing::info!(scheme = %name, path = %path.display(), "plugin overrides the built-in scheme");
+            }
+            self.external.insert(name, Arc::new(plugin));
+        }
+        Ok(())
+    }
+
+    /// Load and check one plugin file (as `latchkey plugin inspect` does).
+    pub fn load_file(&self, path: &Path) -> Result<Plugin, PluginError> {
+        let err = |reason: String| PluginError::Load { plugin: path.display().to_string(), reason };
+        let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        if meta.len() > self.config.max_plugin_size as u64 {
+            return Err(err(format!("{} bytes is over the {} byte limit", meta.len(), self.config.max_plugin_size)));
+        }
+        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        self.load_bytes(&bytes, PluginSource::File(path.to_path_buf()))
+    }
+
+    /// Compile (with size and time caps), check imports and exports, and
+    /// describe a component.
+    pub fn load_bytes(&self, bytes: &[u8], source: PluginSource) -> Result<Plugin, PluginError> {
+        let label = source.to_string();
+        let err = |reason: String| PluginError::Load { plugin: label.clone(), reason };
+        if bytes.len() > self.config.max_plugin_size {
+            return Err(err(format!("{} bytes is over the {} byte limit", bytes.len(), self.config.max_plugin_size)));
+        }
+        let digest = encode_hex(digest::digest(&digest::SHA256, bytes).as_ref());
+        let component = self.compile(bytes.to_vec()).map_err(&err)?;
+
+        let ty = component.component_type();
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        if let Some(bad) = imports.iter().find(|i| !wasi::import_allowed(i, true)) {
+            return Err(err(format!("imports `{bad}`, which plugins are never granted")));
+        }
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| err(format!("cannot link: {e:#}")))?;
+        let pre = SchemePluginPre::new(pre)
+            .map_err(|e| err(format!("does not export the latchkey:plugin scheme-plugin world: {e:#}")))?;
+
+        let mut plugin = Plugin {
+            info: SchemeInfo {
+                name: String::new(),
+                version: String::new(),
+                description: String::new(),
+                config_fields: vec![],
+                secret_fields: vec![],
+                writable_headers: vec![],
+                open_secret_fields: false,
+            },
+            source,
+            digest,
+            size: bytes.len(),
+            reads_secrets: imports.iter().any(|i| i.starts_with("latchkey:plugin/secrets")),
+            imports,
+            name: Arc::from(label.as_str()),
+            pre,
+        };
+        let nobody = Arc::new(CallCredential::new("", 0, vec![], Default::default()));
+        let info = self.call(&plugin, &nobody, Datetime { seconds: 0, nanoseconds: 0 }, |p, store, _| {
+            p.latchkey_plugin_scheme().call_describe(store)
+        })?;
+        check_info(&info).map_err(&err)?;
+        let granted = BUILTIN_SECRET_GRANTS.contains(&info.name.as_str())
+            && matches!(plugin.source, PluginSource::Builtin)
+            || self.config.grant_secrets.iter().any(|g| *g == info.name);
+        if plugin.reads_secrets && !granted {
+            return Err(err(format!(
+                "scheme `{}` imports latchkey:plugin/secrets (raw secret values) but is not granted it; \
+                 grant it with --grant-secrets {} if you trust it",
+                info.name, info.name
+            )));
+        }
+        plugin.name = Arc::from(info.name.as_str());
+        plugin.info = info;
+        Ok(plugin)
+    }
+
+    fn compile(&self, bytes: Vec<u8>) -> Result<Component, String> {
+        let engine = self.engine.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Compilation runs on its own thread so a pathological module can be
+        // abandoned at the time cap instead of holding the caller.
+        std::thread::Builder::new()
+            .name("latchkey-compile".into())
+            .spawn(move || {
+                let _ = tx.send(Component::new(&engine, &bytes).map_err(|e| format!("{e:#}")));
+            })
+            .map_err(|e| format!("cannot start the compiler thread: {e}"))?;
+        match rx.recv_timeout(self.config.compile_timeout) {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(format!("not a valid component: {}", sanitize_for_log(&e, 500))),
+            Err(_) => Err(format!("compilation took longer than {:?}", self.config.compile_timeout)),
+        }
+    }
+
+    /// The plugin for a scheme: the plugin folder's, else the built-in one.
+    pub fn get(&self, scheme: &str) -> Result<Arc<Plugin>, PluginError> {
+        if let Some(p) = self.external.get(scheme) {
+            return Ok(p.clone());
+        }
+        let Some((name, bytes, cell)) = self.builtins.iter().find(|(n, ..)| *n == scheme) else {
+            return Err(PluginError::UnknownScheme { name: scheme.to_string(), available: self.scheme_names() });
+        };
+        cell.get_or_init(|| self.load_bytes(bytes, PluginSource::Builtin).map(Arc::new).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(|reason| PluginError::Load { plugin: name.to_string(), reason })
+    }
+
+    /// Every scheme name, built-in or from the plugin folder, sorted.
+    pub fn scheme_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.builtins.iter().map(|(n, ..)| n.to_string()).collect();
+        names.extend(self.external.keys().cloned());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Validate a credential's configuration with its scheme.
+    pub fn validate_config(&self, plugin: &Plugin, config: &[(String, String)]) -> Result<(), PluginError> {
+        let nobody = Arc::new(CallCredential::new("", 0, vec![], Default::default()));
+        let cfg = config.to_vec();
+        self.call(plugin, &nobody, Datetime { seconds: 0, nanoseconds: 0 }, move |p, store, _| {
+            p.latchkey_plugin_scheme().call_validate_config(store, &cfg)
+        })?
+        .map_err(|e| PluginError::Scheme { plugin: plugin.info.name.clone(), error: e.into() })
+    }
+
+    /// Validate one secret value with its scheme (before it is stored).
+    pub fn validate_secret(
+        &self,
+        plugin: &Plugin,
+        config: &[(String, String)],
+        field: &str,
+        value: &Secret,
+    ) -> Result<(), PluginError> {
+        let nobody = Arc::new(CallCredential::new("", 0, vec![], Default::default()));
+        let cfg = config.to_vec();
+        self.call(plugin, &nobody, Datetime { seconds: 0, nanoseconds: 0 }, move |p, store, _| {
+            p.latchkey_plugin_scheme().call_validate_secret(store, &cfg, field, value.expose())
+        })?
+        .map_err(|e| PluginError::Scheme { plugin: plugin.info.name.clone(), error: e.into() })
+    }
+
+    /// Apply a scheme to a request: the checked edits, secrets spliced in.
+    pub fn apply(
+        &self,
+        plugin: &Plugin,
+        cred: &Arc<CallCredential>,
+        now: Datetime,
+        request: &Request,
+    ) -> Result<Vec<edits::Checked>, PluginError> {
+        let ctx = CallContext { now, config: cred.config.clone() };
+        let answer = self.call(plugin, cred, now, |p, store, handle| {
+            p.latchkey_plugin_scheme().call_apply(store, &ctx, handle, request)
+        })?;
+        let edits = answer.map_err(|e| PluginError::Scheme { plugin: plugin.info.name.clone(), error: e.into() })?;
+        edits::check(edits, &plugin.info.writable_headers, cred)
+            .map_err(|reason| PluginError::Failed { plugin: plugin.info.name.clone(), reason })
+    }
+
+    /// What a scheme signs for this request (canonical request, string to sign).
+    pub fn explain(
+        &self,
+        plugin: &Plugin,
+        cred: &Arc<CallCredential>,
+        now: Datetime,
+        request: &Request,
+    ) -> Result<String, PluginError> {
+        let ctx = CallContext { now, config: cred.config.clone() };
+        let answer = self.call(plugin, cred, now, |p, store, handle| {
+            p.latchkey_plugin_scheme().call_explain(store, &ctx, handle, request)
+        })?;
+        answer
+            .map(|t| sanitize_explain(&t))
+            .map_err(|e| PluginError::Scheme { plugin: plugin.info.name.clone(), error: e.into() })
+    }
+
+    /// Run `f` in a fresh instance with its own store, limits and deadline.
+    fn call<R>(
+        &self,
+        plugin: &Plugin,
+        cred: &Arc<CallCredential>,
+        now: Datetime,
+        f: impl FnOnce(&SchemePlugin, &mut Store<State>, wasmtime::component::Resource<CredentialHandle>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let state = State {
+            plugin: plugin.name.clone(),
+            cred: cred.clone(),
+            now,
+            reveal_granted: plugin.reads_secrets,
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.config.max_memory)
+                .table_elements(10_000)
+                .instances(32)
+                .tables(32)
+                .memories(4)
+                .trap_on_grow_failure(true)
+                .build(),
+            table: ResourceTable::new(),
+            cache: self.cache.clone(),
+            rng: self.rng.clone(),
+            wasi: None,
+            stderr: MemoryOutputPipe::new(wasi::STDERR_CAPACITY),
+            log_lines: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let ticks = self.config.call_timeout.as_millis().div_ceil(TICK.as_millis()) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+
+        let fail = |store: &Store<State>, e: wasmtime::Error| PluginError::Failed {
+            plugin: plugin.name.to_string(),
+            reason: self.describe_failure(store.data(), &e),
+        };
+        let handle = store
+            .data_mut()
+            .table
+            .push(CredentialHandle)
+            .map_err(|e| PluginError::Failed { plugin: plugin.name.to_string(), reason: e.to_string() })?;
+        let instance = match plugin.pre.instantiate(&mut store) {
+            Ok(i) => i,
+            Err(e) => return Err(fail(&store, e)),
+        };
+        let out = f(&instance, &mut store, handle);
+        out.map_err(|e| {
+            let err = fail(&store, e);
+            tracing::warn!(plugin = %plugin.name, credential = %cred.name, error = %err, "plugin call failed");
+            err
+        })
+    }
+
+    fn describe_failure(&self, state: &State, e: &wasmtime::Error) -> String {
+        let reason = match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => {
+                format!("exceeded its time budget of {} ms", self.config.call_timeout.as_millis())
+            }
+            Some(Trap::StackOverflow) => "overflowed its stack".to_string(),
+            Some(Trap::UnreachableCodeReached) => "trapped: unreachable code (a panic or abort)".to_string(),
+            Some(trap) => format!("trapped: {trap}"),
+            None => {
+                let text = format!("{e:#}");
+                if text.contains("memory") && (text.contains("grow") || text.contains("limit")) {
+                    format!("exceeded its memory limit of {} MiB", self.config.max_memory >> 20)
+                } else if text.contains("maximum concurrent") || text.contains("pooling") {
+                    "no free instance slot (too many concurrent calls)".to_string()
+                } else {
+                    sanitize_for_log(&text, 300)
+                }
+            }
+        };
+        // What a plugin printed may contain a secret only if it could read
+        // one; report it only for plugins that cannot.
+        match state.stderr_excerpt() {
+            Some(line) if !state.reveal_granted => format!("{reason}; it printed: {line}"),
+            _ => reason,
+        }
+    }
+}
+
+fn encode_hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
+/// Explain text is multi-line by design; keep newlines, escape the rest.
+fn sanitize_explain(t: &str) -> String {
+    t.lines().map(|l| sanitize_for_log(l, 8192)).collect::<Vec<_>>().join("\n")
+}
+
+/// Refuse a `describe` answer the host cannot rely on.
+fn check_info(info: &SchemeInfo) -> Result<(), String> {
+    let name_ok = !info.name.is_empty()
+        && info.name.len() <= 64
+        && info.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && info.name.as_bytes()[0].is_ascii_lowercase();
+    if !name_ok {
+        return Err(format!("scheme name {:?} must be 1-64 of a-z, 0-9, `-`, starting with a letter", sanitize_for_log(&info.name, 80)));
+    }
+    for h in &info.writable_headers {
+        if h != "*" && (!edits::is_token(h) || h.to_ascii_lowercase() != *h) {
+            return Err(format!("writable header {:?} must be a lower-case header name or `*`", sanitize_for_log(h, 80)));
+        }
+    }
+    if info.config_fields.len() + info.secret_fields.len() > 128 {
+        return Err("declares more than 128 fields".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! Signing one request with a scheme: input checks, the plugin call, and the
+//! outgoing request. `latchkey sign` and (later) `POST /v1/sign` share it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ring::digest;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::plugin::edits::{self, Header, Value};
+use crate::plugin::{CallCredential, Datetime, Plugin, PluginError, Runtime};
+use crate::secret::Secret;
+
+/// Errors of signing, each with a stable code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignError {
+    /// The request itself is malformed.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A secret field is missing or not declared by the scheme.
+    #[error("{0}")]
+    Secret(String, &'static str),
+    /// The plugin runtime or the scheme refused.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+}
+
+impl SignError {
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SignError::InvalidRequest(_) => "invalid_request",
+            SignError::Secret(_, code) => code,
+            SignError::Plugin(e) => e.code(),
+        }
+    }
+}
+
+/// A request to sign.
+#[derive(Debug, Clone, Default)]
+pub struct SignInput {
+    /// The HTTP method.
+    pub method: String,
+    /// The absolute URL.
+    pub url: String,
+    /// Headers in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// The signing time.
+    pub at: Option<OffsetDateTime>,
+}
+
+/// The outgoing request after the scheme was applied, as `latchkey sign`
+/// prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedRequest {
+    /// The method.
+    pub method: String,
+    /// The URL, with any query parameters the scheme added.
+    pub url: String,
+    /// Original headers in order, then added ones.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A checked request, ready for a plugin.
+pub struct Prepared {
+    request: crate::plugin::Request,
+    headers: Vec<Header>,
+    url: String,
+    now: Datetime,
+}
+
+/// The largest body `sign` hashes.
+pub const MAX_BODY: usize = 64 << 20;
+
+/// Check the request and turn it into the plugin's view of it.
+pub fn prepare(input: &SignInput) -> Result<Prepared, SignError> {
+    let bad = |m: String| SignError::InvalidRequest(m);
+    if !edits::is_token(&input.method) {
+        return Err(bad(format!("method {:?} is not a valid HTTP method", input.method)));
+    }
+    let parsed = url::Url::parse(&input.url).map_err(|e| bad(format!("malformed URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad(format!("URL scheme `{}` is not http or https", parsed.scheme())));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(bad("URL must not contain user information (`user@host`)".into()));
+    }
+    let Some(host) = parsed.host_str() else { return Err(bad("URL has no host".into())) };
+    // Keep the URL as written (S3 signs `//` and `/./` literally); only the
+    // fragment goes, since it is never sent.
+    let url = input.url.split('#').next().unwrap_or_default().to_string();
+    let authority = match parsed.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    let mut headers = Vec::with_capacity(input.headers.len());
+    for (name, value) in &input.headers {
+        if !edits::is_token(name) {
+            return Err(bad(format!("header name {name:?} is not a valid RFC 9110 token")));
+        }
+        if !edits::is_field_value(value) {
+            return Err(bad(format!("header `{name}` has a value with CR, LF, NUL or another control character")));
+        }
+        if name.eq_ignore_ascii_case("host") && !value.eq_ignore_ascii_case(&authority) {
+            return Err(bad(format!("Host header `{value}` does not match the URL's authority `{authority}`")));
+        }
+        headers.push(Header { name: name.clone(), value: Value { text: value.clone(), sensitive: false } });
+    }
+    if input.body.len() > MAX_BODY {
+        return Err(bad(format!("body of {} bytes is over the {MAX_BODY} byte limit", input.body.len())));
+    }
+    let at = input.at.unwrap_or_else(OffsetDateTime::now_utc);
+    let now = Datetime { seconds: at.unix_timestamp(), nanoseconds: at.nanosecond() };
+    let request = crate::plugin::Request {
+        method: input.method.clone(),
+        url: url.clone(),
+        headers: input.headers.clone(),
+        body_sha256: Some(hex::encode(digest::digest(&digest::SHA256, &input.body))),
+    };
+    Ok(Prepared { request, headers, url, now })
+}
+
+/// Check secret fields against what the scheme declares, then with the scheme.
+pub fn check_credential(
+    runtime: &Runtime,
+    plugin: &Plugin,
+    config: &[(String, String)],
+    secrets: &BTreeMap<String, Secret>,
+) -> Result<(), SignError> {
+    runtime.validate_config(plugin, config)?;
+    let info = &plugin.info;
+    for field in secrets.keys() {
+        if !info.open_secret_fields && !info.secret_fields.iter().any(|f| f.name == *field) {
+            let known: Vec<&str> = info.secret_fields.iter().map(|f| f.name.as_str()).collect();
+            return Err(SignError::Secret(
+                format!("scheme `{}` has no secret field `{field}` (known: {})", info.name, known.join(", ")),
+                "unknown_secret_field",
+            ));
+        }
+    }
+    if !info.open_secret_fields {
+        for f in info.secret_fields.iter().filter(|f| f.required) {
+            if !secrets.contains_key(&f.name) {
+                return Err(SignError::Secret(
+                    format!("scheme `{}` needs secret field `{}` ({})", info.name, f.name, f.description),
+                    "provider_key_missing",
+                ));
+            }
+        }
+    }
+    for (field, value) in secrets {
+        runtime.validate_secret(plugin, config, field, value)?;
+    }
+    Ok(())
+}
+
+/// Apply the credential's scheme to a prepared request.
+pub fn sign(
+    runtime: &Runtime,
+    plugin: &Plugin,
+    cred: &Arc<CallCredential>,
+    prepared: Prepared,
+) -> Result<SignedRequest, SignError> {
+    let checked = runtime.apply(plugin, cred, prepared.now, &prepared.request)?;
+    let (mut url, mut headers) = (prepared.url, prepared.headers);
+    edits::apply(&mut url, &mut headers, checked);
+    Ok(SignedRequest {
+        method: prepared.request.method,
+        url,
+        headers: headers.into_iter().map(|h| (h.name, h.value.text)).collect(),
+    })
+}
+
+/// The plugin's account of what it signs (`--explain`).
+pub fn explain(
+    runtime: &Runtime,
+    plugin: &Plugin,
+    cred: &Arc<CallCredential>,
+    prepared: &Prepared,
+) -> Result<String, SignError> {
+    Ok(runtime.explain(plugin, cred, prepared.now, &prepared.request)?)
+}
