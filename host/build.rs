@@ -88,12 +88,12 @@ fn main() {
         let ident = g.replace('-', "_").to_uppercase();
         writeln!(tg, "/// The `{g}` test guest.\npub const {ident}: &str = {:?};", path.display().to_string()).unwrap();
     }
-    tg.push_str("/// Calls `$mac!(name, PATH)` for every test guest.\n#[macro_export]\nmacro_rules! foreach_test_guest {\n    ($mac:ident) => {\n");
+    tg.push_str("/// Calls `$mac!(name, PATH)` for every test guest.\nmacro_rules! foreach_test_guest {\n    ($mac:ident) => {\n");
     for g in &guests {
         let ident = g.replace('-', "_");
         writeln!(tg, "        $mac!({ident}, {});", ident.to_uppercase()).unwrap();
     }
-    tg.push_str("    };\n}\n");
+    tg.push_str("    };\n}\n#[allow(unused_imports)]\npub(crate) use foreach_test_guest;\n");
     write_if_changed(&out_dir.join("test_guests.rs"), &tg);
 }
 

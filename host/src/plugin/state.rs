@@ -146,13 +146,18 @@ impl State {
         Ok(out)
     }
 
-    /// What the plugin wrote to stderr (a panic message, usually), one line,
-    /// escaped and capped.
+    /// What the plugin wrote to stderr (a panic message, usually), on one
+    /// line, escaped and capped.
     pub(crate) fn stderr_excerpt(&self) -> Option<String> {
         let bytes = self.stderr.contents();
         let text = String::from_utf8_lossy(&bytes);
-        let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
-        Some(sanitize_for_log(line, 300))
+        // A Rust panic prints `thread ... panicked at file:line:` and then
+        // the message on the next line; keep both.
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).take(2).collect();
+        if lines.is_empty() {
+            return None;
+        }
+        Some(sanitize_for_log(&lines.join(" "), 300))
     }
 }
 

@@ -1,4 +1,4 @@
-//! Test guest `loop`: loops forever unless mode=ok.
+//! Test guest `spin`: loops forever unless mode=ok.
 #![allow(missing_docs)]
 
 use latchkey_plugin_sdk::*;
@@ -8,7 +8,7 @@ struct Guest;
 impl Scheme for Guest {
     fn describe() -> SchemeInfo {
         SchemeInfo {
-            name: "test-loop".into(),
+            name: "test-spin".into(),
             version: "0.0.0".into(),
             description: "loops forever unless mode=ok".into(),
             config_fields: vec![FieldInfo::optional("mode", "which misbehaviour")],

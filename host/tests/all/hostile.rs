@@ -1,0 +1,184 @@
+//! Hostile plugins: each misbehaviour fails only its own call, with
+//! `plugin_failed` and a reason, and the next call on the same runtime works.
+//! Every test guest must have a test here named after it.
+
+use std::sync::Arc;
+
+use latchkey::plugin::{PluginSource, edits::Checked};
+use latchkey::{Plugin, PluginError, Runtime, RuntimeConfig};
+
+use crate::support::{at, cred, get, guests, runtime};
+
+macro_rules! assert_guest_tested {
+    ($name:ident, $path:ident) => {
+        #[allow(unused_imports)]
+        use self::$name as _;
+    };
+}
+guests::foreach_test_guest!(assert_guest_tested);
+
+fn load(path: &str) -> Plugin {
+    runtime().load_file(path.as_ref()).expect("test guest loads")
+}
+
+fn failed(res: Result<Vec<Checked>, PluginError>) -> String {
+    match res {
+        Err(e @ PluginError::Failed { .. }) => {
+            assert_eq!(e.code(), "plugin_failed");
+            e.to_string()
+        }
+        other => panic!("expected plugin_failed, got {other:?}"),
+    }
+}
+
+/// A well-behaved call on the same runtime, after a failure.
+fn still_works() {
+    let rt = runtime();
+    let p = rt.get("api-key").unwrap();
+    let c = cred(&[], &[("key", "k-123")]);
+    let edits = rt.apply(&p, &c, at(), &get("https://api.example.test/")).unwrap();
+    assert_eq!(edits.len(), 1);
+}
+
+#[test]
+fn spin() {
+    let p = load(guests::SPIN);
+    let msg = failed(runtime().apply(&p, &cred(&[], &[]), at(), &get("https://h.test/")));
+    assert!(msg.contains("time budget"), "{msg}");
+    let ok = runtime().apply(&p, &cred(&[("mode", "ok")], &[]), at(), &get("https://h.test/")).unwrap();
+    assert_eq!(ok.len(), 1);
+    still_works();
+}
+
+#[test]
+fn alloc() {
+    // A generous time budget, so the memory cap and not the clock stops it
+    // even on a loaded machine.
+    let rt = Runtime::new(RuntimeConfig { call_timeout: std::time::Duration::from_secs(30), ..RuntimeConfig::default() }).unwrap();
+    let p = rt.load_file(guests::ALLOC.as_ref()).unwrap();
+    let msg = failed(rt.apply(&p, &cred(&[], &[]), at(), &get("https://h.test/")));
+    assert!(msg.contains("memory limit"), "{msg}");
+    still_works();
+}
+
+#[test]
+fn panic() {
+    let p = load(guests::PANIC);
+    let msg = failed(runtime().apply(&p, &cred(&[], &[]), at(), &get("https://h.test/")));
+    assert!(msg.contains("unreachable") && msg.contains("deliberate test panic"), "{msg}");
+    still_works();
+}
+
+#[test]
+fn recurse() {
+    let p = load(guests::RECURSE);
+    let msg = failed(runtime().apply(&p, &cred(&[], &[]), at(), &get("https://h.test/")));
+    assert!(msg.contains("stack"), "{msg}");
+    still_works();
+}
+
+#[test]
+fn huge_output() {
+    let p = load(guests::HUGE_OUTPUT);
+    let cases = [
+        (None, "longer than"),
+        (Some("many"), "limit is 64"),
+        (Some("crlf"), "control character"),
+        (Some("nul"), "control character"),
+        (Some("host"), "reserved to the host"),
+        (Some("proxy"), "Proxy-*"),
+        (Some("undeclared"), "declared writable"),
+        (Some("missing-secret"), "lacks"),
+    ];
+    for (mode, want) in cases {
+        let c = match mode {
+            Some(m) => cred(&[("mode", m)], &[]),
+            None => cred(&[], &[]),
+        };
+        let msg = failed(runtime().apply(&p, &c, at(), &get("https://h.test/")));
+        assert!(msg.contains(want), "mode {mode:?}: {msg}");
+        assert!(!msg.contains("Injected"), "{msg}");
+    }
+    still_works();
+}
+
+#[test]
+fn sockets() {
+    let err = runtime().load_file(guests::SOCKETS.as_ref()).unwrap_err();
+    assert_eq!(err.code(), "plugin_load_failed");
+    assert!(err.to_string().contains("wasi:sockets"), "{err}");
+}
+
+#[test]
+fn reveal() {
+    // Granted (as `support::runtime` is configured): reads the secret.
+    let p = load(guests::REVEAL);
+    assert!(p.reads_secrets);
+    let edits = runtime().apply(&p, &cred(&[], &[("key", "12345")]), at(), &get("https://h.test/")).unwrap();
+    assert!(matches!(&edits[0], Checked::Set(_, v) if v.text == "len=5"));
+    // Not granted: refused at load, naming the grant.
+    let bare = Runtime::new(RuntimeConfig::default()).unwrap();
+    let err = bare.load_file(guests::REVEAL.as_ref()).unwrap_err();
+    assert!(err.to_string().contains("not granted") && err.to_string().contains("--grant-secrets test-reveal"), "{err}");
+}
+
+#[test]
+fn filesystem() {
+    // Rust's std imports the filesystem interfaces, so the plugin loads, but
+    // with no preopened directory there is nothing it can open.
+    let p = load(guests::FILESYSTEM);
+    let err = runtime().apply(&p, &cred(&[], &[]), at(), &get("https://h.test/")).unwrap_err();
+    assert!(err.to_string().contains("fs:"), "{err}");
+    assert!(!err.to_string().contains("root:"), "{err}");
+}
+
+#[test]
+fn state() {
+    // Every call starts from a fresh instance: a static counter never passes
+    // 1, even after a trap (CVE-2022-39393-style leftovers).
+    let p = load(guests::STATE);
+    let rt = runtime();
+    for mode in ["count", "trap", "count", "count"] {
+        let res = rt.apply(&p, &cred(&[("mode", mode)], &[]), at(), &get("https://h.test/"));
+        match mode {
+            "trap" => assert!(res.is_err()),
+            _ => assert!(matches!(&res.unwrap()[0], Checked::Set(_, v) if v.text == "1")),
+        }
+    }
+}
+
+#[test]
+fn hostile_calls_do_not_starve_others() {
+    let rt = runtime();
+    let spin = Arc::new(load(guests::SPIN));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let p = spin.clone();
+            std::thread::spawn(move || runtime().apply(&p, &cred(&[], &[]), at(), &get("https://h.test/")).is_err())
+        })
+        .collect();
+    for _ in 0..50 {
+        still_works();
+    }
+    for t in threads {
+        assert!(t.join().unwrap());
+    }
+    let _ = rt;
+}
+
+#[test]
+fn invalid_components_are_refused_at_load() {
+    let rt = runtime();
+    let garbage = rt.load_bytes(b"definitely not wasm", PluginSource::Builtin).unwrap_err();
+    assert_eq!(garbage.code(), "plugin_load_failed");
+    // A valid, empty component: the wrong world.
+    let empty = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+    let err = rt.load_bytes(&empty, PluginSource::Builtin).unwrap_err();
+    assert!(err.to_string().contains("scheme-plugin world"), "{err}");
+    // A core module is not a component.
+    let core = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+    assert!(rt.load_bytes(&core, PluginSource::Builtin).is_err());
+    // Over the size cap.
+    let big = vec![0u8; rt.config().max_plugin_size + 1];
+    assert!(rt.load_bytes(&big, PluginSource::Builtin).unwrap_err().to_string().contains("limit"));
+}
