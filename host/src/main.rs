@@ -233,11 +233,13 @@ fn cmd_sign(rt_args: &RuntimeArgs, args: SignArgs) -> Result<(), Failure> {
     let prepared = sign::prepare(&input)?;
     sign::check_credential(&rt, &plugin, &config, &secrets)?;
     let cred = Arc::new(CallCredential::new("cli", 1, config, secrets));
+    let signed = sign::sign(&rt, &plugin, &cred, &prepared)?;
+    // Explain after signing, so a scheme that caches (jwt) explains the very
+    // token it just produced.
     if args.explain {
         let text = sign::explain(&rt, &plugin, &cred, &prepared)?;
         eprintln!("{text}");
     }
-    let signed = sign::sign(&rt, &plugin, &cred, prepared)?;
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, &signed).map_err(|e| Failure::new("io", e.to_string()))?;
     writeln!(out).map_err(|e| Failure::new("io", e.to_string()))?;

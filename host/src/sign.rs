@@ -163,13 +163,13 @@ pub fn sign(
     runtime: &Runtime,
     plugin: &Plugin,
     cred: &Arc<CallCredential>,
-    prepared: Prepared,
+    prepared: &Prepared,
 ) -> Result<SignedRequest, SignError> {
     let checked = runtime.apply(plugin, cred, prepared.now, &prepared.request)?;
-    let (mut url, mut headers) = (prepared.url, prepared.headers);
+    let (mut url, mut headers) = (prepared.url.clone(), prepared.headers.clone());
     edits::apply(&mut url, &mut headers, checked);
     Ok(SignedRequest {
-        method: prepared.request.method,
+        method: prepared.request.method.clone(),
         url,
         headers: headers.into_iter().map(|h| (h.name, h.value.text)).collect(),
     })

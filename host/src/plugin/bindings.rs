@@ -14,8 +14,8 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use latchkey::plugin::crypto::SignatureAlgorithm;
-pub use latchkey::plugin::log::Level;
-pub use latchkey::plugin::types::{
+pub use self::latchkey::plugin::crypto::SignatureAlgorithm;
+pub use self::latchkey::plugin::log::Level;
+pub use self::latchkey::plugin::types::{
     CallContext, Datetime, Edit, Error as WitError, FieldInfo, Part, Request, SchemeInfo,
 };

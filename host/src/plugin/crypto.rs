@@ -53,9 +53,13 @@ fn parse(field: &str, pem: &str, alg: SignatureAlgorithm, rng: &SystemRandom) ->
                 .map(ParsedKey::Ecdsa)
                 .map_err(|_| invalid(field, "ES256 needs a P-256 private key in PKCS#8"));
         }
-        (SignatureAlgorithm::Es256, _) => {
-            return Err(invalid(field, "ES256 needs a PKCS#8 key (`openssl pkcs8 -topk8 -nocrypt` converts SEC1)"));
+        (SignatureAlgorithm::Es256, PrivateKeyDer::Sec1(k)) => {
+            let pkcs8 = zeroize::Zeroizing::new(sec1_p256_to_pkcs8(k.secret_sec1_der()));
+            return EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, rng)
+                .map(ParsedKey::Ecdsa)
+                .map_err(|_| invalid(field, "ES256 needs a P-256 private key that includes its public key"));
         }
+        (SignatureAlgorithm::Es256, _) => return Err(invalid(field, "ES256 needs an EC P-256 private key")),
         (SignatureAlgorithm::Ed25519, PrivateKeyDer::Pkcs8(k)) => {
             return Ed25519KeyPair::from_pkcs8_maybe_unchecked(k.secret_pkcs8_der())
                 .map(ParsedKey::Ed25519)
@@ -66,6 +70,33 @@ fn parse(field: &str, pem: &str, alg: SignatureAlgorithm, rng: &SystemRandom) ->
     }
     .map(ParsedKey::Rsa)
     .map_err(|e| invalid(field, &format!("unusable RSA key ({e}); RS256 needs 2048 bits or more")))
+}
+
+/// Wrap a SEC1 `ECPrivateKey` (`-----BEGIN EC PRIVATE KEY-----`, what
+/// `openssl ecparam -genkey` writes) in a P-256 PKCS#8 envelope, the one form
+/// ring reads. Hand-written because the envelope is a fixed prefix around the
+/// SEC1 bytes; ring itself checks the curve and the key inside.
+fn sec1_p256_to_pkcs8(sec1: &[u8]) -> Vec<u8> {
+    fn der_len(out: &mut Vec<u8>, len: usize) {
+        match len {
+            0..=127 => out.push(len as u8),
+            128..=255 => out.extend_from_slice(&[0x81, len as u8]),
+            _ => out.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]),
+        }
+    }
+    // version 0, AlgorithmIdentifier { id-ecPublicKey, prime256v1 }
+    const HEAD: &[u8] = &[
+        0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86,
+        0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+    ];
+    let mut octets = vec![0x04];
+    der_len(&mut octets, sec1.len());
+    octets.extend_from_slice(sec1);
+    let mut out = vec![0x30];
+    der_len(&mut out, HEAD.len() + octets.len());
+    out.extend_from_slice(HEAD);
+    out.extend_from_slice(&octets);
+    out
 }
 
 /// Check that a secret value is a usable key for `alg` (used before storing).
@@ -182,6 +213,17 @@ mod tests {
         let err = check_key("key", "canary-value-77", SignatureAlgorithm::Rs256).unwrap_err();
         let WitError::InvalidSecret(m) = err else { panic!() };
         assert!(m.contains("`key`") && !m.contains("canary"));
+    }
+
+    #[test]
+    fn es256_accepts_sec1_and_pkcs8() {
+        let rng = SystemRandom::new();
+        let sec1 = include_str!("../../../plugins/jwt/testdata/p256-sec1.pem");
+        let pkcs8 = include_str!("../../../plugins/jwt/testdata/p256-pkcs8.pem");
+        for pem in [sec1, pkcs8] {
+            let sig = sign_with(&KeyCache::default(), "key", &Secret::new(pem), SignatureAlgorithm::Es256, b"m", &rng);
+            assert_eq!(sig.unwrap().len(), 64);
+        }
     }
 
     #[test]

@@ -556,14 +556,8 @@ impl Runtime {
             .map_err(|e| PluginError::Scheme { plugin: plugin.info.name.clone(), error: e.into() })
     }
 
-    /// Run `f` in a fresh instance with its own store, limits and deadline.
-    fn call<R>(
-        &self,
-        plugin: &Plugin,
-        cred: &Arc<CallCredential>,
-        now: Datetime,
-        f: impl FnOnce(&SchemePlugin, &mut Store<State>, wasmtime::component::Resource<CredentialHandle>) -> wasmtime::Result<R>,
-    ) -> Result<R, PluginError> {
+    /// A store for one call: its own limits, tables and deadline.
+    fn store(&self, plugin: &Plugin, cred: &Arc<CallCredential>, now: Datetime) -> Store<State> {
         let state = State {
             plugin: plugin.name.clone(),
             cred: cred.clone(),
@@ -586,10 +580,24 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        let ticks = self.config.call_timeout.as_millis().div_ceil(TICK.as_millis()) as u64 + 1;
-        store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
+        self.arm_deadline(&mut store);
+        store
+    }
 
+    fn arm_deadline(&self, store: &mut Store<State>) {
+        store.set_epoch_deadline(self.config.call_timeout.as_millis().div_ceil(TICK.as_millis()) as u64 + 1);
+    }
+
+    /// Run `f` in a fresh instance with its own store, limits and deadline.
+    fn call<R>(
+        &self,
+        plugin: &Plugin,
+        cred: &Arc<CallCredential>,
+        now: Datetime,
+        f: impl FnOnce(&SchemePlugin, &mut Store<State>, wasmtime::component::Resource<CredentialHandle>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let mut store = self.store(plugin, cred, now);
         let fail = |store: &Store<State>, e: wasmtime::Error| PluginError::Failed {
             plugin: plugin.name.to_string(),
             reason: self.describe_failure(store.data(), &e),
@@ -609,6 +617,16 @@ impl Runtime {
             tracing::warn!(plugin = %plugin.name, credential = %cred.name, error = %err, "plugin call failed");
             err
         })
+    }
+
+    /// An instance kept across calls, for benchmarks and plugin tests only:
+    /// production runs every call in a fresh instance.
+    pub fn warm_instance(&self, plugin: &Arc<Plugin>, cred: &Arc<CallCredential>, now: Datetime) -> Result<WarmInstance<'_>, PluginError> {
+        let mut store = self.store(plugin, cred, now);
+        let fail = |e: wasmtime::Error| PluginError::Failed { plugin: plugin.name.to_string(), reason: format!("{e:#}") };
+        let handle = store.data_mut().table.push(CredentialHandle).map_err(|e| fail(e.into()))?;
+        let instance = plugin.pre.instantiate(&mut store).map_err(fail)?;
+        Ok(WarmInstance { runtime: self, plugin: plugin.clone(), store, instance, handle })
     }
 
     fn describe_failure(&self, state: &State, e: &wasmtime::Error) -> String {
@@ -636,6 +654,33 @@ impl Runtime {
             Some(line) if !state.reveal_granted => format!("{reason}; it printed: {line}"),
             _ => reason,
         }
+    }
+}
+
+/// One instance reused across calls (see [`Runtime::warm_instance`]).
+pub struct WarmInstance<'a> {
+    runtime: &'a Runtime,
+    plugin: Arc<Plugin>,
+    store: Store<State>,
+    instance: SchemePlugin,
+    handle: wasmtime::component::Resource<CredentialHandle>,
+}
+
+impl WarmInstance<'_> {
+    /// `apply` on the kept instance, with the same checks as a fresh call.
+    pub fn apply(&mut self, request: &Request) -> Result<Vec<edits::Checked>, PluginError> {
+        self.runtime.arm_deadline(&mut self.store);
+        let (cred, now) = (self.store.data().cred.clone(), self.store.data().now);
+        let ctx = CallContext { now, config: cred.config.clone() };
+        let handle = wasmtime::component::Resource::new_borrow(self.handle.rep());
+        let name = self.plugin.info.name.clone();
+        let answer = self
+            .instance
+            .latchkey_plugin_scheme()
+            .call_apply(&mut self.store, &ctx, handle, request)
+            .map_err(|e| PluginError::Failed { plugin: name.clone(), reason: format!("{e:#}") })?;
+        let edits = answer.map_err(|e| PluginError::Scheme { plugin: name.clone(), error: e.into() })?;
+        edits::check(edits, &self.plugin.info.writable_headers, &cred).map_err(|reason| PluginError::Failed { plugin: name, reason })
     }
 }
 

@@ -1,5 +1,6 @@
 //! Integration tests of the `latchkey` host: one binary, one module per area.
 
+mod aws_sdk;
 mod cli;
 mod hostile;
 mod schemes;

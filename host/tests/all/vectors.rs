@@ -87,9 +87,10 @@ fn run_case(rt: &latchkey::Runtime, plugin: &latchkey::Plugin, case: &Case) -> R
     let result = (|| {
         let prepared = sign::prepare(&input)?;
         sign::check_credential(rt, plugin, &config, &secrets)?;
-        let cred = Arc::new(CallCredential::new("vector", 1, config.clone(), secrets.clone()));
-        let explain = sign::explain(rt, plugin, &cred, &prepared)?;
-        Ok::<_, sign::SignError>((sign::sign(rt, plugin, &cred, prepared)?, explain))
+        // A credential per case: plugin caches (minted JWTs) are per credential.
+        let cred = Arc::new(CallCredential::new(case.name.clone(), 1, config.clone(), secrets.clone()));
+        let signed = sign::sign(rt, plugin, &cred, &prepared)?;
+        Ok::<_, sign::SignError>((signed, sign::explain(rt, plugin, &cred, &prepared)?))
     })();
     match (&case.expect_error, result) {
         (Some(want), Err(e)) if e.to_string().contains(want.as_str()) => Ok(()),
