@@ -44,10 +44,8 @@ fn main() {
     guests.sort();
 
     // A target directory of its own: the outer cargo holds the lock on ours.
-    let target_dir = env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("wasm-plugins");
+    let target_dir =
+        env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target")).join("wasm-plugins");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--release", "--workspace", "--target", "wasm32-wasip2", "--manifest-path"])
@@ -58,6 +56,11 @@ fn main() {
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("CARGO_PROFILE_RELEASE_DEBUG")
+        // Under `cargo clippy`, the wrapper and its lint flags would apply to
+        // the guest build too; the plugins are linted by `cargo xtask test`.
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CLIPPY_ARGS")
         .status()
         .expect("running cargo for the plugin workspace");
     if !status.success() {

@@ -4,6 +4,7 @@
 pub mod plugin;
 pub mod secret;
 pub mod sign;
+pub mod vault;
 
 pub use plugin::{Plugin, PluginError, Runtime, RuntimeConfig};
 pub use secret::Secret;

@@ -120,9 +120,7 @@ impl From<sign::SignError> for Failure {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -161,7 +159,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
 fn split_kv<'a>(s: &'a str, what: &str) -> Result<(&'a str, &'a str), Failure> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k, v)),
-        _ => Err(Failure::new("invalid_argument", format!("{what} `{}` is not of the form name=value", redact_value(s)))),
+        _ => {
+            Err(Failure::new("invalid_argument", format!("{what} `{}` is not of the form name=value", redact_value(s))))
+        }
     }
 }
 
@@ -210,7 +210,10 @@ fn cmd_sign(rt_args: &RuntimeArgs, args: SignArgs) -> Result<(), Failure> {
     let mut headers = Vec::new();
     for h in &args.headers {
         let Some((name, value)) = h.split_once(':') else {
-            return Err(Failure::new("invalid_request", format!("header {:?} is not of the form `Name: value`", latchkey::plugin::sanitize_for_log(h, 80))));
+            return Err(Failure::new(
+                "invalid_request",
+                format!("header {:?} is not of the form `Name: value`", latchkey::plugin::sanitize_for_log(h, 80)),
+            ));
         };
         headers.push((name.to_string(), value.trim_matches([' ', '\t']).to_string()));
     }
@@ -317,7 +320,11 @@ fn cmd_inspect(rt_args: &RuntimeArgs, file: &std::path::Path, json: bool) -> Res
     println!("writable headers: {}", p.info.writable_headers.join(", "));
     println!(
         "secret access: {}",
-        if p.reads_secrets { "reads raw secret values (latchkey:plugin/secrets, granted)" } else { "none: key material stays in the host" }
+        if p.reads_secrets {
+            "reads raw secret values (latchkey:plugin/secrets, granted)"
+        } else {
+            "none: key material stays in the host"
+        }
     );
     println!("imports:");
     for i in &p.imports {

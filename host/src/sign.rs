@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use crate::plugin::edits::{self, Header, Value};
 use crate::plugin::{CallCredential, Datetime, Plugin, PluginError, Runtime};
 use crate::secret::Secret;
+use crate::vault::model::check_secret_fields;
 
 /// Errors of signing, each with a stable code.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +125,8 @@ pub fn prepare(input: &SignInput) -> Result<Prepared, SignError> {
     Ok(Prepared { request, headers, url, now })
 }
 
-/// Check secret fields against what the scheme declares, then with the scheme.
+/// Check secret fields against what the scheme declares (the vault's rule,
+/// [`check_secret_fields`]), then with the scheme.
 pub fn check_credential(
     runtime: &Runtime,
     plugin: &Plugin,
@@ -132,26 +134,16 @@ pub fn check_credential(
     secrets: &BTreeMap<String, Secret>,
 ) -> Result<(), SignError> {
     runtime.validate_config(plugin, config)?;
-    let info = &plugin.info;
-    for field in secrets.keys() {
-        if !info.open_secret_fields && !info.secret_fields.iter().any(|f| f.name == *field) {
-            let known: Vec<&str> = info.secret_fields.iter().map(|f| f.name.as_str()).collect();
-            return Err(SignError::Secret(
-                format!("scheme `{}` has no secret field `{field}` (known: {})", info.name, known.join(", ")),
-                "unknown_secret_field",
-            ));
-        }
-    }
-    if !info.open_secret_fields {
-        for f in info.secret_fields.iter().filter(|f| f.required) {
-            if !secrets.contains_key(&f.name) {
-                return Err(SignError::Secret(
-                    format!("scheme `{}` needs secret field `{}` ({})", info.name, f.name, f.description),
-                    "provider_key_missing",
-                ));
-            }
-        }
-    }
+    let names: Vec<&str> = secrets.keys().map(String::as_str).collect();
+    check_secret_fields(&plugin.info, &names).map_err(|e| {
+        // Offline signing has no other layer to fall back on, so a missing
+        // field is the call's missing key, as a scheme would report it.
+        let code = match e.code() {
+            "missing_secret_field" => "provider_key_missing",
+            code => code,
+        };
+        SignError::Secret(e.to_string(), code)
+    })?;
     for (field, value) in secrets {
         runtime.validate_secret(plugin, config, field, value)?;
     }

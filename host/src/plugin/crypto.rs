@@ -9,8 +9,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
 
 use super::bindings::{SignatureAlgorithm, WitError};
 use crate::secret::Secret;
@@ -151,12 +151,7 @@ pub(crate) fn sign_with(
 /// Verify a signature with a public key given as one JWK. Only asymmetric
 /// keys are accepted: a JWKS is public, so an HMAC key in it would let anyone
 /// forge tokens.
-pub(crate) fn verify_jwk(
-    alg: SignatureAlgorithm,
-    jwk: &str,
-    message: &[u8],
-    sig: &[u8],
-) -> Result<bool, WitError> {
+pub(crate) fn verify_jwk(alg: SignatureAlgorithm, jwk: &str, message: &[u8], sig: &[u8]) -> Result<bool, WitError> {
     let bad = |why: &str| WitError::InvalidConfig(format!("unusable JWK: {why}"));
     let v: serde_json::Value = serde_json::from_str(jwk).map_err(|_| bad("not JSON"))?;
     let s = |name: &str| -> Result<Vec<u8>, WitError> {
@@ -180,9 +175,7 @@ pub(crate) fn verify_jwk(
             let mut point = vec![4u8];
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
-                .verify(message, sig)
-                .is_ok()
+            signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point).verify(message, sig).is_ok()
         }
         (SignatureAlgorithm::Ed25519, "OKP") => {
             if v.get("crv").and_then(|x| x.as_str()) != Some("Ed25519") {
@@ -238,10 +231,8 @@ mod tests {
         let keys = KeyCache::default();
         let sig = sign_with(&keys, "key", &secret, SignatureAlgorithm::Ed25519, b"msg", &rng).unwrap();
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-        let jwk = format!(
-            r#"{{"kty":"OKP","crv":"Ed25519","x":"{}"}}"#,
-            URL_SAFE_NO_PAD.encode(pair.public_key().as_ref())
-        );
+        let jwk =
+            format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"{}"}}"#, URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()));
         assert!(verify_jwk(SignatureAlgorithm::Ed25519, &jwk, b"msg", &sig).unwrap());
         assert!(!verify_jwk(SignatureAlgorithm::Ed25519, &jwk, b"msh", &sig).unwrap());
         // The same key can never be used under another algorithm.

@@ -34,8 +34,7 @@ const DENIED: &[&str] = &[
 
 /// Whether `name` is an RFC 9110 `token`.
 pub fn is_token(name: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Whether `value` is a valid RFC 9110 field value: visible ASCII, obs-text,
@@ -93,7 +92,9 @@ fn splice(cred: &CallCredential, parts: &[Part]) -> Result<Value, String> {
         match p {
             Part::Text(t) => text.push_str(t),
             Part::Secret(f) => {
-                let s = cred.secret(f).ok_or_else(|| format!("refers to secret field `{f}`, which the credential lacks"))?;
+                let s = cred
+                    .secret(f)
+                    .ok_or_else(|| format!("refers to secret field `{f}`, which the credential lacks"))?;
                 text.push_str(s.expose());
                 sensitive = true;
             }
@@ -252,7 +253,8 @@ mod tests {
     #[test]
     fn refuses_control_characters_even_from_secrets() {
         let w = vec!["*".to_string()];
-        for parts in [vec![Part::Text("a\nb".into())], vec![Part::Text("a\0".into())], vec![Part::Secret("bad".into())]] {
+        for parts in [vec![Part::Text("a\nb".into())], vec![Part::Text("a\0".into())], vec![Part::Secret("bad".into())]]
+        {
             let err = check(vec![set("x-a", parts)], &w, &cred()).unwrap_err();
             assert!(err.contains("control") && !err.contains("Injected"), "{err}");
         }
@@ -272,7 +274,8 @@ mod tests {
     #[test]
     fn splices_secrets_and_marks_them() {
         let w = vec!["*".to_string()];
-        let c = check(vec![set("x-a", vec![Part::Text("Bearer ".into()), Part::Secret("key".into())])], &w, &cred()).unwrap();
+        let c = check(vec![set("x-a", vec![Part::Text("Bearer ".into()), Part::Secret("key".into())])], &w, &cred())
+            .unwrap();
         let Checked::Set(_, v) = &c[0] else { panic!() };
         assert_eq!((v.text.as_str(), v.sensitive), ("Bearer s3cr3t", true));
         assert_eq!(format!("{c:?}").contains("s3cr3t"), false);

@@ -595,7 +595,11 @@ impl Runtime {
         plugin: &Plugin,
         cred: &Arc<CallCredential>,
         now: Datetime,
-        f: impl FnOnce(&SchemePlugin, &mut Store<State>, wasmtime::component::Resource<CredentialHandle>) -> wasmtime::Result<R>,
+        f: impl FnOnce(
+            &SchemePlugin,
+            &mut Store<State>,
+            wasmtime::component::Resource<CredentialHandle>,
+        ) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let mut store = self.store(plugin, cred, now);
         let fail = |store: &Store<State>, e: wasmtime::Error| PluginError::Failed {
@@ -621,9 +625,15 @@ impl Runtime {
 
     /// An instance kept across calls, for benchmarks and plugin tests only:
     /// production runs every call in a fresh instance.
-    pub fn warm_instance(&self, plugin: &Arc<Plugin>, cred: &Arc<CallCredential>, now: Datetime) -> Result<WarmInstance<'_>, PluginError> {
+    pub fn warm_instance(
+        &self,
+        plugin: &Arc<Plugin>,
+        cred: &Arc<CallCredential>,
+        now: Datetime,
+    ) -> Result<WarmInstance<'_>, PluginError> {
         let mut store = self.store(plugin, cred, now);
-        let fail = |e: wasmtime::Error| PluginError::Failed { plugin: plugin.name.to_string(), reason: format!("{e:#}") };
+        let fail =
+            |e: wasmtime::Error| PluginError::Failed { plugin: plugin.name.to_string(), reason: format!("{e:#}") };
         let handle = store.data_mut().table.push(CredentialHandle).map_err(|e| fail(e.into()))?;
         let instance = plugin.pre.instantiate(&mut store).map_err(fail)?;
         Ok(WarmInstance { runtime: self, plugin: plugin.clone(), store, instance, handle })
@@ -680,7 +690,8 @@ impl WarmInstance<'_> {
             .call_apply(&mut self.store, &ctx, handle, request)
             .map_err(|e| PluginError::Failed { plugin: name.clone(), reason: format!("{e:#}") })?;
         let edits = answer.map_err(|e| PluginError::Scheme { plugin: name.clone(), error: e.into() })?;
-        edits::check(edits, &self.plugin.info.writable_headers, &cred).map_err(|reason| PluginError::Failed { plugin: name, reason })
+        edits::check(edits, &self.plugin.info.writable_headers, &cred)
+            .map_err(|reason| PluginError::Failed { plugin: name, reason })
     }
 }
 
@@ -700,11 +711,17 @@ fn check_info(info: &SchemeInfo) -> Result<(), String> {
         && info.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && info.name.as_bytes()[0].is_ascii_lowercase();
     if !name_ok {
-        return Err(format!("scheme name {:?} must be 1-64 of a-z, 0-9, `-`, starting with a letter", sanitize_for_log(&info.name, 80)));
+        return Err(format!(
+            "scheme name {:?} must be 1-64 of a-z, 0-9, `-`, starting with a letter",
+            sanitize_for_log(&info.name, 80)
+        ));
     }
     for h in &info.writable_headers {
         if h != "*" && (!edits::is_token(h) || h.to_ascii_lowercase() != *h) {
-            return Err(format!("writable header {:?} must be a lower-case header name or `*`", sanitize_for_log(h, 80)));
+            return Err(format!(
+                "writable header {:?} must be a lower-case header name or `*`",
+                sanitize_for_log(h, 80)
+            ));
         }
     }
     if info.config_fields.len() + info.secret_fields.len() > 128 {

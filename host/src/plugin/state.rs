@@ -165,9 +165,7 @@ impl State {
 /// library does when it panics), so calls that never do pay nothing for it.
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        let ctx = self.wasi.get_or_insert_with(|| {
-            super::wasi::sandbox_ctx(self.now, self.stderr.clone())
-        });
+        let ctx = self.wasi.get_or_insert_with(|| super::wasi::sandbox_ctx(self.now, self.stderr.clone()));
         WasiCtxView { ctx, table: &mut self.table }
     }
 }
@@ -211,9 +209,7 @@ impl crypto::Host for State {
         parts: Vec<Part>,
     ) -> WtResult<Result<Vec<u8>, WitError>> {
         self.check_handle(&handle)?;
-        Ok(self
-            .resolve_parts(&parts)
-            .map(|data| digest::digest(&digest::SHA256, &data).as_ref().to_vec()))
+        Ok(self.resolve_parts(&parts).map(|data| digest::digest(&digest::SHA256, &data).as_ref().to_vec()))
     }
 
     fn hmac_sha256(
@@ -266,19 +262,12 @@ impl crypto::Host for State {
 }
 
 impl secrets::Host for State {
-    fn reveal(
-        &mut self,
-        handle: Resource<CredentialHandle>,
-        field: String,
-    ) -> WtResult<Result<String, WitError>> {
+    fn reveal(&mut self, handle: Resource<CredentialHandle>, field: String) -> WtResult<Result<String, WitError>> {
         self.check_handle(&handle)?;
         // Load-time checks refuse ungranted plugins that import `secrets`;
         // this is the second lock on the same door.
         if !self.reveal_granted {
-            return Ok(Err(WitError::Denied(format!(
-                "plugin `{}` is not granted access to raw secrets",
-                self.plugin
-            ))));
+            return Ok(Err(WitError::Denied(format!("plugin `{}` is not granted access to raw secrets", self.plugin))));
         }
         Ok(self.field(&field).map(|s| s.expose().to_string()))
     }
@@ -333,9 +322,7 @@ impl log::Host for State {
 impl random::Host for State {
     fn bytes(&mut self, len: u32) -> WtResult<Vec<u8>> {
         let mut buf = vec![0u8; len.min(1024) as usize];
-        self.rng
-            .fill(&mut buf)
-            .map_err(|_| wasmtime::format_err!("the system random number generator failed"))?;
+        self.rng.fill(&mut buf).map_err(|_| wasmtime::format_err!("the system random number generator failed"))?;
         Ok(buf)
     }
 }

@@ -68,9 +68,16 @@ pub(crate) fn import_allowed(name: &str, secrets_granted: bool) -> bool {
         | "latchkey:plugin/random" => true,
         "latchkey:plugin/secrets" => secrets_granted,
         "wasi:io/error" | "wasi:io/streams" | "wasi:io/poll" => true,
-        "wasi:cli/environment" | "wasi:cli/exit" | "wasi:cli/stdin" | "wasi:cli/stdout"
-        | "wasi:cli/stderr" | "wasi:cli/terminal-input" | "wasi:cli/terminal-output"
-        | "wasi:cli/terminal-stdin" | "wasi:cli/terminal-stdout" | "wasi:cli/terminal-stderr" => true,
+        "wasi:cli/environment"
+        | "wasi:cli/exit"
+        | "wasi:cli/stdin"
+        | "wasi:cli/stdout"
+        | "wasi:cli/stderr"
+        | "wasi:cli/terminal-input"
+        | "wasi:cli/terminal-output"
+        | "wasi:cli/terminal-stdin"
+        | "wasi:cli/terminal-stdout"
+        | "wasi:cli/terminal-stderr" => true,
         "wasi:clocks/wall-clock" | "wasi:clocks/monotonic-clock" => true,
         "wasi:random/random" | "wasi:random/insecure" | "wasi:random/insecure-seed" => true,
         "wasi:filesystem/types" | "wasi:filesystem/preopens" => true,

@@ -14,8 +14,21 @@ fn latchkey(args: &[&str]) -> (i32, String, String) {
 #[test]
 fn sign_prints_the_complete_request() {
     let (code, out, _) = latchkey(&[
-        "sign", "--scheme", "api-key", "--config", "header=X-Api-Key", "--secret", "key=k-42",
-        "--method", "POST", "--url", "https://api.example.test/v1/x?a=1", "-H", "Accept: */*", "-H", "x-api-key: agent-supplied",
+        "sign",
+        "--scheme",
+        "api-key",
+        "--config",
+        "header=X-Api-Key",
+        "--secret",
+        "key=k-42",
+        "--method",
+        "POST",
+        "--url",
+        "https://api.example.test/v1/x?a=1",
+        "-H",
+        "Accept: */*",
+        "-H",
+        "x-api-key: agent-supplied",
     ]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -35,14 +48,104 @@ fn bad_input_is_one_clear_line_and_non_zero() {
     let missing = dir.path().join("missing-body");
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["--scheme".into(), "no-such".into(), "--url".into(), "https://h.test/".into()], "unknown_scheme"),
-        (vec!["--scheme".into(), "aws-sigv4".into(), "--secret".into(), "access_key_id=AKID".into(), "--url".into(), "https://s3.amazonaws.com/".into()], "provider_key_missing"),
-        (vec!["--scheme".into(), "api-key".into(), "--secret".into(), "key=x".into(), "--url".into(), "h.test/no-scheme".into()], "invalid_request"),
-        (vec!["--scheme".into(), "api-key".into(), "--secret".into(), "key=x".into(), "--url".into(), "https://u:p@h.test/".into()], "invalid_request"),
-        (vec!["--scheme".into(), "api-key".into(), "--secret".into(), "key=x".into(), "--url".into(), "https://h.test/".into(), "-H".into(), "No colon".into()], "invalid_request"),
-        (vec!["--scheme".into(), "api-key".into(), "--secret".into(), "key=x".into(), "--url".into(), "https://h.test/".into(), "-H".into(), "Host: other.test".into()], "invalid_request"),
-        (vec!["--scheme".into(), "api-key".into(), "--secret".into(), "key=x".into(), "--url".into(), "https://h.test/".into(), "--body-file".into(), missing.display().to_string()], "invalid_argument"),
-        (vec!["--scheme".into(), "api-key".into(), "--secret".into(), "key=x".into(), "--secret".into(), "nope=1".into(), "--url".into(), "https://h.test/".into()], "unknown_secret_field"),
-        (vec!["--scheme".into(), "api-key".into(), "--secret".into(), "key=x".into(), "--at".into(), "yesterday".into(), "--url".into(), "https://h.test/".into()], "invalid_argument"),
+        (
+            vec![
+                "--scheme".into(),
+                "aws-sigv4".into(),
+                "--secret".into(),
+                "access_key_id=AKID".into(),
+                "--url".into(),
+                "https://s3.amazonaws.com/".into(),
+            ],
+            "provider_key_missing",
+        ),
+        (
+            vec![
+                "--scheme".into(),
+                "api-key".into(),
+                "--secret".into(),
+                "key=x".into(),
+                "--url".into(),
+                "h.test/no-scheme".into(),
+            ],
+            "invalid_request",
+        ),
+        (
+            vec![
+                "--scheme".into(),
+                "api-key".into(),
+                "--secret".into(),
+                "key=x".into(),
+                "--url".into(),
+                "https://u:p@h.test/".into(),
+            ],
+            "invalid_request",
+        ),
+        (
+            vec![
+                "--scheme".into(),
+                "api-key".into(),
+                "--secret".into(),
+                "key=x".into(),
+                "--url".into(),
+                "https://h.test/".into(),
+                "-H".into(),
+                "No colon".into(),
+            ],
+            "invalid_request",
+        ),
+        (
+            vec![
+                "--scheme".into(),
+                "api-key".into(),
+                "--secret".into(),
+                "key=x".into(),
+                "--url".into(),
+                "https://h.test/".into(),
+                "-H".into(),
+                "Host: other.test".into(),
+            ],
+            "invalid_request",
+        ),
+        (
+            vec![
+                "--scheme".into(),
+                "api-key".into(),
+                "--secret".into(),
+                "key=x".into(),
+                "--url".into(),
+                "https://h.test/".into(),
+                "--body-file".into(),
+                missing.display().to_string(),
+            ],
+            "invalid_argument",
+        ),
+        (
+            vec![
+                "--scheme".into(),
+                "api-key".into(),
+                "--secret".into(),
+                "key=x".into(),
+                "--secret".into(),
+                "nope=1".into(),
+                "--url".into(),
+                "https://h.test/".into(),
+            ],
+            "unknown_secret_field",
+        ),
+        (
+            vec![
+                "--scheme".into(),
+                "api-key".into(),
+                "--secret".into(),
+                "key=x".into(),
+                "--at".into(),
+                "yesterday".into(),
+                "--url".into(),
+                "https://h.test/".into(),
+            ],
+            "invalid_argument",
+        ),
     ];
     for (args, code) in cases {
         let mut full = vec!["sign"];
@@ -58,17 +161,37 @@ fn bad_input_is_one_clear_line_and_non_zero() {
 #[test]
 fn secrets_never_echoed_in_errors_or_explain() {
     let key = crate::support::canary("cli");
-    let (code, _, err) = latchkey(&["sign", "--scheme", "api-key", "--secret", &format!("key=Bearer {key}"), "--url", "https://h.test/"]);
+    let (code, _, err) = latchkey(&[
+        "sign",
+        "--scheme",
+        "api-key",
+        "--secret",
+        &format!("key=Bearer {key}"),
+        "--url",
+        "https://h.test/",
+    ]);
     assert_ne!(code, 0);
     assert!(!err.contains(&key), "{err}");
     let (code, _, err) = latchkey(&["sign", "--scheme", "api-key", "--secret", &key, "--url", "https://h.test/"]);
     assert_ne!(code, 0);
     assert!(!err.contains(&key), "{err}");
     let (code, out, err) = latchkey(&[
-        "sign", "--explain", "--scheme", "aws-sigv4", "--config", "region=us-east-1", "--config", "service=sts",
-        "--secret", "access_key_id=AKIDEXAMPLE", "--secret", &format!("secret_access_key={key}"),
-        "--secret", &format!("session_token={key}tok"),
-        "--url", "https://sts.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15",
+        "sign",
+        "--explain",
+        "--scheme",
+        "aws-sigv4",
+        "--config",
+        "region=us-east-1",
+        "--config",
+        "service=sts",
+        "--secret",
+        "access_key_id=AKIDEXAMPLE",
+        "--secret",
+        &format!("secret_access_key={key}"),
+        "--secret",
+        &format!("session_token={key}tok"),
+        "--url",
+        "https://sts.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15",
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains(&key), "explain leaked a secret: {err}");
@@ -81,7 +204,15 @@ fn secret_from_file_and_stdin() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("key");
     std::fs::write(&f, "from-file\n").unwrap();
-    let (code, out, err) = latchkey(&["sign", "--scheme", "api-key", "--secret", &format!("key=@{}", f.display()), "--url", "https://h.test/"]);
+    let (code, out, err) = latchkey(&[
+        "sign",
+        "--scheme",
+        "api-key",
+        "--secret",
+        &format!("key=@{}", f.display()),
+        "--url",
+        "https://h.test/",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(r#"["Authorization","from-file"]"#), "{out}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
@@ -102,7 +233,8 @@ fn plugin_list_and_inspect() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let names: Vec<&str> = v.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["aliyun-acs3", "api-key", "aws-sigv4", "basic", "custom-headers", "jwt", "tencent-tc3"]);
-    let (code, out, _) = latchkey(&["plugin", "inspect", "--json", crate::support::guests::REVEAL, "--grant-secrets", "test-reveal"]);
+    let (code, out, _) =
+        latchkey(&["plugin", "inspect", "--json", crate::support::guests::REVEAL, "--grant-secrets", "test-reveal"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["name"], "test-reveal");

@@ -54,7 +54,9 @@ fn spin() {
 fn alloc() {
     // A generous time budget, so the memory cap and not the clock stops it
     // even on a loaded machine.
-    let rt = Runtime::new(RuntimeConfig { call_timeout: std::time::Duration::from_secs(30), ..RuntimeConfig::default() }).unwrap();
+    let rt =
+        Runtime::new(RuntimeConfig { call_timeout: std::time::Duration::from_secs(30), ..RuntimeConfig::default() })
+            .unwrap();
     let p = rt.load_file(guests::ALLOC.as_ref()).unwrap();
     let msg = failed(rt.apply(&p, &cred(&[], &[]), at(), &get("https://h.test/")));
     assert!(msg.contains("memory limit"), "{msg}");
@@ -119,7 +121,10 @@ fn reveal() {
     // Not granted: refused at load, naming the grant.
     let bare = Runtime::new(RuntimeConfig::default()).unwrap();
     let err = bare.load_file(guests::REVEAL.as_ref()).unwrap_err();
-    assert!(err.to_string().contains("not granted") && err.to_string().contains("--grant-secrets test-reveal"), "{err}");
+    assert!(
+        err.to_string().contains("not granted") && err.to_string().contains("--grant-secrets test-reveal"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -181,4 +186,21 @@ fn invalid_components_are_refused_at_load() {
     // Over the size cap.
     let big = vec![0u8; rt.config().max_plugin_size + 1];
     assert!(rt.load_bytes(&big, PluginSource::Builtin).unwrap_err().to_string().contains("limit"));
+}
+
+#[test]
+fn readme_example() {
+    // The example in README.md is this guest, verbatim.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../plugins/test-guests/readme-example/src/lib.rs"
+    ))
+    .unwrap();
+    let body = src.split_once("\n\n").unwrap().1;
+    assert!(readme.contains(body), "README.md's plugin example and plugins/test-guests/readme-example differ");
+    let p = load(guests::README_EXAMPLE);
+    assert!(!p.reads_secrets);
+    let edits = runtime().apply(&p, &cred(&[], &[("key", "k-9")]), at(), &get("https://h.test/")).unwrap();
+    assert!(matches!(&edits[0], Checked::Set(n, v) if n == "x-api-key" && v.text == "k-9" && v.sensitive));
 }

@@ -9,7 +9,9 @@ fn set(edits: &[Checked]) -> Vec<(String, String, bool)> {
     edits
         .iter()
         .map(|e| match e {
-            Checked::Set(n, v) | Checked::Append(n, v) | Checked::Query(n, v) => (n.clone(), v.text.clone(), v.sensitive),
+            Checked::Set(n, v) | Checked::Append(n, v) | Checked::Query(n, v) => {
+                (n.clone(), v.text.clone(), v.sensitive)
+            }
             Checked::Remove(n) => (n.clone(), String::new(), false),
         })
         .collect()
@@ -63,10 +65,7 @@ fn custom_headers_sets_each_field() {
     assert!(!p.reads_secrets);
     let c = cred(&[], &[("X-Api-Key", "k1"), ("X-Tenant", "t2")]);
     let e = rt.apply(&p, &c, at(), &get("https://a.test/")).unwrap();
-    assert_eq!(
-        set(&e),
-        vec![("X-Api-Key".into(), "k1".into(), true), ("X-Tenant".into(), "t2".into(), true)]
-    );
+    assert_eq!(set(&e), vec![("X-Api-Key".into(), "k1".into(), true), ("X-Tenant".into(), "t2".into(), true)]);
     let err = rt.validate_secret(&p, &[], "Bad Name", &latchkey::Secret::new("v")).unwrap_err();
     assert_eq!(err.code(), "invalid_secret");
     // A header name the host reserves is refused even though the scheme allows any name.

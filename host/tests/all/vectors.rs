@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use latchkey::Secret;
 use latchkey::plugin::CallCredential;
 use latchkey::sign::{self, SignInput};
-use latchkey::Secret;
 use serde::Deserialize;
 
 use crate::support::runtime;
@@ -69,12 +69,19 @@ fn check(scheme: &str) -> usize {
             failures.push(format!("{}: {msg}", case.name));
         }
     }
-    assert!(failures.is_empty(), "{scheme}: {} of {} cases failed:\n{}", failures.len(), file.cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{scheme}: {} of {} cases failed:\n{}",
+        failures.len(),
+        file.cases.len(),
+        failures.join("\n")
+    );
     file.cases.len()
 }
 
 fn run_case(rt: &latchkey::Runtime, plugin: &latchkey::Plugin, case: &Case) -> Result<(), String> {
-    let at = time::OffsetDateTime::parse(&case.at, &time::format_description::well_known::Rfc3339).map_err(|e| e.to_string())?;
+    let at = time::OffsetDateTime::parse(&case.at, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| e.to_string())?;
     let input = SignInput {
         method: case.request.method.clone(),
         url: case.request.url.clone(),
@@ -83,7 +90,8 @@ fn run_case(rt: &latchkey::Runtime, plugin: &latchkey::Plugin, case: &Case) -> R
         at: Some(at),
     };
     let config: Vec<(String, String)> = case.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let secrets: BTreeMap<String, Secret> = case.secrets.iter().map(|(k, v)| (k.clone(), Secret::new(v.clone()))).collect();
+    let secrets: BTreeMap<String, Secret> =
+        case.secrets.iter().map(|(k, v)| (k.clone(), Secret::new(v.clone()))).collect();
     let result = (|| {
         let prepared = sign::prepare(&input)?;
         sign::check_credential(rt, plugin, &config, &secrets)?;

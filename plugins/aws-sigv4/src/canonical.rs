@@ -47,12 +47,7 @@ const UNSIGNED_HEADERS: &[&str] = &[
 
 /// Headers this scheme writes, so any copy in the request is replaced rather
 /// than signed alongside ours.
-const OWN_HEADERS: &[&str] = &[
-    "authorization",
-    "x-amz-date",
-    "x-amz-security-token",
-    "x-amz-content-sha256",
-];
+const OWN_HEADERS: &[&str] = &["authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256"];
 
 /// Query parameters that belong to a presigned URL; a request already carrying
 /// one is refused, as aws-c-auth does, rather than signed twice.
@@ -110,20 +105,12 @@ pub struct Plan {
 impl Plan {
     /// The string to sign, given the hex SHA-256 of the canonical request.
     pub fn string_to_sign(&self, canonical_hash: &str) -> String {
-        format!(
-            "{ALGORITHM}\n{}\n{}\n{canonical_hash}",
-            self.amz_date, self.scope
-        )
+        format!("{ALGORITHM}\n{}\n{}\n{canonical_hash}", self.amz_date, self.scope)
     }
 
     /// The key derivation chain after the `AWS4` + secret prefix.
     pub fn derivation(&self) -> [&[u8]; 4] {
-        [
-            self.date_stamp.as_bytes(),
-            self.region.as_bytes(),
-            self.service.as_bytes(),
-            b"aws4_request",
-        ]
+        [self.date_stamp.as_bytes(), self.region.as_bytes(), self.service.as_bytes(), b"aws4_request"]
     }
 
     /// All the edits, given the hex signature: the `Authorization` header or
@@ -142,10 +129,7 @@ impl Plan {
                 ],
             )),
             Location::Query { .. } => {
-                self.edits.push(Edit::append_query(
-                    "X-Amz-Signature",
-                    [Part::text(signature)],
-                ));
+                self.edits.push(Edit::append_query("X-Amz-Signature", [Part::text(signature)]));
             }
         }
         self.edits
@@ -158,11 +142,7 @@ pub fn plan(settings: &Settings, req: &Request<'_>, now: Utc) -> Result<Plan, Er
     let authority = url.authority();
     check_host_header(req.headers, &authority)?;
     let query = query_pairs(url.query.as_deref());
-    if let Some((k, _)) = query.iter().find(|(k, _)| {
-        AUTH_PARAMS
-            .iter()
-            .any(|p| p.as_bytes().eq_ignore_ascii_case(k))
-    }) {
+    if let Some((k, _)) = query.iter().find(|(k, _)| AUTH_PARAMS.iter().any(|p| p.as_bytes().eq_ignore_ascii_case(k))) {
         return Err(Error::InvalidRequest(format!(
             "the URL already carries `{}`: it is presigned or signed already; remove the X-Amz-* authentication parameters",
             String::from_utf8_lossy(k)
@@ -171,10 +151,7 @@ pub fn plan(settings: &Settings, req: &Request<'_>, now: Utc) -> Result<Plan, Er
 
     let amz_date = now.amz_date();
     let date_stamp = now.date_stamp();
-    let scope = format!(
-        "{date_stamp}/{}/{}/aws4_request",
-        settings.region, settings.service
-    );
+    let scope = format!("{date_stamp}/{}/{}/aws4_request", settings.region, settings.service);
     let query_mode = matches!(settings.location, Location::Query { .. });
     let token = req.has_session_token;
     let sign_token = token && !settings.omit_session_token;
@@ -182,20 +159,13 @@ pub fn plan(settings: &Settings, req: &Request<'_>, now: Utc) -> Result<Plan, Er
     let payload_hash = payload_hash(settings, req)?;
     let content_header = !query_mode
         && (settings.content_sha256_header
-            || req
-                .headers
-                .iter()
-                .any(|(n, _)| n.eq_ignore_ascii_case("x-amz-content-sha256")));
+            || req.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("x-amz-content-sha256")));
 
     // The headers to sign: the request's own, less the unsignable ones and the
     // ones this scheme replaces, plus what this scheme adds.
     let mut signed: Vec<(String, Vec<Part>)> = Vec::new();
     let own = |n: &str| {
-        if query_mode {
-            n == "authorization"
-        } else {
-            OWN_HEADERS.contains(&n)
-        }
+        if query_mode { n == "authorization" } else { OWN_HEADERS.contains(&n) }
     };
     let kept = req.headers.iter().filter(|(n, _)| {
         let n = n.to_ascii_lowercase();
@@ -203,41 +173,25 @@ pub fn plan(settings: &Settings, req: &Request<'_>, now: Utc) -> Result<Plan, Er
             // A token header the credential did not supply is removed below.
             && (token || n != "x-amz-security-token")
     });
-    for (name, value) in
-        latchkey_plugin_sdk::http::canonical_headers(kept.map(|(n, v)| (n.as_str(), v.as_str())))
-    {
+    for (name, value) in latchkey_plugin_sdk::http::canonical_headers(kept.map(|(n, v)| (n.as_str(), v.as_str()))) {
         signed.push((name, vec![Part::text(value)]));
     }
     signed.push(("host".into(), vec![Part::text(authority)]));
     if !query_mode {
         signed.push(("x-amz-date".into(), vec![Part::text(amz_date.clone())]));
         if sign_token {
-            signed.push((
-                "x-amz-security-token".into(),
-                vec![Part::secret(SESSION_TOKEN)],
-            ));
+            signed.push(("x-amz-security-token".into(), vec![Part::secret(SESSION_TOKEN)]));
         }
         if content_header {
-            signed.push((
-                "x-amz-content-sha256".into(),
-                vec![Part::text(payload_hash.clone())],
-            ));
+            signed.push(("x-amz-content-sha256".into(), vec![Part::text(payload_hash.clone())]));
         }
     }
     signed.sort_by(|a, b| a.0.cmp(&b.0));
-    let signed_headers = signed
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .collect::<Vec<_>>()
-        .join(";");
+    let signed_headers = signed.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(";");
 
     // Edits before the signature, in aws-c-auth's order.
     let mut edits = Vec::new();
-    let has_header = |name: &str| {
-        req.headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case(name))
-    };
+    let has_header = |name: &str| req.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
     if !token && has_header("x-amz-security-token") {
         // Never send a caller's token next to this credential's signature.
         edits.push(Edit::RemoveHeader("x-amz-security-token".into()));
@@ -246,17 +200,11 @@ pub fn plan(settings: &Settings, req: &Request<'_>, now: Utc) -> Result<Plan, Er
     match settings.location {
         Location::Header => {
             if token {
-                edits.push(Edit::set_header(
-                    "x-amz-security-token",
-                    [Part::secret(SESSION_TOKEN)],
-                ));
+                edits.push(Edit::set_header("x-amz-security-token", [Part::secret(SESSION_TOKEN)]));
             }
             edits.push(Edit::set_header_text("x-amz-date", amz_date.clone()));
             if content_header {
-                edits.push(Edit::set_header_text(
-                    "x-amz-content-sha256",
-                    payload_hash.clone(),
-                ));
+                edits.push(Edit::set_header_text("x-amz-content-sha256", payload_hash.clone()));
             }
         }
         Location::Query { expires } => {
@@ -279,19 +227,13 @@ pub fn plan(settings: &Settings, req: &Request<'_>, now: Utc) -> Result<Plan, Er
             auth_params.push(("X-Amz-Algorithm", vec![Part::text(ALGORITHM)]));
             auth_params.push(("X-Amz-Credential", credential));
             auth_params.push(("X-Amz-Date", vec![Part::text(amz_date.clone())]));
-            auth_params.push((
-                "X-Amz-SignedHeaders",
-                vec![Part::text(signed_headers.clone())],
-            ));
+            auth_params.push(("X-Amz-SignedHeaders", vec![Part::text(signed_headers.clone())]));
             auth_params.push(("X-Amz-Expires", vec![Part::text(expires.to_string())]));
             for (name, value) in &auth_params {
                 edits.push(Edit::append_query(*name, value.clone()));
             }
             if token {
-                edits.push(Edit::append_query(
-                    "X-Amz-Security-Token",
-                    [Part::secret(SESSION_TOKEN)],
-                ));
+                edits.push(Edit::append_query("X-Amz-Security-Token", [Part::secret(SESSION_TOKEN)]));
             }
         }
     }
@@ -299,23 +241,14 @@ pub fn plan(settings: &Settings, req: &Request<'_>, now: Utc) -> Result<Plan, Er
     // The canonical query: the URL's parameters and ours, encoded, sorted by
     // name then value. Ours have unique names, so a secret inside a value
     // (the access key id) never takes part in the ordering.
-    let mut params: Vec<(String, String, Vec<Part>)> = query
-        .iter()
-        .map(|(k, v)| (encode(k, true), encode(v, true), Vec::new()))
-        .collect();
+    let mut params: Vec<(String, String, Vec<Part>)> =
+        query.iter().map(|(k, v)| (encode(k, true), encode(v, true), Vec::new())).collect();
     for (name, value) in auth_params {
         params.push((name.to_string(), String::new(), encode_parts(value)));
     }
     params.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     let path = canonical_path(&url.path, settings);
-    let cr = canonical_request(
-        req.method,
-        &path,
-        params,
-        &signed,
-        &signed_headers,
-        &payload_hash,
-    );
+    let cr = canonical_request(req.method, &path, params, &signed, &signed_headers, &payload_hash);
 
     Ok(Plan {
         canonical_request: cr,
@@ -435,16 +368,8 @@ fn check_host_header(headers: &[(String, String)], authority: &str) -> Result<()
 /// The canonical URI: optionally normalised, then encoded once more (most
 /// services) or kept as sent with only what may not appear raw encoded (S3).
 pub fn canonical_path(path: &str, settings: &Settings) -> String {
-    let path = if settings.normalize_path {
-        normalize(path)
-    } else {
-        path.to_string()
-    };
-    if settings.double_encode {
-        uri_encode(&path, false)
-    } else {
-        encode_single(&path)
-    }
+    let path = if settings.normalize_path { normalize(path) } else { path.to_string() };
+    if settings.double_encode { uri_encode(&path, false) } else { encode_single(&path) }
 }
 
 /// Resolve `.` and `..` segments and drop empty ones (AWS services treat `//`
@@ -480,11 +405,7 @@ pub fn encode_single(path: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
-        if c == b'%'
-            && i + 2 < b.len()
-            && b[i + 1].is_ascii_hexdigit()
-            && b[i + 2].is_ascii_hexdigit()
-        {
+        if c == b'%' && i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit() {
             out.push_str(&path[i..i + 3]);
             i += 3;
             continue;
@@ -521,10 +442,7 @@ pub fn encode(bytes: &[u8], encode_slash: bool) -> String {
     const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(bytes.len() + 8);
     for &c in bytes {
-        if c.is_ascii_alphanumeric()
-            || matches!(c, b'-' | b'.' | b'_' | b'~')
-            || (c == b'/' && !encode_slash)
-        {
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') || (c == b'/' && !encode_slash) {
             out.push(c as char);
         } else {
             out.push('%');

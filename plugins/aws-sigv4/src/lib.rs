@@ -46,19 +46,12 @@ impl Scheme for AwsSigV4 {
         SchemeInfo {
             name: "aws-sigv4".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description:
-                "AWS Signature Version 4 (AWS4-HMAC-SHA256), as a header or a presigned URL".into(),
+            description: "AWS Signature Version 4 (AWS4-HMAC-SHA256), as a header or a presigned URL".into(),
             config_fields: settings::config_fields(),
             secret_fields: vec![
-                FieldInfo::required(
-                    ACCESS_KEY_ID,
-                    "The access key id, e.g. `AKIA...` or `ASIA...`",
-                ),
+                FieldInfo::required(ACCESS_KEY_ID, "The access key id, e.g. `AKIA...` or `ASIA...`"),
                 FieldInfo::required(SECRET_ACCESS_KEY, "The secret access key"),
-                FieldInfo::optional(
-                    SESSION_TOKEN,
-                    "The session token of temporary (STS) credentials",
-                ),
+                FieldInfo::optional(SESSION_TOKEN, "The session token of temporary (STS) credentials"),
             ],
             writable_headers: vec![
                 "authorization".into(),
@@ -81,9 +74,7 @@ impl Scheme for AwsSigV4 {
                 // query, so it must not need URI-encoding; AWS's own ids are
                 // upper-case letters and digits.
                 let ok = (1..=128).contains(&value.len())
-                    && value.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-                    });
+                    && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
                 if !ok {
                     return Err(Error::InvalidSecret(
                         "`access_key_id` must be 1 to 128 letters, digits or `-._~` (AWS key ids look like `AKIA...`)"
@@ -100,14 +91,9 @@ impl Scheme for AwsSigV4 {
                 // The token is signed as a header value, which SigV4 trims and
                 // folds: whitespace would make the signed value differ from
                 // the sent one.
-                if value.is_empty()
-                    || value
-                        .bytes()
-                        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-                {
+                if value.is_empty() || value.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
                     return Err(Error::InvalidSecret(
-                        "`session_token` is empty or contains whitespace or control characters"
-                            .into(),
+                        "`session_token` is empty or contains whitespace or control characters".into(),
                     ));
                 }
             }
@@ -123,12 +109,7 @@ impl Scheme for AwsSigV4 {
     fn apply(call: &Call) -> Result<Vec<Edit>, Error> {
         let (_, plan) = prepare(call)?;
         let string_to_sign = plan.string_to_sign(&canonical_hash(call, &plan)?);
-        let signature = call.hmac_sha256(
-            SECRET_ACCESS_KEY,
-            b"AWS4",
-            &plan.derivation(),
-            string_to_sign.as_bytes(),
-        )?;
+        let signature = call.hmac_sha256(SECRET_ACCESS_KEY, b"AWS4", &plan.derivation(), string_to_sign.as_bytes())?;
         Ok(plan.finish(&hex(&signature)))
     }
 
@@ -152,16 +133,8 @@ impl Scheme for AwsSigV4 {
             origin(settings.service_origin),
             settings.region,
             origin(settings.region_origin),
-            if settings.normalize_path {
-                "normalised"
-            } else {
-                "not normalised"
-            },
-            if settings.double_encode {
-                "encoded twice"
-            } else {
-                "encoded once"
-            },
+            if settings.normalize_path { "normalised" } else { "not normalised" },
+            if settings.double_encode { "encoded twice" } else { "encoded once" },
             plan.payload_hash,
             plan.signed_headers,
             canonical::display(&plan.canonical_request),

@@ -137,9 +137,7 @@ impl Settings {
         let unsigned_payload = config.flag("unsigned_payload")?;
         let location = match config.get("signature_location") {
             None | Some("header") => Location::Header,
-            Some(_) => Location::Query {
-                expires: expires(config)?.unwrap_or(DEFAULT_EXPIRES),
-            },
+            Some(_) => Location::Query { expires: expires(config)?.unwrap_or(DEFAULT_EXPIRES) },
         };
         Ok(Settings {
             region,
@@ -151,11 +149,7 @@ impl Settings {
             location,
             normalize_path: flag_or(config, "normalize_path", !s3)?,
             double_encode: flag_or(config, "double_encode", !s3)?,
-            content_sha256_header: flag_or(
-                config,
-                "content_sha256_header",
-                s3 || unsigned_payload,
-            )?,
+            content_sha256_header: flag_or(config, "content_sha256_header", s3 || unsigned_payload)?,
         })
     }
 }
@@ -163,22 +157,14 @@ impl Settings {
 /// Check a configuration without a request: known fields, well-formed values.
 pub fn check(config: &Config) -> Result<(), Error> {
     config.check_fields(&config_fields())?;
-    for name in [
-        "unsigned_payload",
-        "omit_session_token",
-        "normalize_path",
-        "double_encode",
-        "content_sha256_header",
-    ] {
+    for name in ["unsigned_payload", "omit_session_token", "normalize_path", "double_encode", "content_sha256_header"] {
         config.flag(name)?;
     }
     for name in ["region", "service"] {
         if let Some(v) = config.get(name) {
             // Both go into the credential scope, which `/` separates: anything
             // beyond a DNS-like label would make a scope AWS cannot parse.
-            let ok = v.len() <= 64
-                && v.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            let ok = v.len() <= 64 && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             if !ok {
                 return Err(Error::InvalidConfig(format!(
                     "`{name}` must be lower-case letters, digits and `-` (at most 64), e.g. `us-east-1` or `s3`"
@@ -190,15 +176,12 @@ pub fn check(config: &Config) -> Result<(), Error> {
         None | Some("header") => false,
         Some("query") => true,
         Some(_) => {
-            return Err(Error::InvalidConfig(
-                "`signature_location` must be `header` or `query`".into(),
-            ));
+            return Err(Error::InvalidConfig("`signature_location` must be `header` or `query`".into()));
         }
     };
     if expires(config)?.is_some() && !query {
         return Err(Error::InvalidConfig(
-            "`expires_seconds` applies to presigned URLs only: set `signature_location=query` too"
-                .into(),
+            "`expires_seconds` applies to presigned URLs only: set `signature_location=query` too".into(),
         ));
     }
     Ok(())
@@ -218,11 +201,7 @@ fn expires(config: &Config) -> Result<Option<u32>, Error> {
 }
 
 fn flag_or(config: &Config, name: &str, default: bool) -> Result<bool, Error> {
-    if config.get(name).is_some() {
-        config.flag(name)
-    } else {
-        Ok(default)
-    }
+    if config.get(name).is_some() { config.flag(name) } else { Ok(default) }
 }
 
 /// Services that sign like S3. S3 Control and access points sign as `s3`;
@@ -243,9 +222,7 @@ pub fn is_region(label: &str) -> bool {
         && first.bytes().all(|b| b.is_ascii_lowercase())
         && (1..=2).contains(&last.len())
         && last.bytes().all(|b| b.is_ascii_digit())
-        && parts[1..parts.len() - 1]
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[1..parts.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
 }
 
 /// Endpoint names whose signing name differs from the host label.
@@ -262,17 +239,7 @@ fn signing_name(label: &str) -> &str {
 
 /// Services with one global endpoint (`sts.amazonaws.com`) that sign for
 /// `us-east-1`.
-const GLOBAL: &[&str] = &[
-    "s3",
-    "sts",
-    "iam",
-    "route53",
-    "cloudfront",
-    "waf",
-    "sdb",
-    "budgets",
-    "sqs",
-];
+const GLOBAL: &[&str] = &["s3", "sts", "iam", "route53", "cloudfront", "waf", "sdb", "budgets", "sqs"];
 
 /// The (service, region) an AWS host name implies, each when it can be told.
 ///
@@ -300,10 +267,7 @@ pub fn infer(host: &str) -> (Option<String>, Option<String>) {
     let own = |s: &str| Some(s.to_string());
 
     if is_region(last) {
-        let service = labels[..labels.len() - 1]
-            .iter()
-            .rev()
-            .find(|l| !matches!(**l, "dualstack" | "fips"));
+        let service = labels[..labels.len() - 1].iter().rev().find(|l| !matches!(**l, "dualstack" | "fips"));
         return (service.map(|s| signing_name(s).to_string()), own(last));
     }
     // OpenSearch domains put the region before the service name.
@@ -329,12 +293,7 @@ mod tests {
     use super::*;
 
     fn cfg(pairs: &[(&str, &str)]) -> Config {
-        Config::new(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
 
     fn pair(host: &str) -> (Option<String>, Option<String>) {
@@ -350,73 +309,25 @@ mod tests {
         assert_eq!(pair("s3.us-west-2.amazonaws.com"), some("s3", "us-west-2"));
         assert_eq!(pair("bucket.s3.amazonaws.com"), some("s3", "us-east-1"));
         assert_eq!(pair("s3.amazonaws.com"), some("s3", "us-east-1"));
-        assert_eq!(
-            pair("bucket.s3.eu-west-1.amazonaws.com"),
-            some("s3", "eu-west-1")
-        );
-        assert_eq!(
-            pair("my.bucket.s3.dualstack.eu-west-1.amazonaws.com"),
-            some("s3", "eu-west-1")
-        );
-        assert_eq!(
-            pair("bucket.s3-eu-west-1.amazonaws.com"),
-            some("s3", "eu-west-1")
-        );
+        assert_eq!(pair("bucket.s3.eu-west-1.amazonaws.com"), some("s3", "eu-west-1"));
+        assert_eq!(pair("my.bucket.s3.dualstack.eu-west-1.amazonaws.com"), some("s3", "eu-west-1"));
+        assert_eq!(pair("bucket.s3-eu-west-1.amazonaws.com"), some("s3", "eu-west-1"));
         assert_eq!(pair("s3-external-1.amazonaws.com"), some("s3", "us-east-1"));
         assert_eq!(pair("sts.amazonaws.com"), some("sts", "us-east-1"));
-        assert_eq!(
-            pair("sts.us-east-2.amazonaws.com"),
-            some("sts", "us-east-2")
-        );
+        assert_eq!(pair("sts.us-east-2.amazonaws.com"), some("sts", "us-east-2"));
         assert_eq!(pair("iam.amazonaws.com"), some("iam", "us-east-1"));
-        assert_eq!(
-            pair("dynamodb.eu-west-1.amazonaws.com"),
-            some("dynamodb", "eu-west-1")
-        );
-        assert_eq!(
-            pair("ec2.ap-south-1.amazonaws.com"),
-            some("ec2", "ap-south-1")
-        );
-        assert_eq!(
-            pair("ec2.cn-north-1.amazonaws.com.cn"),
-            some("ec2", "cn-north-1")
-        );
-        assert_eq!(
-            pair("bucket.s3.cn-northwest-1.amazonaws.com.cn"),
-            some("s3", "cn-northwest-1")
-        );
-        assert_eq!(
-            pair("ec2.us-gov-west-1.amazonaws.com"),
-            some("ec2", "us-gov-west-1")
-        );
-        assert_eq!(
-            pair("abc123.execute-api.us-east-1.amazonaws.com"),
-            some("execute-api", "us-east-1")
-        );
-        assert_eq!(
-            pair("runtime.sagemaker.eu-central-1.amazonaws.com"),
-            some("sagemaker", "eu-central-1")
-        );
-        assert_eq!(
-            pair("bedrock-runtime.us-west-2.amazonaws.com"),
-            some("bedrock", "us-west-2")
-        );
-        assert_eq!(
-            pair("email.eu-west-1.amazonaws.com"),
-            some("ses", "eu-west-1")
-        );
-        assert_eq!(
-            pair("dynamodb-fips.us-east-1.amazonaws.com"),
-            some("dynamodb", "us-east-1")
-        );
-        assert_eq!(
-            pair("123456789012.s3-control.us-east-1.amazonaws.com"),
-            some("s3", "us-east-1")
-        );
-        assert_eq!(
-            pair("search-logs-abc.eu-west-1.es.amazonaws.com"),
-            some("es", "eu-west-1")
-        );
+        assert_eq!(pair("dynamodb.eu-west-1.amazonaws.com"), some("dynamodb", "eu-west-1"));
+        assert_eq!(pair("ec2.ap-south-1.amazonaws.com"), some("ec2", "ap-south-1"));
+        assert_eq!(pair("ec2.cn-north-1.amazonaws.com.cn"), some("ec2", "cn-north-1"));
+        assert_eq!(pair("bucket.s3.cn-northwest-1.amazonaws.com.cn"), some("s3", "cn-northwest-1"));
+        assert_eq!(pair("ec2.us-gov-west-1.amazonaws.com"), some("ec2", "us-gov-west-1"));
+        assert_eq!(pair("abc123.execute-api.us-east-1.amazonaws.com"), some("execute-api", "us-east-1"));
+        assert_eq!(pair("runtime.sagemaker.eu-central-1.amazonaws.com"), some("sagemaker", "eu-central-1"));
+        assert_eq!(pair("bedrock-runtime.us-west-2.amazonaws.com"), some("bedrock", "us-west-2"));
+        assert_eq!(pair("email.eu-west-1.amazonaws.com"), some("ses", "eu-west-1"));
+        assert_eq!(pair("dynamodb-fips.us-east-1.amazonaws.com"), some("dynamodb", "us-east-1"));
+        assert_eq!(pair("123456789012.s3-control.us-east-1.amazonaws.com"), some("s3", "us-east-1"));
+        assert_eq!(pair("search-logs-abc.eu-west-1.es.amazonaws.com"), some("es", "eu-west-1"));
         assert_eq!(pair("ec2.us-east-1.api.aws"), some("ec2", "us-east-1"));
         // A bucket named like a region does not fool the global endpoint.
         assert_eq!(pair("us-west-2.s3.amazonaws.com"), some("s3", "us-east-1"));
@@ -429,14 +340,8 @@ mod tests {
         assert_eq!(pair("localhost"), (None, None));
         assert_eq!(pair("127.0.0.1"), (None, None));
         assert_eq!(pair("amazonaws.com.evil.example"), (None, None));
-        assert_eq!(
-            pair("example.amazonaws.com"),
-            (Some("example".into()), None)
-        );
-        assert_eq!(
-            pair("bucket.s3-accelerate.amazonaws.com"),
-            (Some("s3-accelerate".into()), None)
-        );
+        assert_eq!(pair("example.amazonaws.com"), (Some("example".into()), None));
+        assert_eq!(pair("bucket.s3-accelerate.amazonaws.com"), (Some("s3-accelerate".into()), None));
         assert_eq!(pair("sts.amazonaws.com.cn"), (Some("sts".into()), None));
     }
 
@@ -448,57 +353,33 @@ mod tests {
         assert!(!s.normalize_path && !s.double_encode && s.content_sha256_header);
         assert_eq!(s.location, Location::Header);
 
-        let s = Settings::resolve(
-            &cfg(&[("region", "eu-west-1")]),
-            "dynamodb.us-east-1.amazonaws.com",
-        )
-        .unwrap();
-        assert_eq!(
-            (s.service.as_str(), s.region.as_str()),
-            ("dynamodb", "eu-west-1")
-        );
+        let s = Settings::resolve(&cfg(&[("region", "eu-west-1")]), "dynamodb.us-east-1.amazonaws.com").unwrap();
+        assert_eq!((s.service.as_str(), s.region.as_str()), ("dynamodb", "eu-west-1"));
         assert_eq!(s.region_origin, Origin::Configured);
         assert!(s.normalize_path && s.double_encode && !s.content_sha256_header);
 
-        let s =
-            Settings::resolve(&cfg(&[("unsigned_payload", "true")]), "sts.amazonaws.com").unwrap();
+        let s = Settings::resolve(&cfg(&[("unsigned_payload", "true")]), "sts.amazonaws.com").unwrap();
         assert!(s.content_sha256_header);
 
         let s = Settings::resolve(
-            &cfg(&[
-                ("service", "s3"),
-                ("region", "us-east-1"),
-                ("normalize_path", "true"),
-                ("double_encode", "yes"),
-            ]),
+            &cfg(&[("service", "s3"), ("region", "us-east-1"), ("normalize_path", "true"), ("double_encode", "yes")]),
             "localhost",
         )
         .unwrap();
         assert!(s.normalize_path && s.double_encode && s.is_s3());
 
-        let s = Settings::resolve(&cfg(&[("signature_location", "query")]), "s3.amazonaws.com")
-            .unwrap();
+        let s = Settings::resolve(&cfg(&[("signature_location", "query")]), "s3.amazonaws.com").unwrap();
         assert_eq!(s.location, Location::Query { expires: 3600 });
     }
 
     #[test]
     fn resolve_fails_clearly_when_it_cannot_infer() {
         let err = Settings::resolve(&cfg(&[]), "example.com").unwrap_err();
-        assert!(
-            matches!(&err, Error::InvalidConfig(m) if m.contains("`service`")),
-            "{err:?}"
-        );
-        let err =
-            Settings::resolve(&cfg(&[("service", "execute-api")]), "api.example.com").unwrap_err();
-        assert!(
-            matches!(&err, Error::InvalidConfig(m) if m.contains("`region`")),
-            "{err:?}"
-        );
+        assert!(matches!(&err, Error::InvalidConfig(m) if m.contains("`service`")), "{err:?}");
+        let err = Settings::resolve(&cfg(&[("service", "execute-api")]), "api.example.com").unwrap_err();
+        assert!(matches!(&err, Error::InvalidConfig(m) if m.contains("`region`")), "{err:?}");
         let err = Settings::resolve(&cfg(&[]), "example.amazonaws.com").unwrap_err();
-        assert!(
-            matches!(&err, Error::InvalidConfig(m) if m.contains("region")),
-            "{err:?}"
-        );
+        assert!(matches!(&err, Error::InvalidConfig(m) if m.contains("region")), "{err:?}");
     }
 
     #[test]
@@ -509,53 +390,24 @@ mod tests {
         assert!(check(&cfg(&[("unsigned_payload", "maybe")])).is_err());
         assert!(check(&cfg(&[("signature_location", "body")])).is_err());
         assert!(check(&cfg(&[("bogus", "1")])).is_err());
-        let q = |e: &str| {
-            check(&cfg(&[
-                ("signature_location", "query"),
-                ("expires_seconds", e),
-            ]))
-        };
+        let q = |e: &str| check(&cfg(&[("signature_location", "query"), ("expires_seconds", e)]));
         assert!(q("1").is_ok() && q("604800").is_ok());
         assert!(q("0").is_err() && q("604801").is_err() && q("-1").is_err() && q("1h").is_err());
-        assert!(
-            check(&cfg(&[("expires_seconds", "60")])).is_err(),
-            "expires without query signing"
-        );
+        assert!(check(&cfg(&[("expires_seconds", "60")])).is_err(), "expires without query signing");
         let err = Settings::resolve(
-            &cfg(&[
-                ("signature_location", "query"),
-                ("expires_seconds", "604801"),
-            ]),
+            &cfg(&[("signature_location", "query"), ("expires_seconds", "604801")]),
             "s3.amazonaws.com",
         )
         .unwrap_err();
-        assert!(
-            matches!(&err, Error::InvalidConfig(m) if m.contains("604800")),
-            "{err:?}"
-        );
+        assert!(matches!(&err, Error::InvalidConfig(m) if m.contains("604800")), "{err:?}");
     }
 
     #[test]
     fn region_names() {
-        for r in [
-            "us-east-1",
-            "us-gov-west-1",
-            "cn-north-1",
-            "ap-southeast-7",
-            "us-isob-east-1",
-            "il-central-1",
-        ] {
+        for r in ["us-east-1", "us-gov-west-1", "cn-north-1", "ap-southeast-7", "us-isob-east-1", "il-central-1"] {
             assert!(is_region(r), "{r}");
         }
-        for r in [
-            "s3",
-            "us-east",
-            "us-east-x",
-            "usa-east-1",
-            "dualstack",
-            "us--1",
-            "external-1",
-        ] {
+        for r in ["s3", "us-east", "us-east-x", "usa-east-1", "dualstack", "us--1", "external-1"] {
             assert!(!is_region(r), "{r}");
         }
     }

@@ -7,8 +7,7 @@ struct CustomHeaders;
 
 /// An RFC 9110 field name (`token`): what a secret field name must be here.
 fn is_token(name: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl Scheme for CustomHeaders {

@@ -92,10 +92,8 @@ fn decode_lossy(s: &str) -> String {
 /// RFC 3986-encoded (`/` too), sorted by name then value, joined with `&`,
 /// `name=` for empty values.
 pub fn canonical_query(pairs: &[(String, String)]) -> String {
-    let mut enc: Vec<(String, String)> = pairs
-        .iter()
-        .map(|(k, v)| (uri_encode(k, true), uri_encode(v, true)))
-        .collect();
+    let mut enc: Vec<(String, String)> =
+        pairs.iter().map(|(k, v)| (uri_encode(k, true), uri_encode(v, true))).collect();
     enc.sort();
     let mut out = String::new();
     for (i, (k, v)) in enc.iter().enumerate() {
@@ -125,9 +123,7 @@ pub fn trim_all(value: &str) -> String {
 /// Headers grouped for a canonical request: lower-case names, sorted, values
 /// of repeated headers joined with `,` in their original order, each value
 /// passed through [`trim_all`].
-pub fn canonical_headers<'a>(
-    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Vec<(String, String)> {
+pub fn canonical_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<(String, String)> {
     let mut grouped: Vec<(String, String)> = Vec::new();
     for (name, value) in headers {
         let name = name.to_ascii_lowercase();
@@ -156,11 +152,7 @@ impl Config {
 
     /// The value of a field, if set (and not empty).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
     }
 
     /// A boolean field: `true`/`false`/`1`/`0`/`yes`/`no`, default `false`.

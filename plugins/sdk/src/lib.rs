@@ -36,9 +36,7 @@ pub mod bindings {
 pub use bindings::latchkey::plugin::credentials::Credential;
 pub use bindings::latchkey::plugin::crypto::SignatureAlgorithm;
 pub use bindings::latchkey::plugin::log::Level;
-pub use bindings::latchkey::plugin::types::{
-    CallContext, Datetime, Edit, Error, FieldInfo, Part, Request, SchemeInfo,
-};
+pub use bindings::latchkey::plugin::types::{CallContext, Datetime, Edit, Error, FieldInfo, Part, Request, SchemeInfo};
 pub use encoding::{hex, uri_encode};
 pub use http::{Config, Url};
 
@@ -80,10 +78,7 @@ impl<'a> Call<'a> {
 
     /// The first value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// Whether the credential has this secret field.
@@ -93,11 +88,7 @@ impl<'a> Call<'a> {
 
     /// Fail with `missing-secret` unless the credential has this field.
     pub fn require_secret(&self, field: &str) -> Result<(), Error> {
-        if self.has_secret(field) {
-            Ok(())
-        } else {
-            Err(Error::MissingSecret(field.to_string()))
-        }
+        if self.has_secret(field) { Ok(()) } else { Err(Error::MissingSecret(field.to_string())) }
     }
 
     /// HMAC-SHA256 in the host, keyed by `key_prefix || secret(field)` and then
@@ -114,12 +105,7 @@ impl<'a> Call<'a> {
     }
 
     /// Sign with the private key or HMAC secret in `field`, in the host.
-    pub fn sign(
-        &self,
-        field: &str,
-        algorithm: SignatureAlgorithm,
-        message: &[u8],
-    ) -> Result<Vec<u8>, Error> {
+    pub fn sign(&self, field: &str, algorithm: SignatureAlgorithm, message: &[u8]) -> Result<Vec<u8>, Error> {
         host::crypto::sign(self.credential, field, algorithm, message)
     }
 
