@@ -11,6 +11,9 @@
 //!
 //! `cargo xtask bench` runs this and writes the ratios to BENCHMARKS.md.
 
+// `criterion_group!` generates undocumented items.
+#![allow(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Arc;

@@ -291,12 +291,15 @@ impl Drop for Ticker {
     }
 }
 
+/// A built-in scheme: name, component bytes, and the plugin once loaded.
+type Builtin = (&'static str, &'static [u8], OnceLock<Result<Arc<Plugin>, String>>);
+
 /// The runtime: engine, linker, loaded plugins.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<State>,
     config: RuntimeConfig,
-    builtins: Vec<(&'static str, &'static [u8], OnceLock<Result<Arc<Plugin>, String>>)>,
+    builtins: Vec<Builtin>,
     external: HashMap<String, Arc<Plugin>>,
     cache: Arc<PluginCache>,
     rng: Arc<ring::rand::SystemRandom>,
@@ -443,7 +446,7 @@ impl Runtime {
         check_info(&info).map_err(&err)?;
         let granted = BUILTIN_SECRET_GRANTS.contains(&info.name.as_str())
             && matches!(plugin.source, PluginSource::Builtin)
-            || self.config.grant_secrets.iter().any(|g| *g == info.name);
+            || self.config.grant_secrets.contains(&info.name);
         if plugin.reads_secrets && !granted {
             return Err(err(format!(
                 "scheme `{}` imports latchkey:plugin/secrets (raw secret values) but is not granted it; \

@@ -76,8 +76,11 @@ impl CallCredential {
 /// credential, version). Values are secrets (minted tokens).
 #[derive(Default)]
 pub struct PluginCache {
-    entries: std::sync::Mutex<std::collections::HashMap<(Arc<str>, String, u64, String), (Secret, i64)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<CacheKey, (Secret, i64)>>,
 }
+
+/// (plugin, credential name, credential version, plugin's key).
+type CacheKey = (Arc<str>, String, u64, String);
 
 /// How many entries the shared plugin cache holds before it evicts.
 const CACHE_CAPACITY: usize = 10_000;
@@ -89,12 +92,12 @@ const MAX_LOG_LINES: u32 = 32;
 const MAX_FIELD_NAME: usize = 256;
 
 impl PluginCache {
-    fn get(&self, key: &(Arc<str>, String, u64, String), now: i64) -> Option<String> {
+    fn get(&self, key: &CacheKey, now: i64) -> Option<String> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.get(key).filter(|(_, exp)| *exp > now).map(|(v, _)| v.expose().to_string())
     }
 
-    fn set(&self, key: (Arc<str>, String, u64, String), value: String, expires: i64, now: i64) {
+    fn set(&self, key: CacheKey, value: String, expires: i64, now: i64) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= CACHE_CAPACITY {
             entries.retain(|_, (_, exp)| *exp > now);
