@@ -329,7 +329,12 @@ impl Runtime {
             .max_tables_per_component(8)
             .max_core_instances_per_component(16)
             .max_memory_size(config.max_memory)
-            .table_elements(10_000);
+            .table_elements(10_000)
+            // Every call instantiates afresh; zeroing the first pages of a
+            // returned slot in place is cheaper than giving them back to the
+            // kernel and faulting them in again on the next call.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         if let Some(dir) = &config.cache_dir {
             let mut cache_cfg = wasmtime::CacheConfig::new();
