@@ -83,6 +83,12 @@ pub fn prepare(input: &SignInput) -> Result<Prepared, SignError> {
     if !edits::is_token(&input.method) {
         return Err(bad(format!("method {:?} is not a valid HTTP method", input.method)));
     }
+    // The URL is sent exactly as signed, so it must already be in wire form:
+    // a raw space or non-ASCII byte would be encoded by some clients and not
+    // by others, and the signature would no longer match what is sent.
+    if let Some(i) = input.url.bytes().position(|b| b <= 0x20 || b >= 0x7f) {
+        return Err(bad(format!("URL has a raw space, control or non-ASCII character at byte {i}; percent-encode it")));
+    }
     let parsed = url::Url::parse(&input.url).map_err(|e| bad(format!("malformed URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(bad(format!("URL scheme `{}` is not http or https", parsed.scheme())));

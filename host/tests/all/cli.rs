@@ -88,6 +88,17 @@ fn bad_input_is_one_clear_line_and_non_zero() {
                 "--secret".into(),
                 "key=x".into(),
                 "--url".into(),
+                "https://h.test/a b".into(),
+            ],
+            "invalid_request",
+        ),
+        (
+            vec![
+                "--scheme".into(),
+                "api-key".into(),
+                "--secret".into(),
+                "key=x".into(),
+                "--url".into(),
                 "https://h.test/".into(),
                 "-H".into(),
                 "No colon".into(),
