@@ -87,18 +87,7 @@ pub fn trim(value: &str) -> &str {
 /// RFC 3986 percent-encoding of raw bytes: unreserved characters kept,
 /// everything else `%XX` with upper-case hex (`/` included).
 pub fn encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(bytes.len() + 8);
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(DIGITS[(b >> 4) as usize] as char);
-            out.push(DIGITS[(b & 0xf) as usize] as char);
-        }
-    }
-    out
+    latchkey_plugin_sdk::encoding::uri_encode_bytes(bytes, true)
 }
 
 /// The canonical URI: each `/`-separated segment decoded and re-encoded, so

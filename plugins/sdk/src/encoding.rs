@@ -22,9 +22,14 @@ fn is_unreserved(b: u8) -> bool {
 /// Percent-encode every byte outside the RFC 3986 unreserved set, with
 /// upper-case hex. `/` is kept as it is unless `encode_slash` is set.
 pub fn uri_encode(s: &str, encode_slash: bool) -> String {
+    uri_encode_bytes(s.as_bytes(), encode_slash)
+}
+
+/// [`uri_encode`] over raw bytes, for decoded values that need not be UTF-8.
+pub fn uri_encode_bytes(bytes: &[u8], encode_slash: bool) -> String {
     const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(s.len() + 8);
-    for &b in s.as_bytes() {
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for &b in bytes {
         if is_unreserved(b) || (b == b'/' && !encode_slash) {
             out.push(b as char);
         } else {
@@ -105,6 +110,7 @@ mod tests {
         assert_eq!(uri_encode("a b/c~d*e+f", false), "a%20b/c~d%2Ae%2Bf");
         assert_eq!(uri_encode("a/b", true), "a%2Fb");
         assert_eq!(uri_encode("ü", true), "%C3%BC");
+        assert_eq!(uri_encode_bytes(&[0xff, b'/'], true), "%FF%2F");
     }
 
     #[test]
