@@ -224,18 +224,16 @@ impl crypto::Host for State {
         message: Vec<u8>,
     ) -> WtResult<Result<Vec<u8>, WitError>> {
         self.check_handle(&handle)?;
-        let secret = match self.field(&field) {
-            Ok(s) => s,
-            Err(e) => return Ok(Err(e)),
-        };
-        let mut k0 = zeroize::Zeroizing::new(key_prefix);
-        k0.extend_from_slice(secret.expose().as_bytes());
-        let mut key = hmac::Key::new(hmac::HMAC_SHA256, &k0);
-        for step in &derivation {
-            let tag = hmac::sign(&key, step);
-            key = hmac::Key::new(hmac::HMAC_SHA256, tag.as_ref());
-        }
-        Ok(Ok(hmac::sign(&key, &message).as_ref().to_vec()))
+        Ok(self.field(&field).map(|secret| {
+            let mut k0 = zeroize::Zeroizing::new(key_prefix);
+            k0.extend_from_slice(secret.expose().as_bytes());
+            let mut key = hmac::Key::new(hmac::HMAC_SHA256, &k0);
+            for step in &derivation {
+                let tag = hmac::sign(&key, step);
+                key = hmac::Key::new(hmac::HMAC_SHA256, tag.as_ref());
+            }
+            hmac::sign(&key, &message).as_ref().to_vec()
+        }))
     }
 
     fn sign(
@@ -246,11 +244,9 @@ impl crypto::Host for State {
         message: Vec<u8>,
     ) -> WtResult<Result<Vec<u8>, WitError>> {
         self.check_handle(&handle)?;
-        let secret = match self.field(&field) {
-            Ok(s) => s,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(sign_with(&self.cred.keys, &field, secret, algorithm, &message, &self.rng))
+        Ok(self
+            .field(&field)
+            .and_then(|secret| sign_with(&self.cred.keys, &field, secret, algorithm, &message, &self.rng)))
     }
 
     fn verify(

@@ -439,18 +439,7 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// RFC 3986 encoding of raw bytes: unreserved characters kept, `/` kept unless
 /// `encode_slash`, everything else `%XX` with upper-case hex.
 pub fn encode(bytes: &[u8], encode_slash: bool) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(bytes.len() + 8);
-    for &c in bytes {
-        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') || (c == b'/' && !encode_slash) {
-            out.push(c as char);
-        } else {
-            out.push('%');
-            out.push(DIGITS[(c >> 4) as usize] as char);
-            out.push(DIGITS[(c & 0xf) as usize] as char);
-        }
-    }
-    out
+    latchkey_plugin_sdk::encoding::uri_encode_bytes(bytes, encode_slash)
 }
 
 /// The canonical request as text for `--explain`, with secrets shown as
