@@ -10,17 +10,23 @@ use clap::{Args, Parser, Subcommand};
 use latchkey::plugin::{CallCredential, PluginSource, Runtime, RuntimeConfig};
 use latchkey::secret::Secret;
 use latchkey::sign::{self, SignInput};
+use latchkey::vault::model::Overrides;
+use latchkey::vault::{UseEvent, Vault, parse_org};
+
+mod cli;
 
 #[derive(Parser)]
 #[command(name = "latchkey", version, about = "A credential broker for AI agents")]
 struct Cli {
     #[command(flatten)]
     runtime: RuntimeArgs,
+    #[command(flatten)]
+    vault: cli::config::VaultArgs,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct RuntimeArgs {
     /// Folder of extra plugins (*.wasm); a plugin there overrides the built-in scheme of the same name.
     #[arg(long, global = true, env = "LATCHKEY_PLUGIN_DIR")]
@@ -38,18 +44,43 @@ struct RuntimeArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Sign one request offline (no server, no vault) and print the outgoing request as JSON.
+    /// Run the broker: open the vault (SQLite in the data folder by default) and serve HTTP.
+    Serve(ServeArgs),
+    /// Sign one request and print the outgoing request as JSON: offline with --scheme and --secret,
+    /// or with a vault credential (--credential).
     Sign(SignArgs),
+    /// Credentials in the vault.
+    #[command(subcommand)]
+    Credential(cli::vault::CredentialCmd),
+    /// The vault itself: status, master key rotation.
+    #[command(subcommand)]
+    Vault(cli::vault::VaultCmd),
+    /// The audit trail of changes and uses.
+    Audit(cli::vault::AuditArgs),
     /// Built-in and installed plugins.
     #[command(subcommand)]
     Plugin(PluginCmd),
 }
 
 #[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080, or `listen` in the config file].
+    #[arg(long, env = "LATCHKEY_LISTEN", value_name = "ADDR")]
+    listen: Option<String>,
+}
+
+#[derive(Args)]
 struct SignArgs {
-    /// The scheme, e.g. aws-sigv4 (see `latchkey plugin list`).
-    #[arg(long)]
-    scheme: String,
+    /// The scheme, e.g. aws-sigv4 (see `latchkey plugin list`); taken from the vault with --credential.
+    #[arg(long, required_unless_present = "credential")]
+    scheme: Option<String>,
+    /// Use this vault credential (resolved through overrides, the vault, then the environment).
+    /// With it, --secret values are per-call overrides.
+    #[arg(long, value_name = "NAME")]
+    credential: Option<String>,
+    /// The credential's organisation [default: default].
+    #[arg(long, env = "LATCHKEY_ORG", requires = "credential")]
+    org: Option<String>,
     /// A config field, `name=value` (repeatable).
     #[arg(long = "config", value_name = "K=V")]
     config: Vec<String>,
@@ -95,13 +126,13 @@ enum PluginCmd {
 }
 
 /// A failure for the command line: one line, with a stable code.
-struct Failure {
+pub(crate) struct Failure {
     code: &'static str,
     message: String,
 }
 
 impl Failure {
-    fn new(code: &'static str, message: impl Into<String>) -> Failure {
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Failure {
         Failure { code, message: message.into() }
     }
 }
@@ -150,19 +181,65 @@ fn runtime(args: &RuntimeArgs) -> Result<Runtime, Failure> {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Sign(args) => cmd_sign(&cli.runtime, args),
+        Command::Sign(args) if args.credential.is_none() => cmd_sign(&cli.runtime, args),
         Command::Plugin(PluginCmd::List { json }) => cmd_list(&cli.runtime, json),
         Command::Plugin(PluginCmd::Inspect { file, json }) => cmd_inspect(&cli.runtime, &file, json),
+        command => with_vault(&cli.runtime, &cli.vault, command),
     }
 }
 
-fn split_kv<'a>(s: &'a str, what: &str) -> Result<(&'a str, &'a str), Failure> {
+/// Run a command that needs the vault on a tokio runtime, and close the
+/// vault (storing queued audit events) whatever the command's outcome.
+fn with_vault(rt_args: &RuntimeArgs, vault_args: &cli::config::VaultArgs, command: Command) -> Result<(), Failure> {
+    let resolved = vault_args.resolve()?;
+    let mut rt_args = rt_args.clone();
+    if rt_args.plugin_dir.is_none() {
+        rt_args.plugin_dir = resolved.file.plugin_dir.clone();
+    }
+    let runtime = Arc::new(runtime(&rt_args)?);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new("io", format!("cannot start the async runtime: {e}")))?;
+    tokio.block_on(async move {
+        let mut options = resolved.options;
+        options.watch = matches!(command, Command::Serve(_));
+        let vault = Arc::new(Vault::open(options, runtime).await?);
+        let result = match command {
+            Command::Serve(args) => {
+                let listen = args.listen.or(resolved.file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+                cli::serve::serve(vault.clone(), &listen).await
+            }
+            Command::Sign(args) => cmd_sign_vault(&vault, args).await,
+            Command::Credential(cmd) => cli::vault::credential(&vault, cmd).await,
+            Command::Vault(cmd) => cli::vault::vault_cmd(&vault, cmd).await,
+            Command::Audit(args) => cli::vault::audit(&vault, args).await,
+            Command::Plugin(_) => Ok(()),
+        };
+        vault.close().await;
+        result
+    })
+}
+
+pub(crate) fn split_kv<'a>(s: &'a str, what: &str) -> Result<(&'a str, &'a str), Failure> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k, v)),
         _ => {
             Err(Failure::new("invalid_argument", format!("{what} `{}` is not of the form name=value", redact_value(s))))
         }
     }
+}
+
+/// Parse `--secret` arguments; a field given twice is an error.
+pub(crate) fn read_secrets(items: &[String]) -> Result<BTreeMap<String, Secret>, Failure> {
+    let mut secrets = BTreeMap::new();
+    for s in items {
+        let (k, v) = split_kv(s, "--secret")?;
+        if secrets.insert(k.to_string(), read_secret(k, v)?).is_some() {
+            return Err(Failure::new("invalid_argument", format!("secret `{k}` given twice")));
+        }
+    }
+    Ok(secrets)
 }
 
 /// Never echo what may be a secret value: keep only the part before `=`.
@@ -194,19 +271,20 @@ fn read_secret(field: &str, v: &str) -> Result<Secret, Failure> {
     Ok(Secret::new(text))
 }
 
-fn cmd_sign(rt_args: &RuntimeArgs, args: SignArgs) -> Result<(), Failure> {
+/// The parts of `latchkey sign` shared by the offline and the vault forms.
+struct SignParts {
+    config: Vec<(String, String)>,
+    secrets: BTreeMap<String, Secret>,
+    input: SignInput,
+}
+
+fn sign_parts(args: &SignArgs) -> Result<SignParts, Failure> {
     let mut config = Vec::new();
     for c in &args.config {
         let (k, v) = split_kv(c, "--config")?;
         config.push((k.to_string(), v.to_string()));
     }
-    let mut secrets = BTreeMap::new();
-    for s in &args.secrets {
-        let (k, v) = split_kv(s, "--secret")?;
-        if secrets.insert(k.to_string(), read_secret(k, v)?).is_some() {
-            return Err(Failure::new("invalid_argument", format!("secret `{k}` given twice")));
-        }
-    }
+    let secrets = read_secrets(&args.secrets)?;
     let mut headers = Vec::new();
     for h in &args.headers {
         let Some((name, value)) = h.split_once(':') else {
@@ -229,18 +307,105 @@ fn cmd_sign(rt_args: &RuntimeArgs, args: SignArgs) -> Result<(), Failure> {
         Some(p) => std::fs::read(p)
             .map_err(|e| Failure::new("invalid_argument", format!("cannot read body file {}: {e}", p.display())))?,
     };
-    let input = SignInput { method: args.method, url: args.url, headers, body, at };
+    let input = SignInput { method: args.method.clone(), url: args.url.clone(), headers, body, at };
+    Ok(SignParts { config, secrets, input })
+}
 
+fn cmd_sign(rt_args: &RuntimeArgs, args: SignArgs) -> Result<(), Failure> {
+    let SignParts { config, secrets, input } = sign_parts(&args)?;
     let rt = runtime(rt_args)?;
-    let plugin = rt.get(&args.scheme)?;
+    let plugin = rt.get(args.scheme.as_deref().unwrap_or_default())?;
     let prepared = sign::prepare(&input)?;
     sign::check_credential(&rt, &plugin, &config, &secrets)?;
     let cred = Arc::new(CallCredential::new("cli", 1, config, secrets));
-    let signed = sign::sign(&rt, &plugin, &cred, &prepared)?;
+    sign_and_print(&rt, &plugin, &cred, &prepared, args.explain)
+}
+
+/// `latchkey sign --credential NAME`: resolve through the layers (the
+/// `--secret` values are per-call overrides), check the destination, sign,
+/// and record the use in the audit trail.
+async fn cmd_sign_vault(vault: &Vault, args: SignArgs) -> Result<(), Failure> {
+    let name = args.credential.clone().unwrap_or_default();
+    let org = parse_org(args.org.as_deref())?.to_string();
+    let SignParts { config, secrets, input } = sign_parts(&args)?;
+    let mut overrides = Overrides::new();
+    for (field, value) in secrets {
+        overrides.set(&name, &field, value);
+    }
+    let prepared = sign::prepare(&input)?;
+    let host = url::Url::parse(&input.url).ok().and_then(|u| u.host_str().map(str::to_string));
+    let record = |outcome: &str, layer| {
+        vault.record_use(UseEvent {
+            org: org.clone(),
+            credential: name.clone(),
+            agent: Some(cli::vault::cli_actor()),
+            destination: host.clone(),
+            outcome: outcome.to_string(),
+            layer,
+        })
+    };
+    let resolution = match vault.resolve(&org, &name, &overrides).await {
+        Ok(r) => r,
+        Err(e) => {
+            record(e.code(), None);
+            return Err(e.into());
+        }
+    };
+    let layer = Some(resolution.resolved.layer);
+    let outcome = (|| {
+        resolution.check_destination(host.as_deref().unwrap_or_default())?;
+        let (scheme, config, version) = match resolution.credential() {
+            Some(c) => {
+                if !config.is_empty() {
+                    return Err(Failure::new(
+                        "invalid_argument",
+                        format!("--config cannot change vault credential `{name}`; use `latchkey credential update`"),
+                    ));
+                }
+                (c.scheme.clone(), c.config.clone(), c.version)
+            }
+            None => match &args.scheme {
+                Some(s) => (s.clone(), config, 0),
+                None => {
+                    return Err(Failure::new(
+                        "invalid_argument",
+                        format!("`{name}` is not in the vault, so its scheme is unknown: give --scheme"),
+                    ));
+                }
+            },
+        };
+        let rt = vault.runtime();
+        let plugin = rt.get(&scheme)?;
+        let secrets = resolution.resolved.secrets.clone();
+        sign::check_credential(rt, &plugin, &config, &secrets)?;
+        if args.explain {
+            eprintln!(
+                "credential `{name}`: secret from the {} layer ({})",
+                resolution.resolved.layer, resolution.resolved.source
+            );
+        }
+        let cred = Arc::new(CallCredential::new(name.clone(), version, config, secrets));
+        sign_and_print(rt, &plugin, &cred, &prepared, args.explain)
+    })();
+    match &outcome {
+        Ok(()) => record("ok", layer),
+        Err(f) => record(f.code, layer),
+    }
+    outcome
+}
+
+fn sign_and_print(
+    rt: &Runtime,
+    plugin: &latchkey::Plugin,
+    cred: &Arc<CallCredential>,
+    prepared: &sign::Prepared,
+    explain: bool,
+) -> Result<(), Failure> {
+    let signed = sign::sign(rt, plugin, cred, prepared)?;
     // Explain after signing, so a scheme that caches (jwt) explains the very
     // token it just produced.
-    if args.explain {
-        let text = sign::explain(&rt, &plugin, &cred, &prepared)?;
+    if explain {
+        let text = sign::explain(rt, plugin, cred, prepared)?;
         eprintln!("{text}");
     }
     let mut out = std::io::stdout().lock();

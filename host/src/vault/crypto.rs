@@ -524,6 +524,13 @@ impl Keyring {
         Ok(())
     }
 
+    /// A copy of this keyring whose current term is `term`.
+    pub fn with_current(&self, term: u32) -> Result<Keyring, VaultCryptoError> {
+        let mut ring = self.clone();
+        ring.set_current(term)?;
+        Ok(ring)
+    }
+
     /// The current term: the one new wraps use.
     pub fn current(&self) -> u32 {
         self.current
@@ -629,6 +636,53 @@ impl Keyring {
         let highest = keys.keys().next_back().copied().unwrap_or(1);
         Keyring { keys, current: current.unwrap_or(highest) }
     }
+}
+
+/// Add a freshly generated master key to the keyring file at `path` under
+/// the next term and make it current; return the new term. A file holding one
+/// bare key (a development key file) becomes a keyring file with that key as
+/// term 1. The new text is written and synced to a private temporary file
+/// beside it and renamed over the old one, so a crash leaves either the old
+/// keyring or the new one, never a mix; the old terms stay in the file so
+/// blobs not yet re-wrapped still open.
+pub fn add_term_to_keyring_file(path: impl AsRef<Path>) -> Result<u32, VaultCryptoError> {
+    let path = path.as_ref();
+    let fail = |reason: String| VaultCryptoError::KeyFile { path: path.to_owned(), reason };
+    let (mut keys, _) = read_keyring_file(path)?;
+    let term = keys
+        .keys()
+        .next_back()
+        .copied()
+        .unwrap_or(0)
+        .checked_add(1)
+        .ok_or_else(|| VaultCryptoError::KeyringInvalid("the keyring has used every term".into()))?;
+    keys.insert(term, MasterKey::generate()?);
+    let name = path.file_name().ok_or_else(|| fail("has no file name".into()))?;
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let mut suffix = [0u8; 8];
+    SystemRandom::new().fill_bytes(&mut suffix)?;
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), hex::encode(suffix)));
+    let written = (|| -> io::Result<()> {
+        let mut file = new_private_file(&tmp)?;
+        file.write_all(b"# Latchkey master keyring: TERM:BASE64_KEY lines; `current` is used for new seals.\n")?;
+        for (t, key) in &keys {
+            file.write_all(format!("{t}:").as_bytes())?;
+            file.write_all(key.to_base64().as_bytes())?;
+            file.write_all(b"\n")?;
+        }
+        file.write_all(format!("current = {term}\n").as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(fail(format!("could not be rewritten with a new term: {}", io_reason(&e))));
+    }
+    sync_dir(dir).map_err(|e| fail(format!("was rewritten but its directory could not be synced: {e}")))?;
+    Ok(term)
 }
 
 fn check_term(term: u32) -> Result<(), VaultCryptoError> {

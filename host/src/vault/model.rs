@@ -266,9 +266,20 @@ impl ModelError {
 pub fn http_status_for(code: &str) -> u16 {
     match code {
         "credential_disabled" | "token_rejected" => 401,
+        "destination_not_allowed" => 403,
         "provider_key_missing" | "credential_not_found" => 404,
         "credential_exists" | "credential_attached" | "version_conflict" => 409,
-        "plugin_failed" | "plugin_load_failed" | "invalid_env_mapping" => 500,
+        "plugin_failed"
+        | "plugin_load_failed"
+        | "invalid_env_mapping"
+        | "vault_corrupt"
+        | "vault_migration_failed"
+        | "vault_integrity"
+        | "vault_bad_blob"
+        | "vault_unsupported_version"
+        | "vault_crypto_failed" => 500,
+        "vault_unavailable" | "master_key_missing" | "master_key_wrong" | "master_key_invalid" | "master_key_file"
+        | "keyring_invalid" | "vault_unknown_term" => 503,
         _ => 400,
     }
 }
@@ -1660,6 +1671,11 @@ impl Overrides {
     /// Override through a job environment variable.
     pub fn set_var(&mut self, var: &str, value: Secret) {
         self.by_var.insert(var.to_string(), value);
+    }
+
+    /// The credential names given overrides for.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
     }
 
     /// Whether there are none.

@@ -1,0 +1,5 @@
+//! The command-line surfaces that need the vault or the server.
+
+pub mod config;
+pub mod serve;
+pub mod vault;

@@ -1,0 +1,402 @@
+//! The audit trail: every lifecycle change and every use of a credential,
+//! stored in the vault and emitted as a `tracing` event (target
+//! `latchkey::audit`). No event carries a secret: only names, hosts, codes,
+//! layers and versions.
+//!
+//! Lifecycle events (create, update, enable, disable, delete, rotate, attach,
+//! detach, rewrap) are written in the transaction of the change they record,
+//! so there is never a change without its event or an event without its
+//! change. Use events are frequent and must not put a synchronous disk write
+//! on every call: they go through a bounded queue to a writer task that
+//! stores them in batches (up to [`BATCH`] events or [`BATCH_WINDOW`]) and
+//! updates `last_used_at` in the same transaction. A full queue drops events
+//! rather than slowing calls, and counts and logs what it dropped; a crash
+//! can lose the last window of use events, never a lifecycle event. Every
+//! use event is also in the log the moment it happens.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use super::model::Layer;
+use super::store::{Db, StoreError, from_micros, on_db, to_micros};
+
+/// Most use events written in one transaction.
+pub const BATCH: usize = 512;
+/// Longest a use event waits in the queue before its batch is written.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(50);
+/// Use events queued before new ones are dropped.
+pub const QUEUE: usize = 65_536;
+
+/// What happened to a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditAction {
+    /// Created.
+    Create,
+    /// Config, destinations or secrets changed.
+    Update,
+    /// Enabled.
+    Enable,
+    /// Disabled.
+    Disable,
+    /// Deleted.
+    Delete,
+    /// Secret values replaced.
+    Rotate,
+    /// An agent or route attached.
+    Attach,
+    /// An agent or route detached.
+    Detach,
+    /// Data key re-wrapped under a new master key term.
+    Rewrap,
+    /// Used for a call.
+    Use,
+}
+
+impl AuditAction {
+    /// Every action, for parsing and help text.
+    pub const ALL: [AuditAction; 10] = [
+        AuditAction::Create,
+        AuditAction::Update,
+        AuditAction::Enable,
+        AuditAction::Disable,
+        AuditAction::Delete,
+        AuditAction::Rotate,
+        AuditAction::Attach,
+        AuditAction::Detach,
+        AuditAction::Rewrap,
+        AuditAction::Use,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Create => "create",
+            AuditAction::Update => "update",
+            AuditAction::Enable => "enable",
+            AuditAction::Disable => "disable",
+            AuditAction::Delete => "delete",
+            AuditAction::Rotate => "rotate",
+            AuditAction::Attach => "attach",
+            AuditAction::Detach => "detach",
+            AuditAction::Rewrap => "rewrap",
+            AuditAction::Use => "use",
+        }
+    }
+
+    /// Parse a stored or typed name.
+    pub fn parse(s: &str) -> Option<AuditAction> {
+        AuditAction::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// One audit record as stored and as `latchkey audit --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEvent {
+    /// Position in the trail (increasing).
+    pub seq: i64,
+    /// When it happened.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The credential's organisation.
+    pub org: String,
+    /// The credential's name.
+    pub credential: String,
+    /// What happened (see [`AuditAction`]).
+    pub action: String,
+    /// Who made a change (`cli:alice`, an admin token id).
+    pub actor: Option<String>,
+    /// The agent that used the credential.
+    pub agent: Option<String>,
+    /// The destination host of a use.
+    pub destination: Option<String>,
+    /// `ok`, or the error code the action or call ended with.
+    pub outcome: String,
+    /// For a use, the resolution layer that supplied the secret.
+    pub layer: Option<String>,
+    /// The credential's version after a change.
+    pub version: Option<u64>,
+    /// A short, secret-free detail (which parts changed, what was attached).
+    pub detail: Option<String>,
+}
+
+/// A lifecycle event to write with its change.
+#[derive(Debug, Clone)]
+pub(crate) struct Change<'a> {
+    pub org: &'a str,
+    pub credential: &'a str,
+    pub action: AuditAction,
+    pub actor: &'a str,
+    pub version: Option<u64>,
+    pub detail: Option<String>,
+}
+
+/// One use of a credential, as the call path reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UseEvent {
+    /// The credential's organisation.
+    pub org: String,
+    /// The credential (or provider) name asked for.
+    pub credential: String,
+    /// The calling agent, when known.
+    pub agent: Option<String>,
+    /// The destination host.
+    pub destination: Option<String>,
+    /// `ok` or the error code.
+    pub outcome: String,
+    /// The layer that supplied the secret, when one did.
+    pub layer: Option<Layer>,
+}
+
+/// Which events [`super::Vault::audit`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only this organisation.
+    pub org: Option<String>,
+    /// Only this credential.
+    pub credential: Option<String>,
+    /// Only this action.
+    pub action: Option<AuditAction>,
+    /// Only events at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// At most this many, the most recent ones (default 100).
+    pub limit: Option<u32>,
+}
+
+/// Emit the tracing event for a stored record.
+pub(crate) fn emit(e: &AuditEvent) {
+    tracing::info!(
+        target: "latchkey::audit",
+        action = %e.action,
+        org = %e.org,
+        credential = %e.credential,
+        actor = e.actor.as_deref(),
+        agent = e.agent.as_deref(),
+        destination = e.destination.as_deref(),
+        outcome = %e.outcome,
+        layer = e.layer.as_deref(),
+        version = e.version,
+        detail = e.detail.as_deref(),
+        "audit"
+    );
+}
+
+/// Insert a lifecycle event on the executor `$conn` (a transaction).
+macro_rules! insert_change_event {
+    ($conn:expr, $at:expr, $c:expr) => {
+        sqlx::query(
+            "INSERT INTO audit_events (at, org, credential, action, actor, outcome, version, detail) \
+             VALUES ($1, $2, $3, $4, $5, 'ok', $6, $7)",
+        )
+        .bind($at)
+        .bind($c.org)
+        .bind($c.credential)
+        .bind($c.action.as_str())
+        .bind($c.actor)
+        .bind($c.version.map($crate::vault::store::db_int))
+        .bind($c.detail.as_deref())
+        .execute($conn)
+        .await
+    };
+}
+pub(crate) use insert_change_event;
+
+impl Change<'_> {
+    /// The record as it will read back, for the tracing event.
+    pub(crate) fn event(&self, at: OffsetDateTime) -> AuditEvent {
+        AuditEvent {
+            seq: 0,
+            at,
+            org: self.org.to_string(),
+            credential: self.credential.to_string(),
+            action: self.action.as_str().to_string(),
+            actor: Some(self.actor.to_string()),
+            agent: None,
+            destination: None,
+            outcome: "ok".into(),
+            layer: None,
+            version: self.version,
+            detail: self.detail.clone(),
+        }
+    }
+}
+
+/// Read events matching `filter`, oldest first.
+pub(crate) async fn query(db: &Db, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+    let limit = i64::from(filter.limit.unwrap_or(100).clamp(1, 100_000));
+    let since = filter.since.map(to_micros);
+    let action = filter.action.map(AuditAction::as_str);
+    let mut events = on_db!(db, pool => {
+        let rows = sqlx::query(
+            "SELECT seq, at, org, credential, action, actor, agent, destination, outcome, layer, version, detail \
+             FROM audit_events \
+             WHERE ($1 IS NULL OR org = $1) AND ($2 IS NULL OR credential = $2) \
+               AND ($3 IS NULL OR action = $3) AND ($4 IS NULL OR at >= $4) \
+             ORDER BY seq DESC LIMIT $5",
+        )
+        .bind(filter.org.as_deref())
+        .bind(filter.credential.as_deref())
+        .bind(action)
+        .bind(since)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                use sqlx::Row as _;
+                Ok(AuditEvent {
+                    seq: r.try_get(0)?,
+                    at: from_micros(r.try_get(1)?),
+                    org: r.try_get(2)?,
+                    credential: r.try_get(3)?,
+                    action: r.try_get(4)?,
+                    actor: r.try_get(5)?,
+                    agent: r.try_get(6)?,
+                    destination: r.try_get(7)?,
+                    outcome: r.try_get(8)?,
+                    layer: r.try_get(9)?,
+                    version: r.try_get::<Option<i64>, _>(10)?.and_then(|v| u64::try_from(v).ok()),
+                    detail: r.try_get(11)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+    });
+    events.reverse();
+    Ok(events)
+}
+
+enum Msg {
+    Use(UseEvent, OffsetDateTime),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The queue of use events and its writer task.
+pub(crate) struct UseRecorder {
+    tx: mpsc::Sender<Msg>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl UseRecorder {
+    /// Start the writer task on the current tokio runtime.
+    pub(crate) fn start(db: Db) -> UseRecorder {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(writer(db, rx));
+        UseRecorder { tx, dropped: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Queue a use; never waits. The tracing event is emitted now.
+    pub(crate) fn record(&self, event: UseEvent) {
+        let at = OffsetDateTime::now_utc();
+        tracing::info!(
+            target: "latchkey::audit",
+            action = "use",
+            org = %event.org,
+            credential = %event.credential,
+            agent = event.agent.as_deref(),
+            destination = event.destination.as_deref(),
+            outcome = %event.outcome,
+            layer = event.layer.map(Layer::as_str),
+            "audit"
+        );
+        if self.tx.try_send(Msg::Use(event, at)).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(dropped = n, "audit queue full: use events are being dropped from the store");
+            }
+        }
+    }
+
+    /// Wait until every use queued so far is stored.
+    pub(crate) async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Use events dropped because the queue was full.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch: Vec<(UseEvent, OffsetDateTime)> = Vec::with_capacity(BATCH);
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        let mut next = Some(first);
+        loop {
+            match next.take() {
+                Some(Msg::Use(e, at)) => batch.push((e, at)),
+                Some(Msg::Flush(done)) => {
+                    waiting.push(done);
+                    break;
+                }
+                None => {}
+            }
+            if batch.len() >= BATCH {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(msg)) => next = Some(msg),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(e) = write_uses(&db, &batch).await {
+                tracing::error!(error = %e, events = batch.len(), "could not store use events; they are in the log only");
+            }
+            batch.clear();
+        }
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn write_uses(db: &Db, batch: &[(UseEvent, OffsetDateTime)]) -> Result<(), StoreError> {
+    use super::store::BeginWrite as _;
+    on_db!(db, pool => {
+        let mut tx = pool.begin_write().await?;
+        for (e, at) in batch {
+            sqlx::query(
+                "INSERT INTO audit_events (at, org, credential, action, agent, destination, outcome, layer) \
+                 VALUES ($1, $2, $3, 'use', $4, $5, $6, $7)",
+            )
+            .bind(to_micros(*at))
+            .bind(&e.org)
+            .bind(&e.credential)
+            .bind(e.agent.as_deref())
+            .bind(e.destination.as_deref())
+            .bind(&e.outcome)
+            .bind(e.layer.map(Layer::as_str))
+            .execute(&mut *tx)
+            .await?;
+        }
+        // One update per credential used, to its latest use in the batch.
+        let mut last: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+        for (e, at) in batch.iter().filter(|(e, _)| e.outcome == "ok" && e.layer == Some(Layer::Vault)) {
+            let t = last.entry((e.org.as_str(), e.credential.as_str())).or_default();
+            *t = (*t).max(to_micros(*at));
+        }
+        for ((org, name), at) in last {
+            sqlx::query(
+                "UPDATE credentials SET last_used_at = $1 \
+                 WHERE org = $2 AND name = $3 AND (last_used_at IS NULL OR last_used_at < $1)",
+            )
+            .bind(at)
+            .bind(org)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,1177 @@
+//! [`Vault`]: the credential store every surface uses. It validates input
+//! through the credential's scheme plugin, seals secrets before they reach
+//! storage, writes each change with its audit event and change record in one
+//! transaction, keeps an in-process cache coherent with other processes and
+//! replicas, and resolves a credential for a call through the three layers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+use super::audit::{self, AuditAction, AuditEvent, AuditFilter, Change, UseEvent, UseRecorder, insert_change_event};
+use super::cache::{Cache, Entry};
+use super::crypto::{self, CredentialAad, Keyring, VaultCryptoError};
+use super::model::{
+    self, Credential, CredentialName, EnvMapping, ModelError, OrgId, Overrides, RawCredential, RawUpdate, Resolved,
+    Validated, VaultEntry,
+};
+use super::store::{
+    self, BeginWrite as _, CREDENTIAL_COLUMNS, Db, JsonColumns, Location, StoreError, StoredCredential, db_int,
+    decode_row, on_db, to_micros,
+};
+use super::watch as feed;
+use crate::plugin::{Runtime, sanitize_for_log};
+use crate::secret::Secret;
+
+/// Errors of the vault, each with a stable code ([`VaultError::code`]) and
+/// HTTP status. No message contains a secret value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultError {
+    /// Input or lifecycle errors of the credential model.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Encryption, decryption or key loading failed.
+    #[error(transparent)]
+    Crypto(#[from] VaultCryptoError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The configured key of `term` is not the one this vault was sealed with.
+    #[error(
+        "the configured master key for term {term} does not match the key this vault was created with; \
+         check LATCHKEY_MASTER_KEY / the keyring file (nothing was changed)"
+    )]
+    WrongMasterKey {
+        /// The term whose key check failed.
+        term: u32,
+    },
+    /// No usable master key, with what to do about it.
+    #[error("{0}")]
+    KeySetup(String),
+    /// The credential may not be sent to this host.
+    #[error("credential `{credential}` may not be sent to `{host}`; its allowed destinations are: {allowed}")]
+    DestinationNotAllowed {
+        /// The credential.
+        credential: String,
+        /// The host asked for.
+        host: String,
+        /// The credential's destinations.
+        allowed: String,
+    },
+    /// A malformed argument (an attachment name, a filter).
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl VaultError {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            VaultError::Model(e) => e.code(),
+            VaultError::Crypto(e) => e.code(),
+            VaultError::Store(StoreError::Corrupt(..)) => "vault_corrupt",
+            VaultError::Store(StoreError::Migration(_)) => "vault_migration_failed",
+            VaultError::Store(_) => "vault_unavailable",
+            VaultError::WrongMasterKey { .. } => "master_key_wrong",
+            VaultError::KeySetup(_) => "master_key_missing",
+            VaultError::DestinationNotAllowed { .. } => "destination_not_allowed",
+            VaultError::InvalidArgument(_) => "invalid_argument",
+        }
+    }
+
+    /// The HTTP status for [`VaultError::code`].
+    pub fn http_status(&self) -> u16 {
+        model::http_status_for(self.code())
+    }
+}
+
+/// Looks an environment variable up (the host environment layer).
+pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Where the master keyring comes from.
+#[derive(Clone, Default)]
+pub struct KeySource {
+    /// The `LATCHKEY_MASTER_KEY` value (`BASE64` or `TERM:BASE64`).
+    pub master_key: Option<Zeroizing<String>>,
+    /// A keyring file (`LATCHKEY_KEYRING_FILE`, or `keyring_file` in the config).
+    pub keyring_file: Option<PathBuf>,
+    /// The development key file used when neither is set (SQLite only);
+    /// created, with a loud warning, when the vault is new.
+    pub dev_key_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySource")
+            .field("master_key", &self.master_key.as_ref().map(|_| "[redacted]"))
+            .field("keyring_file", &self.keyring_file)
+            .field("dev_key_file", &self.dev_key_file)
+            .finish()
+    }
+}
+
+impl KeySource {
+    /// The file a new master key term can be added to, if any.
+    fn writable_file(&self) -> Option<&Path> {
+        if self.master_key.is_some() {
+            return None;
+        }
+        self.keyring_file.as_deref().or(self.dev_key_file.as_deref())
+    }
+}
+
+/// Which key the vault opened with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// `LATCHKEY_MASTER_KEY` and/or a keyring file.
+    Configured,
+    /// An existing development key file.
+    DevKey(PathBuf),
+    /// A development key file created just now for a new vault.
+    DevKeyCreated(PathBuf),
+}
+
+/// How to open a vault.
+#[derive(Clone)]
+pub struct VaultOptions {
+    /// The database.
+    pub location: Location,
+    /// The master keyring.
+    pub keys: KeySource,
+    /// Credential or provider names → environment variables (the host layer).
+    pub env_mapping: EnvMapping,
+    /// How the host environment is read (`std::env::var` by default).
+    pub env: EnvLookup,
+    /// Start the change feed, so changes by other processes or replicas reach
+    /// this one's cache. One-shot CLI commands leave it off.
+    pub watch: bool,
+    /// How often an SQLite vault checks for other processes' commits.
+    pub sqlite_watch_interval: Duration,
+}
+
+impl VaultOptions {
+    /// Defaults for `location`: the built-in environment mapping, the process
+    /// environment, no change feed.
+    pub fn new(location: Location, keys: KeySource) -> VaultOptions {
+        VaultOptions {
+            location,
+            keys,
+            env_mapping: EnvMapping::default(),
+            env: Arc::new(|var| std::env::var(var).ok()),
+            watch: false,
+            sqlite_watch_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+impl std::fmt::Debug for VaultOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultOptions").field("location", &self.location.display()).field("keys", &self.keys).finish()
+    }
+}
+
+/// A stored credential as reads return it: the record (no secret values),
+/// when it was last used, and the state of its sealed secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialInfo {
+    /// The record.
+    pub credential: Credential,
+    /// The last successful use (updated within a second or so of the use).
+    pub last_used_at: Option<OffsetDateTime>,
+    /// The master key term its data key is wrapped under.
+    pub key_term: u32,
+    /// How many times its secret values were set (1 at creation).
+    pub secret_version: u64,
+}
+
+impl From<&StoredCredential> for CredentialInfo {
+    fn from(s: &StoredCredential) -> CredentialInfo {
+        CredentialInfo {
+            credential: s.credential.clone(),
+            last_used_at: s.last_used_at,
+            key_term: s.key_term,
+            secret_version: s.secret_version,
+        }
+    }
+}
+
+/// A credential resolved for one call: the vault record (absent when an
+/// override or the environment supplied a name the vault does not hold) and
+/// the winning layer's secrets. `Debug` never shows values.
+#[derive(Debug)]
+pub struct Resolution {
+    entry: Option<Arc<StoredCredential>>,
+    /// The winning layer, where in it, and the secret values.
+    pub resolved: Resolved,
+}
+
+impl Resolution {
+    /// The vault record, if the vault holds the name.
+    pub fn credential(&self) -> Option<&Credential> {
+        self.entry.as_ref().map(|e| &e.credential)
+    }
+
+    /// Refuse `host` unless the vault record allows it. A name the vault
+    /// does not hold has no destination list (an override is the caller's
+    /// own key; an environment credential's destination is the operator's
+    /// route), so it is allowed.
+    pub fn check_destination(&self, host: &str) -> Result<(), VaultError> {
+        match self.credential() {
+            Some(c) if !c.allows(host) => Err(VaultError::DestinationNotAllowed {
+                credential: c.name.to_string(),
+                host: sanitize_for_log(host, 255),
+                allowed: if c.destinations.is_empty() {
+                    "none (add one with `latchkey credential update --destination`)".into()
+                } else {
+                    c.destinations.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                },
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a master key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationReport {
+    /// The term every data key is now wrapped under.
+    pub term: u32,
+    /// Whether this rotation generated the term (into the keyring file).
+    pub generated: bool,
+    /// Data keys re-wrapped.
+    pub rewrapped: u64,
+    /// Credentials by term after the rotation (all on `term` when done).
+    pub by_term: BTreeMap<u32, u64>,
+    /// Credentials that could not be re-wrapped, with the error code.
+    pub failed: Vec<(String, String, String)>,
+}
+
+/// An attachment kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachmentKind {
+    /// An agent allowed to use the credential.
+    Agent,
+    /// A route that sends it upstream.
+    Route,
+}
+
+impl AttachmentKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AttachmentKind::Agent => "agent",
+            AttachmentKind::Route => "route",
+        }
+    }
+}
+
+/// The vault. Cheap to share behind an `Arc`; [`Vault::close`] flushes the
+/// use audit and stops the change feed.
+pub struct Vault {
+    db: Db,
+    location: Location,
+    runtime: Arc<Runtime>,
+    keys: KeySource,
+    keyring: RwLock<Arc<Keyring>>,
+    key_origin: KeyOrigin,
+    cache: Arc<Cache>,
+    uses: UseRecorder,
+    env_mapping: EnvMapping,
+    env: EnvLookup,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("location", &self.location.display()).finish_non_exhaustive()
+    }
+}
+
+/// The identity bound into a credential's key check.
+const KEY_CHECK_ORG: &str = "_latchkey";
+const KEY_CHECK_ID: &str = "master-key-check";
+
+fn key_check_aad(term: u32) -> CredentialAad<'static> {
+    CredentialAad { org: KEY_CHECK_ORG, credential_id: KEY_CHECK_ID, secret_version: u64::from(term) }
+}
+
+fn new_id() -> Result<String, VaultError> {
+    let mut id = [0u8; 16];
+    SystemRandom::new().fill(&mut id).map_err(|_| VaultCryptoError::Crypto("the random number generator failed"))?;
+    Ok(hex::encode(id))
+}
+
+fn not_found(name: &str) -> VaultError {
+    ModelError::CredentialNotFound { name: sanitize_for_log(name, 80) }.into()
+}
+
+/// One row change, committed with its change record and audit event.
+enum RowWrite<'a> {
+    Insert(&'a StoredCredential),
+    Update { row: &'a StoredCredential, old_version: u64, attachment: Option<(AttachmentKind, &'a str, bool)> },
+    Delete { row: &'a StoredCredential },
+}
+
+/// The write failed because the row changed since it was read.
+struct Conflict;
+
+impl Vault {
+    /// Open (and migrate) the vault, load and check the master keyring, and
+    /// start the use-audit writer and, if asked, the change feed. Must run on
+    /// a tokio runtime.
+    pub async fn open(options: VaultOptions, runtime: Arc<Runtime>) -> Result<Vault, VaultError> {
+        let db = Db::connect(&options.location).await?;
+        let (keyring, key_origin) = match load_keyring(&db, &options.location, &options.keys).await {
+            Ok(k) => k,
+            Err(e) => {
+                db.close().await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = check_key_terms(&db, &keyring).await {
+            db.close().await;
+            return Err(e);
+        }
+        let (stop, _) = watch::channel(false);
+        let vault = Vault {
+            uses: UseRecorder::start(db.clone()),
+            db,
+            location: options.location.clone(),
+            runtime,
+            keys: options.keys.clone(),
+            keyring: RwLock::new(Arc::new(keyring)),
+            key_origin,
+            cache: Arc::new(Cache::default()),
+            env_mapping: options.env_mapping.clone(),
+            env: options.env.clone(),
+            stop,
+            tasks: Mutex::new(Vec::new()),
+        };
+        if options.watch {
+            vault.start_feed(&options).await?;
+        }
+        Ok(vault)
+    }
+
+    async fn start_feed(&self, options: &VaultOptions) -> Result<(), VaultError> {
+        let task = match (&self.db, &options.location) {
+            (Db::Postgres(pool), _) => {
+                let schema: String =
+                    sqlx::query_scalar("SELECT current_schema()").fetch_one(pool).await.map_err(StoreError::from)?;
+                let (ready, is_ready) = tokio::sync::oneshot::channel();
+                let task = tokio::spawn(feed::listen_postgres(
+                    pool.clone(),
+                    feed::channel(&schema),
+                    self.cache.clone(),
+                    self.stop.subscribe(),
+                    ready,
+                ));
+                if tokio::time::timeout(Duration::from_secs(10), is_ready).await.is_err() {
+                    tracing::warn!("vault change feed is not listening yet; calls read the database until it is");
+                }
+                task
+            }
+            (Db::Sqlite(pool), Location::SqliteFile(path)) => {
+                let options_ro = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+                tokio::spawn(feed::watch_sqlite(
+                    pool.clone(),
+                    options_ro,
+                    self.cache.clone(),
+                    options.sqlite_watch_interval,
+                    self.stop.subscribe(),
+                ))
+            }
+            (Db::Sqlite(_), Location::Postgres(_)) => return Ok(()),
+        };
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+        Ok(())
+    }
+
+    /// Store every queued use event, stop the change feed and close the
+    /// database.
+    pub async fn close(&self) {
+        self.uses.flush().await;
+        let _ = self.stop.send(true);
+        let tasks: Vec<_> = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.db.close().await;
+    }
+
+    /// Where the vault lives.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Which master key it opened with.
+    pub fn key_origin(&self) -> &KeyOrigin {
+        &self.key_origin
+    }
+
+    /// The plugin runtime it validates with.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// A database round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), VaultError> {
+        Ok(self.db.ping().await?)
+    }
+
+    /// Cached entries (for tests and metrics).
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    fn keyring(&self) -> Arc<Keyring> {
+        self.keyring.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Read the keyring again from its source (after another process added
+    /// a term).
+    pub fn reload_keyring(&self) -> Result<(), VaultError> {
+        let ring = keyring_from_source(&self.keys)?.ok_or_else(|| {
+            VaultError::KeySetup("the master key source is gone; it was there when the vault opened".into())
+        })?;
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------
+    // Reads
+    // ------------------------------------------------------------------
+
+    async fn fetch(&self, org: &str, name: &str) -> Result<Option<StoredCredential>, VaultError> {
+        let sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE org = $1 AND name = $2");
+        let found = on_db!(&self.db, pool => {
+            let row = sqlx::query(&sql).bind(org).bind(name).fetch_optional(pool).await.map_err(StoreError::from)?;
+            match row {
+                None => None,
+                Some(row) => {
+                    let mut stored = decode_row(&row)?;
+                    let attachments: Vec<(String, String)> =
+                        sqlx::query_as("SELECT kind, name FROM credential_attachments WHERE credential_id = $1")
+                            .bind(&stored.id)
+                            .fetch_all(pool)
+                            .await
+                            .map_err(StoreError::from)?;
+                    store::set_attachments(&mut stored.credential, attachments);
+                    Some(stored)
+                }
+            }
+        });
+        Ok(found)
+    }
+
+    /// One credential, read from the database (not the cache).
+    pub async fn get(&self, org: &str, name: &str) -> Result<CredentialInfo, VaultError> {
+        self.fetch(org, name).await?.map(|s| CredentialInfo::from(&s)).ok_or_else(|| not_found(name))
+    }
+
+    /// Every credential, or those of one organisation, by organisation and name.
+    pub async fn list(&self, org: Option<&str>) -> Result<Vec<CredentialInfo>, VaultError> {
+        let sql =
+            format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE ($1 IS NULL OR org = $1) ORDER BY org, name");
+        let (rows, attachments) = on_db!(&self.db, pool => {
+            let rows = sqlx::query(&sql).bind(org).fetch_all(pool).await.map_err(StoreError::from)?;
+            let rows = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
+            let attachments: Vec<(String, String, String)> =
+                sqlx::query_as("SELECT credential_id, kind, name FROM credential_attachments")
+                    .fetch_all(pool)
+                    .await
+                    .map_err(StoreError::from)?;
+            (rows, attachments)
+        });
+        let mut by_id: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for (id, kind, name) in attachments {
+            by_id.entry(id).or_default().push((kind, name));
+        }
+        Ok(rows
+            .into_iter()
+            .map(|mut s| {
+                if let Some(a) = by_id.remove(&s.id) {
+                    store::set_attachments(&mut s.credential, a);
+                }
+                CredentialInfo::from(&s)
+            })
+            .collect())
+    }
+
+    /// The audit trail, oldest first (see [`AuditFilter`]).
+    pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, VaultError> {
+        self.uses.flush().await;
+        Ok(audit::query(&self.db, filter).await?)
+    }
+
+    /// Use events dropped because the audit queue was full.
+    pub fn audit_dropped(&self) -> u64 {
+        self.uses.dropped()
+    }
+
+    fn open_secrets(&self, row: &StoredCredential) -> Result<BTreeMap<String, Secret>, VaultCryptoError> {
+        let aad = CredentialAad {
+            org: row.credential.org.as_str(),
+            credential_id: &row.id,
+            secret_version: row.secret_version,
+        };
+        crypto::open(&self.keyring(), &row.blob, &aad)
+    }
+
+    // ------------------------------------------------------------------
+    // Resolution (the call path)
+    // ------------------------------------------------------------------
+
+    /// The cached entry for `org`/`name`, filling the cache on a miss.
+    async fn lookup(&self, org: &str, name: &str) -> Result<Entry, VaultError> {
+        if let Some(entry) = self.cache.get(org, name) {
+            return Ok(entry);
+        }
+        let generation = self.cache.generation();
+        let entry = self.fetch(org, name).await?.map(Arc::new);
+        self.cache.fill(generation, org, name, entry.clone());
+        Ok(entry)
+    }
+
+    /// Resolve `name` of `org` for one call: per-call `overrides`, then the
+    /// vault, then the host environment. A disabled vault credential fails
+    /// with `credential_disabled`; when no layer has it,
+    /// `provider_key_missing` says what was looked for and where. Secret
+    /// values are decrypted only here, for the call, and only when the vault
+    /// layer is the one that can win.
+    pub async fn resolve(&self, org: &str, name: &str, overrides: &Overrides) -> Result<Resolution, VaultError> {
+        let mut entry = self.lookup(org, name).await?;
+        let secrets = match &entry {
+            Some(row) if row.credential.enabled && !overrides.is_empty() && has_override(overrides, name) => {
+                BTreeMap::new()
+            }
+            Some(row) if row.credential.enabled => match self.open_secrets(row) {
+                Ok(s) => s,
+                Err(VaultCryptoError::UnknownTerm(term)) => {
+                    // Another process rotated the master key: read the keyring
+                    // and the row again, once.
+                    tracing::info!(term, "vault blob under an unknown master key term; reloading the keyring");
+                    self.reload_keyring()?;
+                    self.cache.invalidate(org, name);
+                    entry = self.lookup(org, name).await?;
+                    match &entry {
+                        Some(row) => self.open_secrets(row)?,
+                        None => BTreeMap::new(),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            },
+            _ => BTreeMap::new(),
+        };
+        let vault = entry.as_ref().map(|row| VaultEntry { enabled: row.credential.enabled, secrets: &secrets });
+        let env = &self.env;
+        let resolved = model::resolve(name, overrides, vault, &self.env_mapping, |var| env(var))?;
+        Ok(Resolution { entry, resolved })
+    }
+
+    /// Record one use of a credential (queued; see `vault::audit`).
+    pub fn record_use(&self, event: UseEvent) {
+        self.uses.record(event);
+    }
+
+    // ------------------------------------------------------------------
+    // Writes
+    // ------------------------------------------------------------------
+
+    async fn commit(&self, write: RowWrite<'_>, change: Change<'_>) -> Result<Result<(), Conflict>, VaultError> {
+        let now = OffsetDateTime::now_utc();
+        let at = to_micros(now);
+        let result = on_db!(&self.db, pool => {
+            let mut tx = pool.begin_write().await.map_err(StoreError::from)?;
+            let applied = match &write {
+                RowWrite::Insert(row) => {
+                    let c = &row.credential;
+                    let json = JsonColumns::of(c);
+                    sqlx::query(
+                        "INSERT INTO credentials (id, org, name, scheme, config, secret_fields, secret_blob, \
+                         secret_version, key_term, enabled, destinations, created_at, updated_at, version) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    )
+                    .bind(&row.id)
+                    .bind(c.org.as_str())
+                    .bind(c.name.as_str())
+                    .bind(&c.scheme)
+                    .bind(&json.config)
+                    .bind(&json.secret_fields)
+                    .bind(&row.blob)
+                    .bind(db_int(row.secret_version))
+                    .bind(i64::from(row.key_term))
+                    .bind(c.enabled)
+                    .bind(&json.destinations)
+                    .bind(to_micros(c.created_at))
+                    .bind(to_micros(c.updated_at))
+                    .bind(db_int(c.version))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+                    true
+                }
+                RowWrite::Update { row, old_version, attachment } => {
+                    let c = &row.credential;
+                    let json = JsonColumns::of(c);
+                    let updated = sqlx::query(
+                        "UPDATE credentials SET config = $1, secret_fields = $2, secret_blob = $3, \
+                         secret_version = $4, key_term = $5, enabled = $6, destinations = $7, updated_at = $8, \
+                         version = $9 WHERE id = $10 AND version = $11",
+                    )
+                    .bind(&json.config)
+                    .bind(&json.secret_fields)
+                    .bind(&row.blob)
+                    .bind(db_int(row.secret_version))
+                    .bind(i64::from(row.key_term))
+                    .bind(c.enabled)
+                    .bind(&json.destinations)
+                    .bind(to_micros(c.updated_at))
+                    .bind(db_int(c.version))
+                    .bind(&row.id)
+                    .bind(db_int(*old_version))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+                    if updated.rows_affected() == 1 {
+                        match attachment {
+                            Some((kind, target, true)) => {
+                                sqlx::query(
+                                    "INSERT INTO credential_attachments (credential_id, kind, name) VALUES ($1, $2, $3)",
+                                )
+                                .bind(&row.id)
+                                .bind(kind.as_str())
+                                .bind(*target)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(StoreError::from)?;
+                            }
+                            Some((kind, target, false)) => {
+                                sqlx::query(
+                                    "DELETE FROM credential_attachments \
+                                     WHERE credential_id = $1 AND kind = $2 AND name = $3",
+                                )
+                                .bind(&row.id)
+                                .bind(kind.as_str())
+                                .bind(*target)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(StoreError::from)?;
+                            }
+                            None => {}
+                        }
+                        true
+                    } else {
+                        false
+                    }
+                }
+                RowWrite::Delete { row } => {
+                    sqlx::query("DELETE FROM credentials WHERE id = $1 AND version = $2")
+                        .bind(&row.id)
+                        .bind(db_int(row.credential.version))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::from)?
+                        .rows_affected()
+                        == 1
+                }
+            };
+            if applied {
+                sqlx::query("INSERT INTO vault_changes (org, name, at) VALUES ($1, $2, $3)")
+                    .bind(change.org)
+                    .bind(change.credential)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+                insert_change_event!(&mut *tx, at, change).map_err(StoreError::from)?;
+                tx.commit().await.map_err(StoreError::from)?;
+                Ok(())
+            } else {
+                tx.rollback().await.map_err(StoreError::from)?;
+                Err(Conflict)
+            }
+        });
+        // Invalidate whether or not the write applied: a conflict means the
+        // cached row is stale anyway.
+        self.cache.invalidate(change.org, change.credential);
+        if result.is_ok() {
+            audit::emit(&change.event(now));
+        }
+        Ok(result)
+    }
+
+    /// Create a credential. The scheme plugin validates its config and
+    /// secrets first; the notices say what was trimmed or looks wrong.
+    pub async fn create(&self, raw: RawCredential, actor: &str) -> Result<Validated<CredentialInfo>, VaultError> {
+        let Validated { value, notices } = model::validate_new(&self.runtime, raw)?;
+        let (credential, secrets) = value.into_credential(OffsetDateTime::now_utc());
+        let id = new_id()?;
+        let keyring = self.keyring();
+        let aad = CredentialAad { org: credential.org.as_str(), credential_id: &id, secret_version: 1 };
+        let blob = crypto::seal(&keyring, &secrets, &aad)?;
+        drop(secrets);
+        let row = StoredCredential {
+            id,
+            credential,
+            blob,
+            secret_version: 1,
+            key_term: keyring.current(),
+            last_used_at: None,
+        };
+        let change = Change {
+            org: row.credential.org.as_str(),
+            credential: row.credential.name.as_str(),
+            action: AuditAction::Create,
+            actor,
+            version: Some(1),
+            detail: Some(format!("scheme {}", row.credential.scheme)),
+        };
+        match self.commit(RowWrite::Insert(&row), change).await {
+            Ok(_) => Ok(Validated { value: CredentialInfo::from(&row), notices }),
+            Err(VaultError::Store(StoreError::Unique)) => {
+                Err(ModelError::CredentialExists { name: row.credential.name.to_string() }.into())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Change a credential: config, destinations, enabled state or secret
+    /// values (`update`), recorded as `action`.
+    async fn modify(
+        &self,
+        org: &str,
+        name: &str,
+        raw: RawUpdate,
+        action: AuditAction,
+        actor: &str,
+    ) -> Result<Validated<CredentialInfo>, VaultError> {
+        // Without an expected version, a concurrent change is retried on the
+        // new row; with one, it is the caller's conflict to resolve.
+        for _ in 0..5 {
+            let current = self.fetch(org, name).await?.ok_or_else(|| not_found(name))?;
+            let Validated { value: update, notices } =
+                model::validate_update(&self.runtime, &current.credential, raw.clone(), || {
+                    self.open_secrets(&current).map_err(VaultError::from)
+                })?;
+            let mut next = current.clone();
+            if !next.credential.apply_update(&update, OffsetDateTime::now_utc())? {
+                return Ok(Validated { value: CredentialInfo::from(&current), notices });
+            }
+            let mut parts = Vec::new();
+            if update.config().is_some_and(|c| c != current.credential.config) {
+                parts.push("config");
+            }
+            if update.destinations().is_some_and(|d| d != current.credential.destinations) {
+                parts.push("destinations");
+            }
+            if let Some(enabled) = update.enabled()
+                && enabled != current.credential.enabled
+            {
+                parts.push(if enabled { "enabled" } else { "disabled" });
+            }
+            if let Some(secrets) = update.secrets() {
+                parts.push("secrets");
+                let keyring = self.keyring();
+                next.secret_version = current.secret_version + 1;
+                let aad = CredentialAad { org, credential_id: &next.id, secret_version: next.secret_version };
+                next.blob = crypto::seal(&keyring, secrets, &aad)?;
+                next.key_term = keyring.current();
+            }
+            let change = Change {
+                org,
+                credential: next.credential.name.as_str(),
+                action,
+                actor,
+                version: Some(next.credential.version),
+                detail: Some(parts.join(", ")),
+            };
+            let write = RowWrite::Update { row: &next, old_version: current.credential.version, attachment: None };
+            match self.commit(write, change).await? {
+                Ok(()) => return Ok(Validated { value: CredentialInfo::from(&next), notices }),
+                Err(Conflict) if raw.expected_version.is_none() => continue,
+                Err(Conflict) => {
+                    let actual = self.fetch(org, name).await?.map(|s| s.credential.version).unwrap_or(0);
+                    return Err(ModelError::VersionConflict {
+                        name: name.to_string(),
+                        expected: current.credential.version,
+                        actual,
+                    }
+                    .into());
+                }
+            }
+        }
+        Err(VaultError::Store(StoreError::Database(
+            "the credential kept changing while this update was applied; try again".into(),
+        )))
+    }
+
+    /// Change config, destinations, secrets or the enabled state.
+    pub async fn update(
+        &self,
+        org: &str,
+        name: &str,
+        raw: RawUpdate,
+        actor: &str,
+    ) -> Result<Validated<CredentialInfo>, VaultError> {
+        self.modify(org, name, raw, AuditAction::Update, actor).await
+    }
+
+    /// Enable or disable; takes effect for the next call everywhere.
+    pub async fn set_enabled(
+        &self,
+        org: &str,
+        name: &str,
+        enabled: bool,
+        actor: &str,
+    ) -> Result<CredentialInfo, VaultError> {
+        let raw = RawUpdate { enabled: Some(enabled), ..RawUpdate::default() };
+        let action = if enabled { AuditAction::Enable } else { AuditAction::Disable };
+        Ok(self.modify(org, name, raw, action, actor).await?.value)
+    }
+
+    /// Replace the secret values whole (every required field), under a
+    /// fresh data key.
+    pub async fn rotate(
+        &self,
+        org: &str,
+        name: &str,
+        secrets: BTreeMap<String, Secret>,
+        verbatim: std::collections::BTreeSet<String>,
+        actor: &str,
+    ) -> Result<Validated<CredentialInfo>, VaultError> {
+        if secrets.is_empty() {
+            return Err(VaultError::InvalidArgument(
+                "a rotation needs the new secret values (--secret field=value for every field)".into(),
+            ));
+        }
+        let raw = RawUpdate { secrets: Some(secrets), verbatim, ..RawUpdate::default() };
+        self.modify(org, name, raw, AuditAction::Rotate, actor).await
+    }
+
+    /// Delete irreversibly; refused while attached unless `force`.
+    pub async fn delete(&self, org: &str, name: &str, force: bool, actor: &str) -> Result<CredentialInfo, VaultError> {
+        for _ in 0..5 {
+            let current = self.fetch(org, name).await?.ok_or_else(|| not_found(name))?;
+            current.credential.check_delete(force)?;
+            let detail = if current.credential.attachments.is_empty() {
+                None
+            } else {
+                Some(format!("forced while attached to {}", current.credential.attachments))
+            };
+            let change = Change {
+                org,
+                credential: current.credential.name.as_str(),
+                action: AuditAction::Delete,
+                actor,
+                version: Some(current.credential.version),
+                detail,
+            };
+            if self.commit(RowWrite::Delete { row: &current }, change).await?.is_ok() {
+                return Ok(CredentialInfo::from(&current));
+            }
+        }
+        Err(VaultError::Store(StoreError::Database(
+            "the credential kept changing while it was deleted; try again".into(),
+        )))
+    }
+
+    /// Attach (or with `attach == false`, detach) an agent or route.
+    pub async fn set_attachment(
+        &self,
+        org: &str,
+        name: &str,
+        kind: AttachmentKind,
+        target: &str,
+        attach: bool,
+        actor: &str,
+    ) -> Result<CredentialInfo, VaultError> {
+        let target = CredentialName::parse(target)
+            .map_err(|e| VaultError::InvalidArgument(format!("{} name: {e}", kind.as_str())))?;
+        for _ in 0..5 {
+            let current = self.fetch(org, name).await?.ok_or_else(|| not_found(name))?;
+            let set = match kind {
+                AttachmentKind::Agent => &current.credential.attachments.agents,
+                AttachmentKind::Route => &current.credential.attachments.routes,
+            };
+            if set.contains(target.as_str()) == attach {
+                return Ok(CredentialInfo::from(&current));
+            }
+            let mut next = current.clone();
+            let set = match kind {
+                AttachmentKind::Agent => &mut next.credential.attachments.agents,
+                AttachmentKind::Route => &mut next.credential.attachments.routes,
+            };
+            if attach {
+                set.insert(target.to_string());
+            } else {
+                set.remove(target.as_str());
+            }
+            next.credential.version += 1;
+            next.credential.updated_at = OffsetDateTime::now_utc().max(current.credential.updated_at);
+            let change = Change {
+                org,
+                credential: current.credential.name.as_str(),
+                action: if attach { AuditAction::Attach } else { AuditAction::Detach },
+                actor,
+                version: Some(next.credential.version),
+                detail: Some(format!("{} {}", kind.as_str(), target)),
+            };
+            let write = RowWrite::Update {
+                row: &next,
+                old_version: current.credential.version,
+                attachment: Some((kind, target.as_str(), attach)),
+            };
+            if self.commit(write, change).await?.is_ok() {
+                return Ok(CredentialInfo::from(&next));
+            }
+        }
+        Err(VaultError::Store(StoreError::Database("the credential kept changing; try again".into())))
+    }
+
+    // ------------------------------------------------------------------
+    // Master key rotation
+    // ------------------------------------------------------------------
+
+    /// Rotate the master key without downtime. With `generate`, a new key is
+    /// added to the keyring file under the next term and made current (the
+    /// old terms stay, so every replica keeps opening old blobs); without,
+    /// the keyring's current term (which the operator changed) is used.
+    /// Then every data key still wrapped under another term is re-wrapped,
+    /// row by row, each write conditional on the blob being unchanged, so
+    /// concurrent updates are never overwritten. Safe to run again after an
+    /// interruption. Replicas that meet the new term reload their keyring.
+    pub async fn rotate_master_key(&self, generate: bool, actor: &str) -> Result<RotationReport, VaultError> {
+        if generate {
+            let file = self.keys.writable_file().ok_or_else(|| {
+                VaultError::KeySetup(
+                    "the master key comes from LATCHKEY_MASTER_KEY, so Latchkey cannot add a term to it: put the \
+                     current key in a keyring file as `1:KEY`, set LATCHKEY_MASTER_KEY=2:NEWKEY (or add `2:NEWKEY` \
+                     and `current = 2` to the file), then run `latchkey vault rotate-master-key --no-generate`"
+                        .into(),
+                )
+            })?;
+            let term = crypto::add_term_to_keyring_file(file)?;
+            tracing::warn!(term, file = %file.display(), "added a new master key term to the keyring file; back it up");
+        }
+        self.reload_keyring()?;
+        let keyring = self.keyring();
+        check_key_terms(&self.db, &keyring).await?;
+        let term = keyring.current();
+        let mut rewrapped = 0u64;
+        let mut failed = Vec::new();
+        let mut after = String::new();
+        loop {
+            let batch: Vec<(String, String, String, Vec<u8>, i64)> = on_db!(&self.db, pool => {
+                sqlx::query_as(
+                    "SELECT id, org, name, secret_blob, secret_version FROM credentials \
+                     WHERE key_term <> $1 AND id > $2 ORDER BY id LIMIT 256",
+                )
+                .bind(i64::from(term))
+                .bind(&after)
+                .fetch_all(pool)
+                .await
+                .map_err(StoreError::from)?
+            });
+            let Some(last) = batch.last() else { break };
+            after = last.0.clone();
+            let mut updates = Vec::with_capacity(batch.len());
+            for (id, org, name, blob, secret_version) in &batch {
+                let aad = CredentialAad {
+                    org,
+                    credential_id: id,
+                    secret_version: u64::try_from(*secret_version).unwrap_or_default(),
+                };
+                match crypto::rewrap(&keyring, blob, &aad) {
+                    Ok(new_blob) => updates.push((id, blob, new_blob)),
+                    Err(e) => {
+                        tracing::error!(org = %org, credential = %name, code = e.code(), "could not re-wrap a data key");
+                        failed.push((org.clone(), name.clone(), e.code().to_string()));
+                    }
+                }
+            }
+            let done = on_db!(&self.db, pool => {
+                let mut tx = pool.begin_write().await.map_err(StoreError::from)?;
+                let mut n = 0u64;
+                for (id, old, new) in &updates {
+                    n += sqlx::query(
+                        "UPDATE credentials SET secret_blob = $1, key_term = $2 WHERE id = $3 AND secret_blob = $4",
+                    )
+                    .bind(new)
+                    .bind(i64::from(term))
+                    .bind(*id)
+                    .bind(*old)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?
+                    .rows_affected();
+                }
+                tx.commit().await.map_err(StoreError::from)?;
+                n
+            });
+            rewrapped += done;
+        }
+        let by_term = self.credentials_by_term().await?;
+        let change = Change {
+            org: KEY_CHECK_ORG,
+            credential: "*",
+            action: AuditAction::Rewrap,
+            actor,
+            version: None,
+            detail: Some(format!(
+                "{rewrapped} data keys re-wrapped to master key term {term}; {} failed",
+                failed.len()
+            )),
+        };
+        let at = OffsetDateTime::now_utc();
+        on_db!(&self.db, pool => {
+            insert_change_event!(pool, to_micros(at), change).map_err(StoreError::from)?;
+        });
+        audit::emit(&change.event(at));
+        // Cached blobs under the old term still open while it is in the
+        // keyring; start from fresh rows anyway.
+        self.cache.clear();
+        Ok(RotationReport { term, generated: generate, rewrapped, by_term, failed })
+    }
+
+    /// How many credentials are wrapped under each master key term.
+    pub async fn credentials_by_term(&self) -> Result<BTreeMap<u32, u64>, VaultError> {
+        let rows: Vec<(i64, i64)> = on_db!(&self.db, pool => {
+            sqlx::query_as("SELECT key_term, COUNT(*) FROM credentials GROUP BY key_term")
+                .fetch_all(pool)
+                .await
+                .map_err(StoreError::from)?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(t, n)| (u32::try_from(t).unwrap_or_default(), u64::try_from(n).unwrap_or_default()))
+            .collect())
+    }
+}
+
+fn has_override(overrides: &Overrides, name: &str) -> bool {
+    // An override for the name wins before the vault is read; the model
+    // decides exactly, this only avoids a needless decryption.
+    overrides.names().any(|n| n == name)
+}
+
+/// The keyring from the configured source, or `None` when nothing is
+/// configured and no development key file exists.
+fn keyring_from_source(keys: &KeySource) -> Result<Option<Keyring>, VaultError> {
+    if keys.master_key.is_some() || keys.keyring_file.is_some() {
+        return Ok(Some(Keyring::load(keys.master_key.as_deref().map(String::as_str), keys.keyring_file.as_deref())?));
+    }
+    match &keys.dev_key_file {
+        Some(path) if path.exists() => Ok(Some(Keyring::from_file(path)?)),
+        _ => Ok(None),
+    }
+}
+
+async fn count_credentials(db: &Db) -> Result<i64, VaultError> {
+    Ok(on_db!(db, pool => {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM credentials")
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::from)?
+    }))
+}
+
+/// Load the keyring, creating a development key for a new SQLite vault when
+/// no key is configured.
+async fn load_keyring(db: &Db, location: &Location, keys: &KeySource) -> Result<(Keyring, KeyOrigin), VaultError> {
+    if let Some(ring) = keyring_from_source(keys)? {
+        let origin = match (&keys.master_key, &keys.keyring_file, &keys.dev_key_file) {
+            (None, None, Some(path)) => KeyOrigin::DevKey(path.clone()),
+            _ => KeyOrigin::Configured,
+        };
+        return Ok((ring, origin));
+    }
+    let how = "set LATCHKEY_MASTER_KEY (base64 of 32 random bytes, e.g. `openssl rand -base64 32`) or \
+               LATCHKEY_KEYRING_FILE";
+    let path = match (location, &keys.dev_key_file) {
+        (Location::SqliteFile(_), Some(path)) => path,
+        (Location::Postgres(_), _) => {
+            return Err(VaultError::KeySetup(format!(
+                "no master key configured: a PostgreSQL vault is shared by replicas, so it needs a real key; {how}"
+            )));
+        }
+        _ => return Err(VaultError::KeySetup(format!("no master key configured; {how}"))),
+    };
+    let n = count_credentials(db).await?;
+    if n > 0 {
+        return Err(VaultError::KeySetup(format!(
+            "no master key configured, and the vault at {} already holds {n} credential(s) sealed under one; \
+             {how} to the key it was created with (a new key would not open them)",
+            location.display()
+        )));
+    }
+    let key = crypto::MasterKey::create_dev_key_file(path)?;
+    tracing::warn!(
+        key_file = %path.display(),
+        "NO MASTER KEY CONFIGURED: created a DEVELOPMENT master key file (owner-only). Anyone who can read it can \
+         decrypt this vault, and losing it loses every secret. For production, {how}."
+    );
+    Ok((Keyring::single(key), KeyOrigin::DevKeyCreated(path.clone())))
+}
+
+/// Check every term of the keyring against its stored key check, and store a
+/// key check for terms that have none, so a wrong key is refused at start-up.
+async fn check_key_terms(db: &Db, keyring: &Keyring) -> Result<(), VaultError> {
+    let stored: Vec<(i64, Vec<u8>)> = on_db!(db, pool => {
+        sqlx::query_as("SELECT term, blob FROM vault_key_checks").fetch_all(pool).await.map_err(StoreError::from)?
+    });
+    let stored: BTreeMap<u32, Vec<u8>> =
+        stored.into_iter().filter_map(|(t, b)| u32::try_from(t).ok().map(|t| (t, b))).collect();
+    for term in keyring.terms() {
+        match stored.get(&term) {
+            Some(blob) => match crypto::open(keyring, blob, &key_check_aad(term)) {
+                Ok(_) => {}
+                Err(VaultCryptoError::Integrity(_)) => return Err(VaultError::WrongMasterKey { term }),
+                Err(e) => return Err(e.into()),
+            },
+            None => {
+                let blob = crypto::seal(&keyring.with_current(term)?, &BTreeMap::new(), &key_check_aad(term))?;
+                on_db!(db, pool => {
+                    sqlx::query("INSERT INTO vault_key_checks (term, blob) VALUES ($1, $2) ON CONFLICT (term) DO NOTHING")
+                        .bind(i64::from(term))
+                        .bind(&blob)
+                        .execute(pool)
+                        .await
+                        .map_err(StoreError::from)?;
+                });
+            }
+        }
+    }
+    let unknown: Vec<u32> = {
+        let rows: Vec<(i64,)> = on_db!(db, pool => {
+            sqlx::query_as("SELECT DISTINCT key_term FROM credentials").fetch_all(pool).await.map_err(StoreError::from)?
+        });
+        rows.into_iter().filter_map(|(t,)| u32::try_from(t).ok()).filter(|t| !keyring.contains(*t)).collect()
+    };
+    if !unknown.is_empty() {
+        tracing::warn!(terms = ?unknown, "some credentials are sealed under master key terms the keyring does not hold");
+    }
+    Ok(())
+}
+
+/// The organisation argument of the CLI and API, validated.
+pub fn parse_org(org: Option<&str>) -> Result<OrgId, VaultError> {
+    match org {
+        None => Ok(OrgId::default()),
+        Some(o) => Ok(OrgId::parse(o)?),
+    }
+}
+
+/// The vault is shared across tasks.
+const _: fn() = || {
+    fn is<T: Send + Sync>() {}
+    is::<Vault>();
+};
