@@ -167,7 +167,7 @@ impl VaultOptions {
             env_mapping: EnvMapping::default(),
             env: Arc::new(|var| std::env::var(var).ok()),
             watch: false,
-            sqlite_watch_interval: Duration::from_millis(50),
+            sqlite_watch_interval: Duration::from_millis(20),
         }
     }
 }
@@ -287,12 +287,32 @@ pub struct Vault {
     env: EnvLookup,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Serialises this process's read-validate-write cycles, so writers in one
+    /// process never race each other into version conflicts (other processes
+    /// and replicas are handled by the version check and a retry).
+    writes: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vault").field("location", &self.location.display()).finish_non_exhaustive()
     }
+}
+
+/// How often a write is retried when another process or replica changed the
+/// row between the read and the write.
+const WRITE_ATTEMPTS: u32 = 20;
+
+/// Wait before retry `attempt` (none before the first): a few milliseconds,
+/// growing, with jitter so two replicas do not collide again in step.
+async fn backoff(attempt: u32) {
+    if attempt == 0 {
+        return;
+    }
+    let mut b = [0u8; 1];
+    let _ = SystemRandom::new().fill(&mut b);
+    let ms = u64::from(attempt.min(10)) * 2 + u64::from(b[0] % 8);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
 /// The identity bound into a credential's key check.
@@ -354,6 +374,7 @@ impl Vault {
             env: options.env.clone(),
             stop,
             tasks: Mutex::new(Vec::new()),
+            writes: tokio::sync::Mutex::new(()),
         };
         if options.watch {
             vault.start_feed(&options).await?;
@@ -432,6 +453,13 @@ impl Vault {
         self.cache.len()
     }
 
+    /// Drop one name from the in-process cache, so its next resolution reads
+    /// the database (benchmarks measure the cache-miss path with it).
+    #[doc(hidden)]
+    pub fn forget(&self, org: &str, name: &str) {
+        self.cache.invalidate(org, name);
+    }
+
     fn keyring(&self) -> Arc<Keyring> {
         self.keyring.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -453,7 +481,10 @@ impl Vault {
     async fn fetch(&self, org: &str, name: &str) -> Result<Option<StoredCredential>, VaultError> {
         let sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE org = $1 AND name = $2");
         let found = on_db!(&self.db, pool => {
-            let row = sqlx::query(&sql).bind(org).bind(name).fetch_optional(pool).await.map_err(StoreError::from)?;
+            // `fetch_all`, not `fetch_optional`: on SQLite an unfinished statement keeps
+            // its read snapshot open, and later reads on that connection would see
+            // the database as it was then.
+            let row = sqlx::query(&sql).bind(org).bind(name).fetch_all(pool).await.map_err(StoreError::from)?.pop();
             match row {
                 None => None,
                 Some(row) => {
@@ -756,7 +787,9 @@ impl Vault {
     ) -> Result<Validated<CredentialInfo>, VaultError> {
         // Without an expected version, a concurrent change is retried on the
         // new row; with one, it is the caller's conflict to resolve.
-        for _ in 0..5 {
+        let _serial = self.writes.lock().await;
+        for attempt in 0..WRITE_ATTEMPTS {
+            backoff(attempt).await;
             let current = self.fetch(org, name).await?.ok_or_else(|| not_found(name))?;
             let Validated { value: update, notices } =
                 model::validate_update(&self.runtime, &current.credential, raw.clone(), || {
@@ -859,7 +892,9 @@ impl Vault {
 
     /// Delete irreversibly; refused while attached unless `force`.
     pub async fn delete(&self, org: &str, name: &str, force: bool, actor: &str) -> Result<CredentialInfo, VaultError> {
-        for _ in 0..5 {
+        let _serial = self.writes.lock().await;
+        for attempt in 0..WRITE_ATTEMPTS {
+            backoff(attempt).await;
             let current = self.fetch(org, name).await?.ok_or_else(|| not_found(name))?;
             current.credential.check_delete(force)?;
             let detail = if current.credential.attachments.is_empty() {
@@ -896,7 +931,9 @@ impl Vault {
     ) -> Result<CredentialInfo, VaultError> {
         let target = CredentialName::parse(target)
             .map_err(|e| VaultError::InvalidArgument(format!("{} name: {e}", kind.as_str())))?;
-        for _ in 0..5 {
+        let _serial = self.writes.lock().await;
+        for attempt in 0..WRITE_ATTEMPTS {
+            backoff(attempt).await;
             let current = self.fetch(org, name).await?.ok_or_else(|| not_found(name))?;
             let set = match kind {
                 AttachmentKind::Agent => &current.credential.attachments.agents,
@@ -1078,9 +1115,12 @@ fn keyring_from_source(keys: &KeySource) -> Result<Option<Keyring>, VaultError> 
 async fn count_credentials(db: &Db) -> Result<i64, VaultError> {
     Ok(on_db!(db, pool => {
         sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM credentials")
-            .fetch_one(pool)
+            .fetch_all(pool)
             .await
             .map_err(StoreError::from)?
+            .first()
+            .copied()
+            .unwrap_or(0)
     }))
 }
 

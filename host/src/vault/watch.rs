@@ -108,9 +108,11 @@ pub(crate) async fn watch_sqlite(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut last_seq: i64 = match sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM vault_changes").fetch_one(&pool).await
+    // `fetch_all` throughout: an SQLite statement left unfinished by
+    // `fetch_one` would pin this connection to an old snapshot.
+    let mut last_seq: i64 = match sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM vault_changes").fetch_all(&pool).await
     {
-        Ok(row) => row.try_get(0).unwrap_or(0),
+        Ok(rows) => rows.first().and_then(|row| row.try_get(0).ok()).unwrap_or(0),
         Err(_) => 0,
     };
     drop(pool);
@@ -127,8 +129,8 @@ pub(crate) async fn watch_sqlite(
             let _ = conn.close().await;
             return;
         }
-        let now = match sqlx::query("PRAGMA data_version").fetch_one(&mut conn).await {
-            Ok(row) => row.try_get::<i64, _>(0).ok(),
+        let now = match sqlx::query("PRAGMA data_version").fetch_all(&mut conn).await {
+            Ok(rows) => rows.first().and_then(|row| row.try_get::<i64, _>(0).ok()),
             Err(_) => None,
         };
         if now.is_none() || now == version {

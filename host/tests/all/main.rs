@@ -2,7 +2,10 @@
 
 mod aws_sdk;
 mod cli;
+#[macro_use]
+mod db;
 mod hostile;
 mod schemes;
 mod support;
+mod vault;
 mod vectors;
