@@ -100,6 +100,11 @@ impl TestDb {
         Vault::open(self.options(), runtime()).await.expect("open vault")
     }
 
+    /// The PostgreSQL schema of this test.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_ref().map(|(_, s)| s.as_str())
+    }
+
     /// The data folder.
     pub fn path(&self) -> PathBuf {
         self.dir.path().to_path_buf()

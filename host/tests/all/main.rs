@@ -8,4 +8,6 @@ mod hostile;
 mod schemes;
 mod support;
 mod vault;
+mod vault_crash;
+mod vault_plaintext;
 mod vectors;

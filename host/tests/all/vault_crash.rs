@@ -1,0 +1,216 @@
+//! Durability and reconciliation: a writer killed with SIGKILL in the middle
+//! of a burst loses nothing it acknowledged and leaves nothing half-written;
+//! a replica whose change feed connection is cut reconciles.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use latchkey::Secret;
+use latchkey::vault::model::{Overrides, RawCredential};
+use latchkey::vault::{AuditAction, AuditFilter, KeySource, Location, Vault, VaultOptions};
+use zeroize::Zeroizing;
+
+use crate::db::{Backend, TestDb, runtime};
+
+/// Set in the child process: `backend\nlocation\nkey`.
+const CHILD_ENV: &str = "LATCHKEY_TEST_BURST_CHILD";
+/// Acknowledged operations before the parent kills the child.
+const KILL_AFTER: usize = 60;
+
+fn secret_for(name: &str, round: u32) -> String {
+    format!("sk-burst-{name}-r{round}-7f3a")
+}
+
+fn raw(name: &str, key: &str) -> RawCredential {
+    let mut raw = RawCredential::new(name, "api-key");
+    raw.secrets = BTreeMap::from([("key".to_string(), Secret::new(key))]);
+    raw.destinations = vec!["api.example.com".into()];
+    raw
+}
+
+/// The writer. A no-op in a normal test run; the crash test runs this test
+/// binary again with [`CHILD_ENV`] set, and it writes until killed: creates,
+/// and every third operation a rotation of an earlier credential. It prints
+/// `BEGIN <name> <round>` before each write and `ACK <name> <round>` once
+/// the write returned (was committed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else { return };
+    let mut parts = spec.lines();
+    let (_backend, location, key) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+    let keys = KeySource { master_key: Some(Zeroizing::new(key.to_string())), ..KeySource::default() };
+    let vault = Vault::open(VaultOptions::new(Location::from_url(location), keys), runtime()).await.unwrap();
+    let mut rounds: BTreeMap<String, u32> = BTreeMap::new();
+    for i in 0.. {
+        let (name, round) = if i % 3 == 2 {
+            // The credential created by the previous operation.
+            let name = format!("c{:04}", i - 1);
+            let r = rounds.get(&name).copied().unwrap_or(0) + 1;
+            (name, r)
+        } else {
+            (format!("c{i:04}"), 0)
+        };
+        let key = secret_for(&name, round);
+        println!("BEGIN {name} {round}");
+        if round == 0 {
+            vault.create(raw(&name, &key), "burst").await.unwrap();
+        } else {
+            let secrets = BTreeMap::from([("key".to_string(), Secret::new(&key))]);
+            vault.rotate("default", &name, secrets, BTreeSet::new(), "burst").await.unwrap();
+        }
+        rounds.insert(name.clone(), round);
+        println!("ACK {name} {round}");
+    }
+}
+
+vault_tests! {
+    sigkill_mid_burst => sigkill_mid_burst;
+}
+
+async fn sigkill_mid_burst(db: &TestDb) {
+    let location = match &db.location {
+        Location::SqliteFile(p) => p.display().to_string(),
+        Location::Postgres(url) => url.clone(),
+    };
+    // Create the schema first, so the child's start-up is only writes.
+    db.open().await.close().await;
+    let spec = format!("{:?}\n{location}\n{}", db.backend, db.key.as_str());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["vault_crash::burst_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, spec)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut acked: BTreeMap<String, u32> = BTreeMap::new();
+    let mut in_flight: Option<(String, u32)> = None;
+    let mut lines = BufReader::new(stdout).lines();
+    let started = Instant::now();
+    let mut acks = 0;
+    while acks < KILL_AFTER {
+        let line = lines.next().expect("child ended early").unwrap();
+        assert!(started.elapsed() < Duration::from_secs(120), "the burst is too slow");
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("BEGIN"), Some(name), Some(round)) => in_flight = Some((name.into(), round.parse().unwrap())),
+            (Some("ACK"), Some(name), Some(round)) => {
+                acked.insert(name.into(), round.parse().unwrap());
+                in_flight = None;
+                acks += 1;
+            }
+            _ => {}
+        }
+    }
+    // SIGKILL while the child is in the middle of its next write.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Whatever the child began before dying may or may not have committed.
+    for line in lines.map_while(Result::ok) {
+        if let Some(rest) = line.strip_prefix("BEGIN ") {
+            let mut w = rest.split_whitespace();
+            in_flight = Some((w.next().unwrap().into(), w.next().unwrap().parse().unwrap()));
+        } else if let Some(rest) = line.strip_prefix("ACK ") {
+            let mut w = rest.split_whitespace();
+            acked.insert(w.next().unwrap().into(), w.next().unwrap().parse().unwrap());
+            in_flight = None;
+        }
+    }
+
+    let vault = db.open().await;
+    // Every acknowledged write is there and opens to the acknowledged value
+    // (or to the one write in flight, if it committed before the kill).
+    for (name, round) in &acked {
+        let r = vault.resolve("default", name, &Overrides::new()).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got = r.resolved.secrets["key"].expose().to_string();
+        let in_flight_value = in_flight.as_ref().filter(|(n, _)| n == name).map(|(n, r)| secret_for(n, *r));
+        assert!(
+            got == secret_for(name, *round) || Some(&got) == in_flight_value.as_ref(),
+            "{name}: acknowledged round {round} lost"
+        );
+    }
+    // Nothing half-written: every stored row opens, and its version equals
+    // the number of its audit events (each change and its event commit together).
+    let all = vault.list(None).await.unwrap();
+    assert!(all.len() >= acked.len());
+    assert!(all.len() <= acked.len() + 1, "at most the in-flight create may have landed unacknowledged");
+    let audit = vault.audit(&AuditFilter { limit: Some(100_000), ..AuditFilter::default() }).await.unwrap();
+    for info in &all {
+        let name = info.credential.name.as_str();
+        vault.resolve("default", name, &Overrides::new()).await.unwrap_or_else(|e| panic!("{name} unreadable: {e}"));
+        let events =
+            audit.iter().filter(|e| e.credential == name && matches!(e.action.as_str(), "create" | "rotate")).count()
+                as u64;
+        assert_eq!(events, info.credential.version, "{name}: a change without its audit event (or the reverse)");
+        assert_eq!(info.secret_version, info.credential.version);
+    }
+    let creates = audit.iter().filter(|e| e.action == AuditAction::Create.as_str()).count();
+    assert_eq!(creates, all.len());
+    eprintln!(
+        "sigkill ({:?}): {} acknowledged writes over {} credentials, all intact; in flight at the kill: {:?}",
+        db.backend,
+        KILL_AFTER,
+        acked.len(),
+        in_flight
+    );
+    vault.close().await;
+}
+
+/// PostgreSQL only: cut replica B's LISTEN connection, change a credential
+/// through A while B is deaf, and B still refuses it on its next call (its
+/// cache is suspended while the feed is down and cleared when it is back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_reconciles_after_losing_its_feed() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+    let mut options = db.options();
+    options.watch = true;
+    let a = Vault::open(options.clone(), runtime()).await.unwrap();
+    let b = Vault::open(options, runtime()).await.unwrap();
+    a.create(raw("feed", "sk-feed-1"), "test").await.unwrap();
+    assert_eq!(resolve(&b).await.unwrap(), "sk-feed-1");
+
+    // Terminate the LISTEN connections on this test's channel (B's and A's),
+    // and no other test's.
+    let admin = sqlx::PgPool::connect(&std::env::var(crate::db::PG_ENV).unwrap()).await.unwrap();
+    let channel = format!("LISTEN \"latchkey_vault_{}\"", db.schema().unwrap());
+    let killed: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&channel)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(!killed.is_empty(), "no LISTEN connection found to cut");
+    // A change while the feed may be down.
+    a.rotate("default", "feed", BTreeMap::from([("key".into(), Secret::new("sk-feed-2"))]), BTreeSet::new(), "test")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        match resolve(&b).await {
+            Ok(k) if k == "sk-feed-2" => break,
+            Ok(_) if start.elapsed() < Duration::from_secs(10) => tokio::time::sleep(Duration::from_millis(5)).await,
+            other => panic!("replica B did not reconcile after losing its feed: {other:?}"),
+        }
+    }
+    // And the feed is back: a later change arrives by notification again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(resolve(&b).await.unwrap(), "sk-feed-2");
+    a.set_enabled("default", "feed", false, "test").await.unwrap();
+    let start = Instant::now();
+    while resolve(&b).await.is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(5), "the feed did not come back");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    admin.close().await;
+    a.close().await;
+    b.close().await;
+    db.cleanup().await;
+}
+
+async fn resolve(v: &Vault) -> Result<String, latchkey::vault::VaultError> {
+    let r = v.resolve("default", "feed", &Overrides::new()).await?;
+    Ok(r.resolved.secrets["key"].expose().to_string())
+}
