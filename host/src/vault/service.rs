@@ -299,6 +299,9 @@ impl std::fmt::Debug for Vault {
     }
 }
 
+/// How long change records are kept (pruned when a broker starts).
+const CHANGE_RETENTION: time::Duration = time::Duration::days(1);
+
 /// How often a write is retried when another process or replica changed the
 /// row between the read and the write.
 const WRITE_ATTEMPTS: u32 = 20;
@@ -377,9 +380,25 @@ impl Vault {
             writes: tokio::sync::Mutex::new(()),
         };
         if options.watch {
+            vault.prune_changes().await?;
             vault.start_feed(&options).await?;
         }
         Ok(vault)
+    }
+
+    /// Drop change records older than [`CHANGE_RETENTION`]: feeds read them
+    /// within milliseconds, so old ones only take space. (The audit trail is
+    /// kept whole; its retention is the operator's call.)
+    async fn prune_changes(&self) -> Result<(), VaultError> {
+        let cutoff = to_micros(OffsetDateTime::now_utc() - CHANGE_RETENTION);
+        on_db!(&self.db, pool => {
+            sqlx::query("DELETE FROM vault_changes WHERE at < $1")
+                .bind(cutoff)
+                .execute(pool)
+                .await
+                .map_err(StoreError::from)?;
+        });
+        Ok(())
     }
 
     async fn start_feed(&self, options: &VaultOptions) -> Result<(), VaultError> {

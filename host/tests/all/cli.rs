@@ -267,3 +267,89 @@ fn plugin_dir_overrides_builtin() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("test-state") && out.contains("file"), "{out}");
 }
+
+/// The vault commands as an operator uses them, on an embedded vault.
+#[test]
+fn vault_commands_workflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+            .args(args)
+            .env("LATCHKEY_DATA_DIR", dir.path())
+            .env_remove("LATCHKEY_MASTER_KEY")
+            .env_remove("LATCHKEY_KEYRING_FILE")
+            .env_remove("LATCHKEY_DATABASE_URL")
+            .env_remove("LATCHKEY_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The first command creates the development key, loudly.
+    let (code, _, err) = run(&[
+        "credential",
+        "add",
+        "gh",
+        "--scheme",
+        "api-key",
+        "--config",
+        "prefix=token ",
+        "--secret",
+        "key=ghp_test123\n",
+        "--destination",
+        "api.github.com",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("DEVELOPMENT master key"), "{err}");
+    assert!(err.contains("note:") && err.contains("line break"), "the trimmed newline is reported: {err}");
+    assert!(dir.path().join("master.key").exists());
+
+    let (code, out, _) = run(&["credential", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().next().unwrap().starts_with("NAME"), "{out}");
+    assert!(
+        out.contains("gh") && out.contains("api-key") && out.contains("enabled") && out.contains("api.github.com"),
+        "{out}"
+    );
+
+    let (code, out, _) = run(&["sign", "--credential", "gh", "--url", "https://api.github.com/user"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(r#"["Authorization","token ghp_test123"]"#), "{out}");
+
+    let (code, _, _) = run(&["credential", "disable", "gh"]);
+    assert_eq!(code, 0);
+    let (code, out, _) = run(&["credential", "list", "--json"]);
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["state"], "disabled");
+    assert_eq!(list[0]["version"], 2);
+    assert!(list[0]["last_used_at"].is_string(), "the successful sign is recorded as a use");
+    let (code, _, err) = run(&["sign", "--credential", "gh", "--url", "https://api.github.com/user"]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("latchkey: error[credential_disabled]:"), "{err}");
+
+    run(&["credential", "enable", "gh"]);
+    let (code, _, _) = run(&["credential", "attach", "gh", "--agent", "ci-bot"]);
+    assert_eq!(code, 0);
+    let (code, _, err) = run(&["credential", "delete", "gh"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("error[credential_attached]") && err.contains("ci-bot"), "{err}");
+    let (code, out, _) = run(&["credential", "delete", "gh", "--force"]);
+    assert_eq!(code, 0, "{out}");
+
+    let (code, out, _) = run(&["audit", "--credential", "gh"]);
+    assert_eq!(code, 0);
+    for action in ["create", "use", "disable", "enable", "attach", "delete"] {
+        assert!(out.contains(action), "audit lacks {action}: {out}");
+    }
+    assert!(out.contains("credential_disabled"), "the refused use is audited: {out}");
+    let (code, out, _) = run(&["audit", "--json", "--action", "use"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let (code, _, err) = run(&["audit", "--since", "yesterday"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("error[invalid_argument]"), "{err}");
+}
