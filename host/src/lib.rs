@@ -3,6 +3,7 @@
 
 pub mod plugin;
 pub mod secret;
+pub mod server;
 pub mod sign;
 pub mod vault;
 

@@ -45,7 +45,7 @@ struct RuntimeArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker: open the vault (SQLite in the data folder by default) and serve HTTP.
-    Serve(ServeArgs),
+    Serve(cli::serve::ServeArgs),
     /// Sign one request and print the outgoing request as JSON: offline with --scheme and --secret,
     /// or with a vault credential (--credential).
     Sign(SignArgs),
@@ -57,16 +57,18 @@ enum Command {
     Vault(cli::vault::VaultCmd),
     /// The audit trail of changes and uses.
     Audit(cli::vault::AuditArgs),
+    /// Registration tokens that agents redeem for an agent token.
+    #[command(subcommand)]
+    Token(cli::agents::TokenCmd),
+    /// Agents: callers of the broker.
+    #[command(subcommand)]
+    Agent(cli::agents::AgentCmd),
+    /// Sidecar proxy routes.
+    #[command(subcommand)]
+    Route(cli::agents::RouteCmd),
     /// Built-in and installed plugins.
     #[command(subcommand)]
     Plugin(PluginCmd),
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    /// Address to listen on [default: 127.0.0.1:8080, or `listen` in the config file].
-    #[arg(long, env = "LATCHKEY_LISTEN", value_name = "ADDR")]
-    listen: Option<String>,
 }
 
 #[derive(Args)]
@@ -207,9 +209,12 @@ fn with_vault(rt_args: &RuntimeArgs, vault_args: &cli::config::VaultArgs, comman
         let vault = Arc::new(Vault::open(options, runtime).await?);
         let result = match command {
             Command::Serve(args) => {
-                let listen = args.listen.or(resolved.file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
-                cli::serve::serve(vault.clone(), &listen).await
+                let listen = args.listen.clone().or(resolved.file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+                cli::serve::serve(vault.clone(), args, &listen).await
             }
+            Command::Token(cmd) => cli::agents::token(&vault, cmd).await,
+            Command::Agent(cmd) => cli::agents::agent(&vault, cmd).await,
+            Command::Route(cmd) => cli::agents::route(&vault, cmd).await,
             Command::Sign(args) => cmd_sign_vault(&vault, args).await,
             Command::Credential(cmd) => cli::vault::credential(&vault, cmd).await,
             Command::Vault(cmd) => cli::vault::vault_cmd(&vault, cmd).await,
@@ -307,7 +312,14 @@ fn sign_parts(args: &SignArgs) -> Result<SignParts, Failure> {
         Some(p) => std::fs::read(p)
             .map_err(|e| Failure::new("invalid_argument", format!("cannot read body file {}: {e}", p.display())))?,
     };
-    let input = SignInput { method: args.method.clone(), url: args.url.clone(), headers, body, at };
+    let input = SignInput {
+        method: args.method.clone(),
+        url: args.url.clone(),
+        headers,
+        body,
+        at,
+        body_digest: sign::BodyDigest::Compute,
+    };
     Ok(SignParts { config, secrets, input })
 }
 

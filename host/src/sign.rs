@@ -52,6 +52,20 @@ pub struct SignInput {
     pub body: Vec<u8>,
     /// The signing time.
     pub at: Option<OffsetDateTime>,
+    /// How the scheme learns the body's digest.
+    pub body_digest: BodyDigest,
+}
+
+/// The body digest a scheme gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum BodyDigest {
+    /// SHA-256 of `body` (the default).
+    #[default]
+    Compute,
+    /// This hex SHA-256, given by the caller (the body itself is not sent to `sign`).
+    Given(String),
+    /// Unknown: the body streams and the scheme does not sign it.
+    Unknown,
 }
 
 /// The outgoing request after the scheme was applied, as `latchkey sign`
@@ -64,6 +78,11 @@ pub struct SignedRequest {
     pub url: String,
     /// Original headers in order, then added ones.
     pub headers: Vec<(String, String)>,
+    /// Whether a secret value was spliced verbatim into a header (api-key,
+    /// custom-headers): such a request must only go upstream, never back to
+    /// an agent.
+    #[serde(skip)]
+    pub carries_secret: bool,
 }
 
 /// A checked request, ready for a plugin.
@@ -126,7 +145,16 @@ pub fn prepare(input: &SignInput) -> Result<Prepared, SignError> {
         method: input.method.clone(),
         url: url.clone(),
         headers: input.headers.clone(),
-        body_sha256: Some(hex::encode(digest::digest(&digest::SHA256, &input.body))),
+        body_sha256: match &input.body_digest {
+            BodyDigest::Compute => Some(hex::encode(digest::digest(&digest::SHA256, &input.body))),
+            BodyDigest::Given(hex) => {
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(bad("body_sha256 must be 64 hex digits".into()));
+                }
+                Some(hex.to_ascii_lowercase())
+            }
+            BodyDigest::Unknown => None,
+        },
     };
     Ok(Prepared { request, headers, url, now })
 }
@@ -166,10 +194,12 @@ pub fn sign(
     let checked = runtime.apply(plugin, cred, prepared.now, &prepared.request)?;
     let (mut url, mut headers) = (prepared.url.clone(), prepared.headers.clone());
     edits::apply(&mut url, &mut headers, checked);
+    let carries_secret = headers.iter().any(|h| h.value.sensitive);
     Ok(SignedRequest {
         method: prepared.request.method.clone(),
         url,
         headers: headers.into_iter().map(|h| (h.name, h.value.text)).collect(),
+        carries_secret,
     })
 }
 

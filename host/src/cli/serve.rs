@@ -1,46 +1,53 @@
 //! `latchkey serve`: opens the vault (creating a development key for a new
 //! embedded vault when none is configured), starts its change feed, and
-//! serves the broker's HTTP surfaces until SIGINT or SIGTERM.
+//! serves the broker until SIGINT or SIGTERM, finishing in-flight calls.
 
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json};
-use axum::routing::get;
+use clap::Args;
+use latchkey::server::{self, ServerConfig, net};
 use latchkey::vault::{KeyOrigin, Vault};
 
 use crate::Failure;
 
-struct App {
-    vault: Arc<Vault>,
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080, or `listen` in the config file].
+    #[arg(long, env = "LATCHKEY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Path prefix of the sidecar proxy: routes are served at /<prefix>/<route>/….
+    #[arg(long, default_value = "proxy", value_name = "PREFIX")]
+    pub proxy_prefix: String,
+    /// Let upstreams resolve into this network although it is private or loopback (repeatable), e.g. 10.1.0.0/16.
+    #[arg(long = "allow-upstream-network", value_name = "CIDR")]
+    pub allow_networks: Vec<String>,
+    /// A PEM file of extra CA certificates to trust for upstreams, besides the system's (repeatable).
+    #[arg(long = "ca-file", value_name = "FILE")]
+    pub ca_files: Vec<PathBuf>,
+    /// Largest body /v1/sign accepts, and the proxy buffers for schemes that sign the body, in bytes.
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    pub max_body: usize,
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(serde_json::json!({"status": "ok"}))
-}
-
-async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
-    match app.vault.ping().await {
-        Ok(()) => {
-            (StatusCode::OK, Json(serde_json::json!({"status": "ready", "vault": app.vault.location().backend()})))
-        }
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}})),
-        ),
+pub async fn serve(vault: Arc<Vault>, args: ServeArgs, listen: &str) -> Result<(), Failure> {
+    let mut allow = Vec::new();
+    for n in &args.allow_networks {
+        allow.push(n.parse().map_err(|_| {
+            Failure::new("invalid_argument", format!("--allow-upstream-network `{n}` is not a CIDR like 10.0.0.0/8"))
+        })?);
     }
-}
-
-pub async fn serve(vault: Arc<Vault>, listen: &str) -> Result<(), Failure> {
-    let addr: SocketAddr = listen.parse().map_err(|_| {
-        Failure::new("invalid_argument", format!("--listen `{listen}` is not an address like 127.0.0.1:8080"))
-    })?;
-    let listener = tokio::net::TcpListener::bind(addr)
+    let config = ServerConfig {
+        proxy_prefix: args.proxy_prefix.trim_matches('/').to_string(),
+        max_body: args.max_body,
+        address_policy: net::AddressPolicy { allow },
+        tls: net::TlsOptions { extra_ca_files: args.ca_files.clone(), no_system_roots: false },
+        ..ServerConfig::default()
+    };
+    let state = server::state(vault.clone(), config).map_err(|e| Failure::new("invalid_config", e))?;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| Failure::new("listen_failed", format!("cannot listen on {addr}: {e}")))?;
+        .map_err(|e| Failure::new("listen_failed", format!("cannot listen on {listen}: {e}")))?;
     let local = listener.local_addr().map_err(|e| Failure::new("listen_failed", e.to_string()))?;
     match vault.key_origin() {
         KeyOrigin::DevKeyCreated(path) | KeyOrigin::DevKey(path) => eprintln!(
@@ -51,18 +58,14 @@ pub async fn serve(vault: Arc<Vault>, listen: &str) -> Result<(), Failure> {
         KeyOrigin::Configured => {}
     }
     eprintln!(
-        "latchkey: serving on http://{local} (vault: {} at {})",
+        "latchkey: serving on http://{local} (vault: {} at {}; proxy at /{}/<route>/…)",
         vault.location().backend(),
-        vault.location().display()
+        vault.location().display(),
+        args.proxy_prefix.trim_matches('/')
     );
     tracing::info!(%local, backend = vault.location().backend(), "latchkey serving");
-    let app = Arc::new(App { vault: vault.clone() });
-    let router = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(app);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| Failure::new("serve_failed", e.to_string()))?;
-    eprintln!("latchkey: shutting down");
+    server::serve(listener, state, shutdown_signal()).await.map_err(|e| Failure::new("serve_failed", e.to_string()))?;
+    eprintln!("latchkey: shut down after finishing in-flight calls");
     Ok(())
 }
 

@@ -109,6 +109,50 @@ impl Cache {
     }
 }
 
+/// A small cache of values that are valid until the next invalidation of
+/// anything (routes, agents: few, rarely changed). Entries carry the
+/// generation they were read at; any invalidation makes them all stale.
+pub(crate) struct GenCache<K, V> {
+    map: RwLock<(u64, HashMap<K, V>)>,
+}
+
+impl<K, V> Default for GenCache<K, V> {
+    fn default() -> Self {
+        GenCache { map: RwLock::new((0, HashMap::new())) }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> GenCache<K, V> {
+    /// The value for `key` if it was read at `generation`.
+    pub(crate) fn get<Q>(&self, key: &Q, generation: u64) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        if map.0 != generation {
+            return None;
+        }
+        map.1.get(key).cloned()
+    }
+
+    /// Store a value read at `generation` (a newer generation starts over).
+    pub(crate) fn put(&self, key: K, value: V, generation: u64) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if map.0 != generation {
+            if generation < map.0 {
+                return;
+            }
+            map.0 = generation;
+            map.1.clear();
+        }
+        if map.1.len() >= 100_000 {
+            map.1.clear();
+        }
+        map.1.insert(key, value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //!
 //! `vault` does no network I/O of its own beyond its database connection.
 
+pub mod agents;
 pub mod audit;
 mod cache;
 pub mod crypto;
@@ -13,7 +14,7 @@ mod watch;
 
 pub use audit::{AuditAction, AuditEvent, AuditFilter, UseEvent};
 pub use service::{
-    AttachmentKind, CredentialInfo, EnvLookup, KeyOrigin, KeySource, Resolution, RotationReport, Vault, VaultError,
-    VaultOptions, parse_org,
+    AttachmentKind, CredentialInfo, CredentialRef, EnvLookup, KeyOrigin, KeySource, Resolution, RotationReport, Vault,
+    VaultError, VaultOptions, parse_org,
 };
 pub use store::Location;

@@ -265,8 +265,17 @@ impl ModelError {
 /// plugin and server configuration failures 500.
 pub fn http_status_for(code: &str) -> u16 {
     match code {
-        "credential_disabled" | "token_rejected" => 401,
-        "destination_not_allowed" => 403,
+        "credential_disabled" | "token_rejected" | "invalid_agent_token" | "invalid_token" | "expired_token" => 401,
+        "destination_not_allowed"
+        | "credential_not_attached"
+        | "org_mismatch"
+        | "secret_in_output"
+        | "upstream_address_refused" => 403,
+        "route_not_found" | "not_found" => 404,
+        "agent_exists" => 409,
+        "payload_too_large" => 413,
+        "upstream_unreachable" | "upstream_failed" => 502,
+        "upstream_timeout" => 504,
         "provider_key_missing" | "credential_not_found" => 404,
         "credential_exists" | "credential_attached" | "version_conflict" => 409,
         "plugin_failed"

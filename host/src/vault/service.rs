@@ -239,6 +239,17 @@ impl Resolution {
     }
 }
 
+/// A cached credential record, shared without copying.
+#[derive(Debug, Clone)]
+pub struct CredentialRef(Arc<StoredCredential>);
+
+impl std::ops::Deref for CredentialRef {
+    type Target = Credential;
+    fn deref(&self) -> &Credential {
+        &self.0.credential
+    }
+}
+
 /// What a master key rotation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RotationReport {
@@ -291,6 +302,10 @@ pub struct Vault {
     /// process never race each other into version conflicts (other processes
     /// and replicas are handled by the version check and a retry).
     writes: tokio::sync::Mutex<()>,
+    /// Agents by token hash, and routes by (org, name), valid until the next
+    /// change anywhere (see [`Cache`]'s generation).
+    pub(crate) agent_cache: super::cache::GenCache<Vec<u8>, Option<super::agents::Agent>>,
+    pub(crate) route_cache: super::cache::GenCache<(String, String), Option<super::agents::Route>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -378,6 +393,8 @@ impl Vault {
             stop,
             tasks: Mutex::new(Vec::new()),
             writes: tokio::sync::Mutex::new(()),
+            agent_cache: Default::default(),
+            route_cache: Default::default(),
         };
         if options.watch {
             vault.prune_changes().await?;
@@ -470,6 +487,35 @@ impl Vault {
     /// Cached entries (for tests and metrics).
     pub fn cached(&self) -> usize {
         self.cache.len()
+    }
+
+    /// The database (for the other stores of the vault module).
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// A counter that moves on every invalidation, local or from the change
+    /// feed; caches of rarely changing things (routes, agents) are valid
+    /// while it stands still.
+    pub(crate) fn change_generation(&self) -> u64 {
+        self.cache.generation()
+    }
+
+    /// Record a change to something other than a credential (a route, an
+    /// agent) so every replica's caches drop it, and drop it here.
+    pub(crate) async fn note_change(&self, org: &str, name: &str) -> Result<(), VaultError> {
+        let at = to_micros(OffsetDateTime::now_utc());
+        on_db!(&self.db, pool => {
+            sqlx::query("INSERT INTO vault_changes (org, name, at) VALUES ($1, $2, $3)")
+                .bind(org)
+                .bind(name)
+                .bind(at)
+                .execute(pool)
+                .await
+                .map_err(StoreError::from)?;
+        });
+        self.cache.invalidate(org, name);
+        Ok(())
     }
 
     /// Drop one name from the in-process cache, so its next resolution reads
@@ -589,6 +635,12 @@ impl Vault {
         let entry = self.fetch(org, name).await?.map(Arc::new);
         self.cache.fill(generation, org, name, entry.clone());
         Ok(entry)
+    }
+
+    /// The record of `org`/`name` from the cache (no secrets opened), for
+    /// authorisation checks before resolving.
+    pub async fn credential(&self, org: &str, name: &str) -> Result<Option<CredentialRef>, VaultError> {
+        Ok(self.lookup(org, name).await?.map(CredentialRef))
     }
 
     /// Resolve `name` of `org` for one call: per-call `overrides`, then the

@@ -66,7 +66,10 @@ impl TestDb {
             }),
             Backend::Postgres => {
                 let Ok(base) = std::env::var(PG_ENV) else {
-                    assert!(std::env::var("CI").is_err(), "{PG_ENV} must be set in CI: the PostgreSQL halves would be skipped");
+                    assert!(
+                        std::env::var("CI").is_err(),
+                        "{PG_ENV} must be set in CI: the PostgreSQL halves would be skipped"
+                    );
                     eprintln!("note: {PG_ENV} is unset; skipping the PostgreSQL half of this test");
                     return None;
                 };

@@ -119,6 +119,13 @@ async fn sigkill_mid_burst(db: &TestDb) {
         }
     }
 
+    if db.backend == Backend::Sqlite {
+        let pool =
+            sqlx::SqlitePool::connect(&format!("sqlite://{}", db.path().join("vault.db").display())).await.unwrap();
+        let check: Vec<(String,)> = sqlx::query_as("PRAGMA integrity_check").fetch_all(&pool).await.unwrap();
+        assert_eq!(check, [("ok".to_string(),)], "SQLite integrity check after the kill");
+        pool.close().await;
+    }
     let vault = db.open().await;
     // Every acknowledged write is there and opens to the acknowledged value
     // (or to the one write in flight, if it committed before the kill).

@@ -1,5 +1,5 @@
 //! No plaintext anywhere: store known secrets through every CLI path, then
-//! search the database (files or tables), the logs (at debug level) and
+//! search the database (files or tables), the logs (at trace level) and
 //! every CLI output for them, as text, hex and base64.
 
 use std::io::Write;
@@ -22,7 +22,7 @@ impl Cli<'_> {
         cmd.args(args)
             .env("LATCHKEY_DATA_DIR", self.db.path())
             .env("LATCHKEY_MASTER_KEY", self.db.key.as_str())
-            .env("LATCHKEY_LOG", "debug")
+            .env("LATCHKEY_LOG", "trace")
             .env_remove("LATCHKEY_KEYRING_FILE")
             .env_remove("LATCHKEY_CONFIG")
             .stdin(Stdio::piped())
@@ -161,9 +161,9 @@ async fn no_plaintext_in_store_logs_or_output(db: &TestDb) {
     cli.ok(&["vault", "rotate-master-key", "--no-generate"], None);
     cli.ok(&["credential", "delete", "a3"], None);
 
-    // The logs really were at debug level (so the scan covers them).
+    // The logs really were at trace level (so the scan covers them).
     let seen = String::from_utf8_lossy(&cli.seen).to_string();
-    assert!(seen.contains("DEBUG") && seen.contains("latchkey::audit"), "debug logs expected in the capture");
+    assert!(seen.contains("TRACE") && seen.contains("latchkey::audit"), "debug logs expected in the capture");
 
     // What the store holds.
     let mut stored: Vec<u8> = Vec::new();

@@ -1,0 +1,225 @@
+//! `latchkey token …`, `latchkey agent …` and `latchkey route …`.
+
+use clap::Subcommand;
+use latchkey::vault::agents::{DEFAULT_REGISTRATION_TTL, Route};
+use latchkey::vault::{Vault, parse_org};
+use time::format_description::well_known::Rfc3339;
+
+use crate::Failure;
+use crate::cli::vault::cli_actor;
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create a single-use registration token (lk_reg_…) for an organisation.
+    Create {
+        /// The organisation [default: default].
+        #[arg(long, env = "LATCHKEY_ORG")]
+        org: Option<String>,
+        /// How long it stays valid: 90s, 15m, 1h, 2d [default: 1h].
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AgentCmd {
+    /// Create an agent and print its token (shown once).
+    Add {
+        /// The agent name.
+        name: String,
+        /// The organisation [default: default].
+        #[arg(long, env = "LATCHKEY_ORG")]
+        org: Option<String>,
+    },
+    /// List agents.
+    List {
+        /// Only this organisation.
+        #[arg(long, env = "LATCHKEY_ORG")]
+        org: Option<String>,
+    },
+    /// Disable an agent: its token is refused from its next call on.
+    Disable {
+        /// The agent name.
+        name: String,
+        /// The organisation [default: default].
+        #[arg(long, env = "LATCHKEY_ORG")]
+        org: Option<String>,
+    },
+    /// Enable a disabled agent.
+    Enable {
+        /// The agent name.
+        name: String,
+        /// The organisation [default: default].
+        #[arg(long, env = "LATCHKEY_ORG")]
+        org: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RouteCmd {
+    /// Add or replace a route: /<prefix>/NAME/… goes to UPSTREAM with CREDENTIAL applied.
+    Add {
+        /// The route name (the path segment after the proxy prefix).
+        name: String,
+        /// The upstream base URL, e.g. https://api.openai.com.
+        #[arg(long)]
+        upstream: String,
+        /// The credential to apply.
+        #[arg(long)]
+        credential: String,
+        /// Answer from the built-in mock upstream (shows what would be sent, secrets redacted).
+        #[arg(long)]
+        mock: bool,
+        /// A cheap request path for `latchkey credential check`, e.g. /v1/models.
+        #[arg(long)]
+        check_path: Option<String>,
+        /// The organisation [default: default].
+        #[arg(long, env = "LATCHKEY_ORG")]
+        org: Option<String>,
+    },
+    /// List routes.
+    List {
+        /// Only this organisation.
+        #[arg(long, env = "LATCHKEY_ORG")]
+        org: Option<String>,
+    },
+    /// Delete a route.
+    Delete {
+        /// The route name.
+        name: String,
+        /// The organisation [default: default].
+        #[arg(long, env = "LATCHKEY_ORG")]
+        org: Option<String>,
+    },
+}
+
+/// `90s`, `15m`, `1h`, `2d`.
+pub fn parse_ttl(s: &str) -> Result<time::Duration, Failure> {
+    let bad = || Failure::new("invalid_argument", format!("--ttl `{s}`: give a duration like 90s, 15m, 1h or 2d"));
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let n: i64 = s[..split].parse().map_err(|_| bad())?;
+    match &s[split..] {
+        "s" => Ok(time::Duration::seconds(n)),
+        "m" => Ok(time::Duration::minutes(n)),
+        "h" => Ok(time::Duration::hours(n)),
+        "d" => Ok(time::Duration::days(n)),
+        _ => Err(bad()),
+    }
+}
+
+fn org_of(org: &Option<String>) -> Result<String, Failure> {
+    Ok(parse_org(org.as_deref())?.to_string())
+}
+
+pub async fn token(vault: &Vault, cmd: TokenCmd) -> Result<(), Failure> {
+    let TokenCmd::Create { org, ttl, json } = cmd;
+    let ttl = ttl.as_deref().map(parse_ttl).transpose()?.unwrap_or(DEFAULT_REGISTRATION_TTL);
+    let issued = vault.create_registration_token(&org_of(&org)?, ttl, &cli_actor()).await?;
+    let expires = issued.expires_at.format(&Rfc3339).unwrap_or_default();
+    if json {
+        let v = serde_json::json!({"token": issued.token.expose(), "org": issued.org, "expires_at": expires});
+        println!("{v}");
+    } else {
+        println!("{}", issued.token.expose());
+        eprintln!(
+            "latchkey: registration token for organisation `{}`, single-use, valid until {expires}. Copy all of it, \
+             including the lk_reg_ prefix.",
+            issued.org
+        );
+    }
+    Ok(())
+}
+
+pub async fn agent(vault: &Vault, cmd: AgentCmd) -> Result<(), Failure> {
+    match cmd {
+        AgentCmd::Add { name, org } => {
+            let issued = vault.create_agent(&org_of(&org)?, &name, &cli_actor()).await?;
+            println!("{}", issued.token.expose());
+            eprintln!(
+                "latchkey: agent `{}` created in `{}`; the token above is shown once. Attach credentials with \
+                 `latchkey credential attach NAME --agent {}`.",
+                issued.agent.name, issued.agent.org, issued.agent.name
+            );
+        }
+        AgentCmd::List { org } => {
+            let org = org.as_deref().map(|o| parse_org(Some(o))).transpose()?;
+            for a in vault.list_agents(org.as_ref().map(|o| o.as_str())).await? {
+                let state = if a.disabled { "disabled" } else { "enabled" };
+                println!("{}  {}  {state}  {}", a.org, a.name, a.created_at.format(&Rfc3339).unwrap_or_default());
+            }
+        }
+        AgentCmd::Disable { name, org } => set_disabled(vault, &name, &org, true).await?,
+        AgentCmd::Enable { name, org } => set_disabled(vault, &name, &org, false).await?,
+    }
+    Ok(())
+}
+
+async fn set_disabled(vault: &Vault, name: &str, org: &Option<String>, disabled: bool) -> Result<(), Failure> {
+    if !vault.set_agent_disabled(&org_of(org)?, name, disabled, &cli_actor()).await? {
+        return Err(Failure::new("agent_not_found", format!("no agent named `{name}`")));
+    }
+    println!("agent `{name}` is {}", if disabled { "disabled" } else { "enabled" });
+    Ok(())
+}
+
+pub async fn route(vault: &Vault, cmd: RouteCmd) -> Result<(), Failure> {
+    match cmd {
+        RouteCmd::Add { name, upstream, credential, mock, check_path, org } => {
+            let org = org_of(&org)?;
+            let route = Route {
+                name: name.clone(),
+                org: org.clone(),
+                upstream,
+                credential: credential.clone(),
+                mock,
+                check_path,
+            };
+            vault.put_route(&route, &cli_actor()).await?;
+            vault
+                .set_attachment(&org, &credential, latchkey::vault::AttachmentKind::Route, &name, true, &cli_actor())
+                .await?;
+            println!(
+                "route `{name}` → {} with credential `{credential}`{}",
+                route.upstream,
+                if mock { " (mock)" } else { "" }
+            );
+        }
+        RouteCmd::List { org } => {
+            let org = org.as_deref().map(|o| parse_org(Some(o))).transpose()?;
+            for r in vault.list_routes(org.as_ref().map(|o| o.as_str())).await? {
+                println!(
+                    "{}  {}  {}  {}{}",
+                    r.org,
+                    r.name,
+                    r.upstream,
+                    r.credential,
+                    if r.mock { "  mock" } else { "" }
+                );
+            }
+        }
+        RouteCmd::Delete { name, org } => {
+            let org = org_of(&org)?;
+            let routes = vault.list_routes(Some(&org)).await?;
+            if !vault.delete_route(&org, &name, &cli_actor()).await? {
+                return Err(Failure::new("route_not_found", format!("no route named `{name}`")));
+            }
+            if let Some(r) = routes.iter().find(|r| r.name == name) {
+                let _ = vault
+                    .set_attachment(
+                        &org,
+                        &r.credential,
+                        latchkey::vault::AttachmentKind::Route,
+                        &name,
+                        false,
+                        &cli_actor(),
+                    )
+                    .await;
+            }
+            println!("deleted route `{name}`");
+        }
+    }
+    Ok(())
+}

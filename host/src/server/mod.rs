@@ -1,0 +1,200 @@
+//! The broker's HTTP surfaces (axum): the signing endpoint, the sidecar
+//! proxy, agent registration, health and metrics.
+//!
+//! Every error is `{"error": {"code": "...", "message": "..."}}` with a
+//! stable code and the status [`crate::vault::model::http_status_for`] gives
+//! it. No message or log line carries a secret or a whole token.
+
+pub mod auth;
+pub mod metrics;
+pub mod net;
+mod proxy;
+mod sign;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{any, get, post};
+use serde::Deserialize;
+
+use crate::vault::agents::RegistrationError;
+use crate::vault::{Vault, VaultError};
+
+/// How the broker serves.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Path prefix of the sidecar proxy: routes live at `/<prefix>/<route>/…`.
+    pub proxy_prefix: String,
+    /// Largest request body `/v1/sign` accepts, and the largest body the
+    /// proxy buffers for a scheme that signs the body.
+    pub max_body: usize,
+    /// Networks upstreams may resolve to despite being private or loopback.
+    pub address_policy: net::AddressPolicy,
+    /// Upstream TLS.
+    pub tls: net::TlsOptions,
+    /// How long a proxied call may take to produce response headers.
+    pub upstream_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            proxy_prefix: "proxy".into(),
+            max_body: 16 << 20,
+            address_policy: net::AddressPolicy::default(),
+            tls: net::TlsOptions::default(),
+            upstream_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Shared state of every handler.
+pub struct AppState {
+    /// The vault.
+    pub vault: Arc<Vault>,
+    /// The configuration.
+    pub config: ServerConfig,
+    /// The upstream client.
+    pub client: net::UpstreamClient,
+    /// Prometheus metrics.
+    pub metrics: metrics::Metrics,
+}
+
+/// An API error: a status, a stable code and a message.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code.
+    pub code: &'static str,
+    /// One sentence, no secrets.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with the status its code maps to.
+    pub fn new(code: &'static str, message: impl Into<String>) -> ApiError {
+        let status = StatusCode::from_u16(crate::vault::model::http_status_for(code))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError { status, code, message: message.into() }
+    }
+
+    /// An error with an explicit status.
+    pub fn with_status(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut r = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer realm=\"latchkey\""));
+        }
+        r
+    }
+}
+
+impl From<VaultError> for ApiError {
+    fn from(e: VaultError) -> ApiError {
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+impl From<crate::sign::SignError> for ApiError {
+    fn from(e: crate::sign::SignError) -> ApiError {
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+impl From<crate::plugin::PluginError> for ApiError {
+    fn from(e: crate::plugin::PluginError) -> ApiError {
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+impl From<RegistrationError> for ApiError {
+    fn from(e: RegistrationError) -> ApiError {
+        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        ApiError::with_status(status, e.code(), e.to_string())
+    }
+}
+
+/// Build the state (the upstream client) for `vault`.
+pub fn state(vault: Arc<Vault>, config: ServerConfig) -> Result<Arc<AppState>, String> {
+    let client = net::client(Arc::new(config.address_policy.clone()), &config.tls)?;
+    Ok(Arc::new(AppState { vault, config, client, metrics: metrics::Metrics::default() }))
+}
+
+/// The router of every surface.
+pub fn router(state: Arc<AppState>) -> Router {
+    let prefix = format!("/{}", state.config.proxy_prefix.trim_matches('/'));
+    let max_body = state.config.max_body;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::render))
+        .route("/v1/sign", post(sign::sign).layer(DefaultBodyLimit::max(max_body.saturating_mul(2))))
+        .route("/v1/agents/register", post(register))
+        .route(&format!("{prefix}/{{route}}"), any(proxy::proxy_root))
+        .route(&format!("{prefix}/{{route}}/{{*rest}}"), any(proxy::proxy))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    match app.vault.ping().await {
+        Ok(()) => {
+            (StatusCode::OK, Json(serde_json::json!({"status": "ready", "vault": app.vault.location().backend()})))
+                .into_response()
+        }
+        Err(e) => ApiError::with_status(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()).into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::with_status(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    token: String,
+    org: String,
+    name: String,
+}
+
+/// `POST /v1/agents/register`: redeem a registration token for an agent token.
+async fn register(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let body: RegisterBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new("invalid_request", format!("expected {{\"token\", \"org\", \"name\"}}: {e}")))?;
+    let issued = app.vault.redeem_registration_token(&body.token, &body.org, &body.name).await?;
+    app.metrics.registrations.inc();
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "agent": {"id": issued.agent.id, "org": issued.agent.org, "name": issued.agent.name},
+            "token": issued.token.expose(),
+        })),
+    )
+        .into_response())
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves, finishing
+/// in-flight calls.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
