@@ -5,7 +5,10 @@
 //! (SigV4, ACS3, TC3) or a short-lived token (JWT) may go back to the agent;
 //! a request with the API key, a Basic password or a custom secret header in
 //! it would hand the agent the very key it must never hold, so it is refused
-//! with `secret_in_output` (use a proxy route for those credentials).
+//! with `secret_in_output` (use a proxy route for those credentials). The
+//! check is on the output itself (any secret value found verbatim, other than
+//! key ids and session tokens, which signing protocols send by design) and
+//! on the scheme (a scheme granted raw secrets may encode them).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -125,11 +128,17 @@ pub(super) async fn sign(
         let plugin_started = Instant::now();
         let signed = sign::sign(app.vault.runtime(), &plugin, &cred, &prepared)?;
         app.metrics.observe_plugin(&credential.scheme, plugin_started.elapsed());
-        let leaked =
-            signed.carries_secret
-                || resolution.resolved.secrets.values().filter(|s| s.expose().len() >= 8).any(|s| {
-                    signed.url.contains(s.expose()) || signed.headers.iter().any(|(_, v)| v.contains(s.expose()))
-                });
+        // Key ids and session tokens travel in every signed request by
+        // protocol and sign nothing without the key; any other secret value
+        // in the output means the agent would get the key itself.
+        let leaked = resolution
+            .resolved
+            .secrets
+            .iter()
+            .filter(|(field, _)| !WIRE_FIELDS.contains(&field.as_str()))
+            .map(|(_, s)| s.expose())
+            .filter(|s| s.len() >= 4)
+            .any(|s| signed.url.contains(s) || signed.headers.iter().any(|(_, v)| v.contains(s)));
         if leaked {
             return Err(secret_in_output(&name, &credential.scheme));
         }
@@ -149,6 +158,10 @@ pub(super) async fn sign(
         }
     }
 }
+
+/// Secret fields that signing protocols put on the wire themselves: key ids
+/// and session tokens (useless without the signing key).
+const WIRE_FIELDS: &[&str] = &["access_key_id", "secret_id", "session_token", "security_token", "token"];
 
 fn secret_in_output(name: &str, scheme: &str) -> ApiError {
     ApiError::new(

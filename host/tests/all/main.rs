@@ -6,6 +6,7 @@ mod cli;
 mod db;
 mod hostile;
 mod schemes;
+mod server;
 mod support;
 mod vault;
 mod vault_crash;

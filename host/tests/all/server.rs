@@ -1,0 +1,645 @@
+//! The broker over real sockets: agents, registration tokens, `/v1/sign`,
+//! and the sidecar proxy in front of a local HTTPS upstream (its own CA,
+//! made with rcgen) that checks the injected credential, verifies SigV4 and
+//! streams server-sent events. The official OpenAI and Anthropic Python
+//! SDKs and boto3 are the clients.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use latchkey::Secret;
+use latchkey::server::{self, ServerConfig, net};
+use latchkey::vault::model::RawCredential;
+use latchkey::vault::{AttachmentKind, Vault};
+use tokio::net::TcpListener;
+
+use crate::db::{Backend, TestDb};
+
+const OPENAI_KEY: &str = "sk-test-openai-4f9c2a7e1b";
+const ANTHROPIC_KEY: &str = "sk-ant-test-9d8e7f6a5b";
+const AWS_ID: &str = "AKIDTESTLATCHKEY";
+const AWS_SECRET: &str = "test/aws+secret/key/not-real-0123456789";
+
+/// A CA, and a certificate for `localhost` and 127.0.0.1 signed by it.
+struct Pki {
+    ca_file: PathBuf,
+    cert: rustls_pki_types::CertificateDer<'static>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+    _dir: tempfile::TempDir,
+}
+
+fn pki() -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "latchkey test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf_params.subject_alt_names.push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    Pki {
+        ca_file,
+        cert: leaf.der().clone(),
+        key: rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        _dir: dir,
+    }
+}
+
+/// Serve `router` over TLS on 127.0.0.1; returns the port.
+async fn serve_tls(router: Router, pki: &Pki) -> u16 {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![pki.cert.clone()], pki.key.clone_key())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let (acceptor, router) = (acceptor.clone(), router.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper_util::service::TowerToHyperService::new(router);
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+fn json_error(status: StatusCode, msg: &str) -> Response {
+    (status, axum::Json(serde_json::json!({"error": {"message": msg, "type": "invalid_request_error"}})))
+        .into_response()
+}
+
+/// Refuse any request that still carries an agent token anywhere.
+fn leaked_agent_token(headers: &HeaderMap) -> bool {
+    headers.values().any(|v| v.to_str().unwrap_or_default().contains("lk_agt_"))
+}
+
+/// Server-sent events, one every 150 ms, so buffering would be visible.
+fn sse(events: Vec<String>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    tokio::spawn(async move {
+        for e in events {
+            if tx.send(bytes::Bytes::from(e)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::new(ChannelBody(rx)))
+        .unwrap()
+}
+
+/// A body fed from a channel, one frame per message.
+struct ChannelBody(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// Recompute the SigV4 signature of a received request with the `aws-sigv4`
+/// crate and the real secret, as AWS would.
+fn sigv4_valid(req: &Request<Body>, body: &[u8], host: &str) -> Result<(), String> {
+    use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign};
+    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).ok_or("no authorization")?;
+    let signed_headers: Vec<&str> =
+        auth.split(", ").find_map(|p| p.strip_prefix("SignedHeaders=")).ok_or("no SignedHeaders")?.split(';').collect();
+    let scope = auth.split("Credential=").nth(1).ok_or("no Credential")?.split(',').next().unwrap();
+    let parts: Vec<&str> = scope.split('/').collect();
+    if parts[0] != AWS_ID {
+        return Err(format!("signed with access key {}", parts[0]));
+    }
+    let amz_date = req.headers().get("x-amz-date").and_then(|v| v.to_str().ok()).ok_or("no x-amz-date")?;
+    let t = time::PrimitiveDateTime::parse(
+        amz_date,
+        time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"),
+    )
+    .map_err(|e| e.to_string())?
+    .assume_utc();
+    let when = SystemTime::UNIX_EPOCH + Duration::from_secs(t.unix_timestamp() as u64);
+    let headers: Vec<(String, String)> = signed_headers
+        .iter()
+        .filter(|h| !matches!(**h, "x-amz-date" | "x-amz-content-sha256" | "authorization"))
+        .map(|h| {
+            let v = if *h == "host" {
+                host.to_string()
+            } else {
+                req.headers().get(*h).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+            };
+            (h.to_string(), v)
+        })
+        .collect();
+    let identity = aws_credential_types::Credentials::new(AWS_ID, AWS_SECRET, None, None, "test").into();
+    let mut settings = SigningSettings::default();
+    if signed_headers.contains(&"x-amz-content-sha256") {
+        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    }
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(parts[2])
+        .name(parts[3])
+        .time(when)
+        .settings(settings)
+        .build()
+        .map_err(|e| e.to_string())?
+        .into();
+    let uri = format!("https://{host}{}", req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let signable = SignableRequest::new(
+        req.method().as_str(),
+        &uri,
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        SignableBody::Bytes(body),
+    )
+    .map_err(|e| e.to_string())?;
+    let (instructions, _) = sign(signable, &params).map_err(|e| e.to_string())?.into_parts();
+    let (expected, _) = instructions.into_parts();
+    let expected = expected.iter().find(|h| h.name() == "authorization").map(|h| h.value().to_string());
+    if expected.as_deref() == Some(auth) { Ok(()) } else { Err(format!("signature mismatch: expected {expected:?}")) }
+}
+
+/// The fake providers.
+fn upstream(port_cell: Arc<std::sync::OnceLock<u16>>) -> Router {
+    Router::new().fallback(move |req: Request<Body>| {
+        let port_cell = port_cell.clone();
+        async move {
+            let host = format!("localhost:{}", port_cell.get().copied().unwrap_or_default());
+            if leaked_agent_token(req.headers()) {
+                return json_error(StatusCode::BAD_REQUEST, "an agent token reached the upstream");
+            }
+            let path = req.uri().path().to_string();
+            let headers = req.headers().clone();
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+            let req = Request::from_parts(parts, Body::empty());
+            let text = String::from_utf8_lossy(&body).to_string();
+            let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            match path.as_str() {
+                "/v1/chat/completions" => {
+                    if header("authorization") != format!("Bearer {OPENAI_KEY}") {
+                        return json_error(StatusCode::UNAUTHORIZED, "Incorrect API key provided");
+                    }
+                    if text.contains("\"stream\":true") {
+                        let mut events: Vec<String> = ["Hel", "lo ", "agent"]
+                            .iter()
+                            .map(|t| {
+                                let chunk = serde_json::json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-test",
+                                    "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": null}]});
+                                format!("data: {chunk}\n\n")
+                            })
+                            .collect();
+                        events.push("data: [DONE]\n\n".into());
+                        return sse(events);
+                    }
+                    axum::Json(serde_json::json!({"id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-test",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello agent"}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}))
+                    .into_response()
+                }
+                "/v1/messages" => {
+                    if header("x-api-key") != ANTHROPIC_KEY || header("authorization") != "" {
+                        return json_error(StatusCode::UNAUTHORIZED, "invalid x-api-key");
+                    }
+                    if text.contains("\"stream\":true") {
+                        let ev = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
+                        let mut events = vec![ev("message_start", serde_json::json!({"type": "message_start", "message": {"id": "m1", "type": "message", "role": "assistant", "model": "claude-test", "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 1, "output_tokens": 0}}})),
+                            ev("content_block_start", serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}))];
+                        for t in ["Hel", "lo ", "agent"] {
+                            events.push(ev("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}})));
+                        }
+                        events.push(ev("content_block_stop", serde_json::json!({"type": "content_block_stop", "index": 0})));
+                        events.push(ev("message_delta", serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 3}})));
+                        events.push(ev("message_stop", serde_json::json!({"type": "message_stop"})));
+                        return sse(events);
+                    }
+                    axum::Json(serde_json::json!({"id": "m1", "type": "message", "role": "assistant", "model": "claude-test",
+                        "content": [{"type": "text", "text": "Hello agent"}], "stop_reason": "end_turn", "stop_sequence": null,
+                        "usage": {"input_tokens": 1, "output_tokens": 2}}))
+                    .into_response()
+                }
+                "/redirect" => Response::builder()
+                    .status(StatusCode::FOUND)
+                    .header("location", "https://evil.example.com/steal")
+                    .body(Body::empty())
+                    .unwrap(),
+                "/echo" => axum::Json(serde_json::json!({
+                    "headers": headers.iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect::<BTreeMap<_, _>>(),
+                }))
+                .into_response(),
+                "/" if header("x-amz-target") == "DynamoDB_20120810.ListTables" => match sigv4_valid(&req, &body, &host) {
+                    Ok(()) => (
+                        [("content-type", "application/x-amz-json-1.0")],
+                        serde_json::json!({"TableNames": ["verified-by-sigv4"]}).to_string(),
+                    )
+                        .into_response(),
+                    Err(why) => (
+                        StatusCode::FORBIDDEN,
+                        [("content-type", "application/x-amz-json-1.0")],
+                        serde_json::json!({"__type": "com.amazon.coral.service#InvalidSignatureException", "message": why}).to_string(),
+                    )
+                        .into_response(),
+                },
+                _ => json_error(StatusCode::NOT_FOUND, "no such path"),
+            }
+        }
+    })
+}
+
+struct World {
+    db: TestDb,
+    vault: Arc<Vault>,
+    base: String,
+    upstream: String,
+    _pki: Pki,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A vault with the three provider credentials and routes, an agent
+/// attached to them, the upstream, and the broker.
+async fn world(backend: Backend) -> Option<(World, String)> {
+    let db = TestDb::new(backend).await?;
+    let pki = pki();
+    let cell = Arc::new(std::sync::OnceLock::new());
+    let port = serve_tls(upstream(cell.clone()), &pki).await;
+    cell.set(port).unwrap();
+    let upstream_url = format!("https://localhost:{port}");
+    let vault = Arc::new(db.open().await);
+    let add = |name: &str, scheme: &str, config: &[(&str, &str)], secrets: &[(&str, &str)]| {
+        let mut raw = RawCredential::new(name, scheme);
+        raw.config = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        raw.secrets = secrets.iter().map(|(k, v)| (k.to_string(), Secret::new(*v))).collect();
+        raw.destinations = vec!["localhost".into()];
+        raw
+    };
+    vault.create(add("openai-key", "api-key", &[("prefix", "Bearer ")], &[("key", OPENAI_KEY)]), "t").await.unwrap();
+    vault
+        .create(add("anthropic-key", "api-key", &[("header", "x-api-key")], &[("key", ANTHROPIC_KEY)]), "t")
+        .await
+        .unwrap();
+    vault
+        .create(
+            add(
+                "aws-key",
+                "aws-sigv4",
+                &[("region", "us-east-1"), ("service", "dynamodb")],
+                &[("access_key_id", AWS_ID), ("secret_access_key", AWS_SECRET)],
+            ),
+            "t",
+        )
+        .await
+        .unwrap();
+    for (route, cred) in [("openai", "openai-key"), ("anthropic", "anthropic-key"), ("aws", "aws-key")] {
+        let r = latchkey::vault::agents::Route {
+            name: route.into(),
+            org: "default".into(),
+            upstream: upstream_url.clone(),
+            credential: cred.into(),
+            mock: false,
+            check_path: None,
+        };
+        vault.put_route(&r, "t").await.unwrap();
+    }
+    let agent = vault.create_agent("default", "bot", "t").await.unwrap();
+    for cred in ["openai-key", "anthropic-key", "aws-key"] {
+        vault.set_attachment("default", cred, AttachmentKind::Agent, "bot", true, "t").await.unwrap();
+    }
+    let config = ServerConfig {
+        address_policy: net::AddressPolicy { allow: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()] },
+        tls: net::TlsOptions { extra_ca_files: vec![pki.ca_file.clone()], no_system_roots: true },
+        max_body: 1 << 20,
+        ..ServerConfig::default()
+    };
+    let state = server::state(vault.clone(), config).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let world = World { db, vault, base: format!("http://{addr}"), upstream: upstream_url, _pki: pki, stop };
+    Some((world, agent.token.expose().to_string()))
+}
+
+impl World {
+    async fn close(self) {
+        let _ = self.stop.send(());
+        self.vault.close().await;
+        self.db.cleanup().await;
+    }
+}
+
+fn python() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.join("target/venv/bin/python")
+}
+
+/// Run an e2e client script; its one JSON line.
+fn client(script: &str, args: &[&str], route_url: &str, token: &str) -> serde_json::Value {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let py = python();
+    assert!(py.exists(), "run `cargo xtask setup` first: {} is missing", py.display());
+    let out = Command::new(py)
+        .arg(root.join("tests/e2e").join(script))
+        .args(args)
+        .env("LATCHKEY_ROUTE_URL", route_url)
+        .env("LATCHKEY_AGENT_TOKEN", token)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env("NO_PROXY", "*")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(out.stdout.trim_ascii()).unwrap()
+}
+
+/// Run `client` off the async runtime.
+async fn run_client(
+    script: &'static str,
+    args: &'static [&'static str],
+    route_url: String,
+    token: String,
+) -> serde_json::Value {
+    tokio::task::spawn_blocking(move || client(script, args, &route_url, &token)).await.unwrap()
+}
+
+fn assert_streamed(v: &serde_json::Value) {
+    assert_eq!(v["content"], "Hello agent", "{v}");
+    let arrivals: Vec<f64> = v["arrivals"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(arrivals.len(), 3, "{v}");
+    // Tokens arrive as the upstream sends them (150 ms apart), not all at the end.
+    assert!(arrivals[2] - arrivals[0] > 0.2, "the stream was buffered: {arrivals:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn official_sdks_through_the_proxy() {
+    let (w, token) = world(Backend::Sqlite).await.unwrap();
+    let openai = format!("{}/proxy/openai", w.base);
+    let v = run_client("openai_client.py", &["plain"], openai.clone(), token.clone()).await;
+    assert_eq!(v["content"], "Hello agent");
+    assert_streamed(&run_client("openai_client.py", &["stream"], openai, token.clone()).await);
+    let anthropic = format!("{}/proxy/anthropic", w.base);
+    let v = run_client("anthropic_client.py", &["plain"], anthropic.clone(), token.clone()).await;
+    assert_eq!(v["content"], "Hello agent");
+    assert_streamed(&run_client("anthropic_client.py", &["stream"], anthropic, token.clone()).await);
+    let v = run_client("boto3_client.py", &[], format!("{}/proxy/aws", w.base), token.clone()).await;
+    assert_eq!(v["tables"], serde_json::json!(["verified-by-sigv4"]), "the upstream verified the broker's SigV4");
+    // Every use is audited with the agent and destination.
+    let uses = w
+        .vault
+        .audit(&latchkey::vault::AuditFilter { action: Some(latchkey::vault::AuditAction::Use), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(uses.len(), 5);
+    assert!(uses.iter().all(|u| u.outcome == "ok"
+        && u.agent.as_deref() == Some("bot")
+        && u.destination.as_deref() == Some("localhost")));
+    w.close().await;
+}
+
+async fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value, HeaderMap) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Body>();
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let body = match body {
+        Some(v) => {
+            b = b.header("content-type", "application/json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    let resp = client.request(b.body(body).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null), headers)
+}
+
+async fn security(backend: Backend) {
+    let Some((w, token)) = world(backend).await else { return };
+    let bearer = format!("Bearer {token}");
+    let auth = [("authorization", bearer.as_str())];
+
+    // The agent's own headers never reach the upstream; the credential does.
+    let (status, v, _) = http(
+        "GET",
+        &format!("{}/proxy/openai/echo", w.base),
+        &[("authorization", &bearer), ("x-api-key", &token)],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["headers"]["authorization"], format!("Bearer {OPENAI_KEY}"));
+    assert!(v["headers"].get("x-api-key").is_none());
+
+    // A redirect comes back to the agent, never followed with the credential.
+    let (status, _, headers) = http("GET", &format!("{}/proxy/openai/redirect", w.base), &auth, None).await;
+    assert_eq!(status, 302);
+    assert_eq!(headers["location"], "https://evil.example.com/steal");
+
+    // No token, a bad token, prefix confusion, whitespace, truncation.
+    for (h, v, code) in [
+        ("x-none", "x", "invalid_agent_token"),
+        ("authorization", "Bearer lk_agt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "invalid_agent_token"),
+        ("x-api-key", &bearer, "invalid_agent_token"),
+        ("authorization", &token, "invalid_agent_token"),
+        ("authorization", &format!("Bearer {}", &token[..20]), "invalid_agent_token"),
+    ] {
+        let (status, v, _) = http("GET", &format!("{}/proxy/openai/echo", w.base), &[(h, v)], None).await;
+        assert_eq!((status, v["error"]["code"].as_str()), (401, Some(code)), "{h}: {v}");
+        assert!(!v.to_string().contains(&token[7..]), "the token is never echoed: {v}");
+    }
+    let (_, v, _) = http(
+        "GET",
+        &format!("{}/proxy/openai/echo", w.base),
+        &[("authorization", &format!("Bearer {}", &token[..20]))],
+        None,
+    )
+    .await;
+    assert!(v["error"]["message"].as_str().unwrap().contains("truncated"), "{v}");
+
+    // An agent without the attachment: 403.
+    let other = w.vault.create_agent("default", "stranger", "t").await.unwrap();
+    let sb = format!("Bearer {}", other.token.expose());
+    let (status, v, _) = http("GET", &format!("{}/proxy/openai/echo", w.base), &[("authorization", &sb)], None).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (403, Some("credential_not_attached")), "{v}");
+
+    // Disabled credential: 401 on the next call.
+    w.vault.set_enabled("default", "openai-key", false, "t").await.unwrap();
+    let (status, v, _) = http("GET", &format!("{}/proxy/openai/echo", w.base), &auth, None).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (401, Some("credential_disabled")), "{v}");
+    w.vault.set_enabled("default", "openai-key", true, "t").await.unwrap();
+
+    // A destination outside the credential's list, via /v1/sign.
+    let sign = |cred: &str, url: &str| serde_json::json!({"credential": cred, "request": {"method": "POST", "url": url, "headers": [["x-amz-target", "DynamoDB_20120810.ListTables"]], "body_base64": ""}, "at": "2026-11-23T12:00:00Z"});
+    let (status, v, _) =
+        http("POST", &format!("{}/v1/sign", w.base), &auth, Some(sign("aws-key", "https://evil.example.com/"))).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (403, Some("destination_not_allowed")), "{v}");
+    // /v1/sign for SigV4: a signature comes back, never the secret.
+    let (status, v, _) =
+        http("POST", &format!("{}/v1/sign", w.base), &auth, Some(sign("aws-key", &format!("{}/", w.upstream)))).await;
+    assert_eq!(status, 200, "{v}");
+    let text = v.to_string();
+    assert!(
+        text.contains("AWS4-HMAC-SHA256 Credential=AKIDTESTLATCHKEY/20261123/us-east-1/dynamodb/aws4_request"),
+        "{text}"
+    );
+    assert!(!text.contains(AWS_SECRET));
+    // /v1/sign for an API key would hand the agent the key: refused.
+    let (status, v, _) =
+        http("POST", &format!("{}/v1/sign", w.base), &auth, Some(sign("openai-key", &format!("{}/", w.upstream))))
+            .await;
+    assert_eq!((status, v["error"]["code"].as_str()), (403, Some("secret_in_output")), "{v}");
+    assert!(!v.to_string().contains(OPENAI_KEY));
+
+    // Upstreams in private ranges are refused unless allowed.
+    let r = latchkey::vault::agents::Route {
+        name: "meta".into(),
+        org: "default".into(),
+        upstream: "http://169.254.169.254".into(),
+        credential: "openai-key".into(),
+        mock: false,
+        check_path: None,
+    };
+    w.vault.put_route(&r, "t").await.unwrap();
+    w.vault
+        .update(
+            "default",
+            "openai-key",
+            latchkey::vault::model::RawUpdate {
+                destinations: Some(vec!["localhost".into(), "169.254.169.254".into()]),
+                ..Default::default()
+            },
+            "t",
+        )
+        .await
+        .unwrap();
+    let (status, v, _) = http("GET", &format!("{}/proxy/meta/latest/meta-data/", w.base), &auth, None).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (403, Some("upstream_address_refused")), "{v}");
+
+    // Mock mode shows what would be sent, with the secret redacted.
+    let mut mock = r.clone();
+    mock.name = "mock".into();
+    mock.upstream = w.upstream.clone();
+    mock.mock = true;
+    w.vault.put_route(&mock, "t").await.unwrap();
+    let (status, v, headers) = http("GET", &format!("{}/proxy/mock/v1/models", w.base), &auth, None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(headers["x-latchkey-mock"], "1");
+    assert_eq!(v["would_send"]["headers"][0], serde_json::json!(["Authorization", "Bearer [redacted]"]), "{v}");
+    assert!(!v.to_string().contains(OPENAI_KEY));
+
+    // Metrics count calls by scheme, route and outcome, and carry no secret.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Body>();
+    let resp = client.get(format!("{}/metrics", w.base).parse().unwrap()).await.unwrap();
+    let text = String::from_utf8(http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes().to_vec())
+        .unwrap();
+    assert!(
+        text.contains("latchkey_calls_total{surface=\"proxy\",scheme=\"api-key\",route=\"openai\",outcome=\"ok\"}"),
+        "{text}"
+    );
+    assert!(text.contains("outcome=\"credential_disabled\""), "{text}");
+    for s in [OPENAI_KEY, ANTHROPIC_KEY, AWS_SECRET, &token[7..]] {
+        assert!(!text.contains(s));
+    }
+    w.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn security_sqlite() {
+    security(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn security_postgres() {
+    security(Backend::Postgres).await;
+}
+
+/// 50 concurrent redemptions of one registration token, over two vault
+/// instances (replicas) on one database: exactly one succeeds.
+async fn registration_race(db: &TestDb) {
+    let a = Arc::new(db.open().await);
+    let b = Arc::new(db.open().await);
+    let issued = a.create_registration_token("acme", time::Duration::hours(1), "t").await.unwrap();
+    assert!(issued.token.expose().starts_with("lk_reg_"));
+    let token = issued.token.expose().to_string();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let v = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let token = token.clone();
+        tasks.push(tokio::spawn(
+            async move { v.redeem_registration_token(&token, "acme", &format!("agent-{i}")).await },
+        ));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(e.code(), "invalid_token", "{e}"),
+        }
+    }
+    assert_eq!(ok, 1, "exactly one redemption wins");
+    assert_eq!(a.list_agents(Some("acme")).await.unwrap().len(), 1);
+    // The failure modes, each with its code.
+    let e = a.redeem_registration_token(&token, "acme", "late").await.unwrap_err();
+    assert!(e.to_string().contains("already used"), "{e}");
+    let other = a.create_registration_token("acme", time::Duration::hours(1), "t").await.unwrap();
+    let e = a.redeem_registration_token(other.token.expose(), "globex", "x").await.unwrap_err();
+    assert_eq!((e.code(), e.http_status()), ("org_mismatch", 403));
+    let e = a.redeem_registration_token(&format!(" {}\n", other.token.expose()), "acme", "x").await.unwrap_err();
+    assert!(e.code() == "invalid_token" && e.to_string().contains("whitespace"), "{e}");
+    let e = a.redeem_registration_token(&other.token.expose()[..30], "acme", "x").await.unwrap_err();
+    assert!(e.code() == "invalid_token" && e.to_string().contains("truncated"), "{e}");
+    assert!(!e.to_string().contains(&other.token.expose()[11..30]), "only the redacted prefix is shown: {e}");
+    let short = a.create_registration_token("acme", time::Duration::seconds(1), "t").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let e = a.redeem_registration_token(short.token.expose(), "acme", "x").await.unwrap_err();
+    assert_eq!((e.code(), e.http_status()), ("expired_token", 401));
+    // The redeemed agent token works; stored only as a hash.
+    a.close().await;
+    b.close().await;
+}
+
+vault_tests! {
+    registration_tokens_race => registration_race;
+}
