@@ -17,6 +17,7 @@ tasks:
   test      everything CI runs: formatting, clippy, host and plugin tests,
             golden vectors, and the official-SDK comparisons
   bench     criterion benchmarks; writes the measured ratios to BENCHMARKS.md
+            (`bench plugins` or `bench vault` runs one of them)
 ";
 
 fn main() -> Result<()> {
@@ -27,7 +28,7 @@ fn main() -> Result<()> {
         "setup" => setup(&root),
         "plugins" => plugins(&root),
         "test" => test(&root),
-        "bench" => bench(&root),
+        "bench" => bench(&root, std::env::args().nth(2).as_deref()),
         _ => {
             eprint!("{USAGE}");
             if task.is_empty() || task == "help" || task == "--help" { Ok(()) } else { bail!("unknown task `{task}`") }
@@ -85,10 +86,16 @@ fn setup(root: &Path) -> Result<()> {
     if !python.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(root.join("target/venv")))?;
     }
-    let mut reqs: Vec<PathBuf> = std::fs::read_dir(root.join("tests/sdk"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("requirements")))
-        .collect();
+    // The providers' SDKs: signing comparisons (tests/sdk) and end-to-end
+    // clients of the broker (tests/e2e).
+    let mut reqs: Vec<PathBuf> = Vec::new();
+    for dir in ["tests/sdk", "tests/e2e"] {
+        reqs.extend(
+            std::fs::read_dir(root.join(dir))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("requirements"))),
+        );
+    }
     reqs.sort();
     // pip is quick when everything is already installed; a stamp file would
     // go stale when a requirements file changes.
@@ -154,20 +161,56 @@ fn test(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn bench(root: &Path) -> Result<()> {
+fn bench(root: &Path, which: Option<&str>) -> Result<()> {
+    match which {
+        None => {
+            plugin_bench(root)?;
+            vault_bench(root)
+        }
+        Some("plugins") => plugin_bench(root),
+        Some("vault") => vault_bench(root),
+        Some(other) => bail!("unknown benchmark `{other}`: `plugins` or `vault`"),
+    }
+}
+
+/// The median of criterion's last run of `group/name`, in nanoseconds.
+fn median_ns(root: &Path, group: &str, name: &str) -> Result<f64> {
+    let path = root.join(format!("target/criterion/{group}/{name}/new/estimates.json"));
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    v["median"]["point_estimate"].as_f64().context("no median in criterion output")
+}
+
+fn us(ns: f64) -> String {
+    format!("{:.2} µs", ns / 1000.0)
+}
+
+/// Print `table` and put it in BENCHMARKS.md between the `<!-- {marker}:start -->`
+/// and `<!-- {marker}:end -->` lines.
+fn write_table(root: &Path, marker: &str, table: &str) -> Result<()> {
+    println!("{table}");
+    let path = root.join("BENCHMARKS.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_default();
+    let (start, end) = (format!("<!-- {marker}:start -->"), format!("<!-- {marker}:end -->"));
+    match (doc.find(&start), doc.find(&end)) {
+        (Some(s), Some(e)) if s < e => {
+            let updated = format!("{}{start}\n{table}{}", &doc[..s], &doc[e..]);
+            std::fs::write(&path, updated)?;
+            eprintln!("xtask: BENCHMARKS.md updated ({marker})");
+        }
+        _ => eprintln!("xtask: BENCHMARKS.md has no {marker} markers; table printed only"),
+    }
+    Ok(())
+}
+
+fn plugin_bench(root: &Path) -> Result<()> {
     run(cargo().args(["bench", "-p", "latchkey", "--bench", "plugins"]))?;
-    let estimate = |group: &str, name: &str| -> Result<f64> {
-        let path = root.join(format!("target/criterion/{group}/{name}/new/estimates.json"));
-        let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-        let v: serde_json::Value = serde_json::from_str(&text)?;
-        v["median"]["point_estimate"].as_f64().context("no median in criterion output")
-    };
+    let estimate = |group: &str, name: &str| median_ns(root, group, name);
     let sig_native = estimate("sigv4", "native")?;
     let sig_fresh = estimate("sigv4", "plugin_fresh")?;
     let sig_warm = estimate("sigv4", "plugin_warm")?;
     let key_native = estimate("api_key", "native")?;
     let key_fresh = estimate("api_key", "plugin_fresh")?;
-    let us = |ns: f64| format!("{:.2} µs", ns / 1000.0);
     let table = format!(
         "| measurement | time (median) | ratio |\n|---|---|---|\n\
          | SigV4, native `aws-sigv4` crate | {} | 1.00 (reference) |\n\
@@ -184,17 +227,29 @@ fn bench(root: &Path) -> Result<()> {
         us(key_fresh),
         key_fresh / key_native,
     );
-    println!("{table}");
-    let path = root.join("BENCHMARKS.md");
-    let doc = std::fs::read_to_string(&path).unwrap_or_default();
-    let (start, end) = ("<!-- plugin-bench:start -->", "<!-- plugin-bench:end -->");
-    match (doc.find(start), doc.find(end)) {
-        (Some(s), Some(e)) if s < e => {
-            let updated = format!("{}{start}\n{table}{}", &doc[..s], &doc[e..]);
-            std::fs::write(&path, updated)?;
-            eprintln!("xtask: BENCHMARKS.md updated");
-        }
-        _ => eprintln!("xtask: BENCHMARKS.md has no plugin-bench markers; table printed only"),
-    }
-    Ok(())
+    write_table(root, "plugin-bench", &table)
+}
+
+fn vault_bench(root: &Path) -> Result<()> {
+    run(cargo().args(["bench", "-p", "latchkey", "--bench", "vault"]))?;
+    let estimate = |name: &str| median_ns(root, "vault_resolve", name);
+    let map = estimate("hashmap_lookup")?;
+    let warm = estimate("warm")?;
+    let decrypt = estimate("decrypt")?;
+    let miss = estimate("miss")?;
+    let table = format!(
+        "| measurement | time (median) | ratio |\n|---|---|---|\n\
+         | `HashMap<String, Vec<u8>>` lookup by name, 100 000 entries | {} | 1.00 (reference) |\n\
+         | (d) resolve, warm cache | {} | **{:.1}** |\n\
+         | … of which opening the sealed blob (`crypto::open`) | {} | {:.1} |\n\
+         | (e) resolve, cache miss | {} | **{:.0}** |\n",
+        us(map),
+        us(warm),
+        warm / map,
+        us(decrypt),
+        decrypt / map,
+        us(miss),
+        miss / map,
+    );
+    write_table(root, "vault-bench", &table)
 }

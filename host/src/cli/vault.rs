@@ -44,6 +44,26 @@ pub enum CredentialCmd {
     Attach(AttachArgs),
     /// Undo an attach.
     Detach(AttachArgs),
+    /// Probe the provider with a cheap call through the credential's route: valid, invalid (401),
+    /// forbidden (403), quota (402/429) or unreachable. The result shows in `credential list`.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// The credential name.
+    pub name: String,
+    #[command(flatten)]
+    pub org: OrgArg,
+    /// Let the upstream resolve into this private or loopback network (repeatable).
+    #[arg(long = "allow-upstream-network", value_name = "CIDR")]
+    pub allow_networks: Vec<String>,
+    /// A PEM file of extra CA certificates to trust (repeatable).
+    #[arg(long = "ca-file", value_name = "FILE")]
+    pub ca_files: Vec<std::path::PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand)]
@@ -327,7 +347,7 @@ fn config_pairs(items: &[String]) -> Result<Vec<(String, String)>, Failure> {
     items.iter().map(|c| split_kv(c, "--config").map(|(k, v)| (k.to_string(), v.to_string()))).collect()
 }
 
-pub async fn credential(vault: &Vault, cmd: CredentialCmd) -> Result<(), Failure> {
+pub async fn credential(vault: &std::sync::Arc<Vault>, cmd: CredentialCmd) -> Result<(), Failure> {
     let actor = cli_actor();
     match cmd {
         CredentialCmd::Add(a) => {
@@ -369,8 +389,9 @@ pub async fn credential(vault: &Vault, cmd: CredentialCmd) -> Result<(), Failure
                 eprintln!("latchkey: the vault holds no credentials yet (add one with `latchkey credential add`)");
                 return Ok(());
             }
+            let checks = vault.check_states().await?;
             let mut rows = vec![
-                ["NAME", "ORG", "SCHEME", "STATE", "DESTINATIONS", "ATTACHED", "LAST USED", "VERSION"]
+                ["NAME", "ORG", "SCHEME", "STATE", "CHECK", "DESTINATIONS", "ATTACHED", "LAST USED", "VERSION"]
                     .map(String::from)
                     .to_vec(),
             ];
@@ -384,6 +405,10 @@ pub async fn credential(vault: &Vault, cmd: CredentialCmd) -> Result<(), Failure
                     c.org.to_string(),
                     c.scheme.clone(),
                     if c.enabled { "enabled" } else { "disabled" }.into(),
+                    checks
+                        .get(&(c.org.to_string(), c.name.to_string()))
+                        .map(|(s, _)| s.clone())
+                        .unwrap_or_else(|| "-".into()),
                     if dest.is_empty() { "-".into() } else { dest.join(",") },
                     if attached.is_empty() { "-".into() } else { attached.join(",") },
                     info.last_used_at
@@ -487,10 +512,41 @@ pub async fn credential(vault: &Vault, cmd: CredentialCmd) -> Result<(), Failure
                 );
             }
         }
+        CredentialCmd::Check(a) => check(vault, a).await?,
         CredentialCmd::Attach(a) => attach(vault, a, true, &actor).await?,
         CredentialCmd::Detach(a) => attach(vault, a, false, &actor).await?,
     }
     Ok(())
+}
+
+async fn check(vault: &std::sync::Arc<Vault>, a: CheckArgs) -> Result<(), Failure> {
+    use latchkey::server::{self, ServerConfig, net};
+    let mut allow = Vec::new();
+    for n in &a.allow_networks {
+        allow.push(n.parse().map_err(|_| Failure::new("invalid_argument", format!("`{n}` is not a CIDR")))?);
+    }
+    let config = ServerConfig {
+        address_policy: net::AddressPolicy { allow },
+        tls: net::TlsOptions { extra_ca_files: a.ca_files.clone(), no_system_roots: false },
+        ..ServerConfig::default()
+    };
+    let state = server::state(vault.clone(), config).map_err(|e| Failure::new("invalid_config", e))?;
+    let org = org_str(&a.org)?;
+    let outcome =
+        server::check::check_credential(&state, &org, &a.name).await.map_err(|e| Failure::new(e.code, e.message))?;
+    if a.json {
+        let v = serde_json::json!({"credential": a.name, "state": outcome.state, "status": outcome.status,
+            "url": outcome.url, "detail": outcome.detail});
+        println!("{v}");
+    } else {
+        let status = outcome.status.map(|s| format!(" ({s})")).unwrap_or_default();
+        println!("{}: {}{status}: {}", a.name, outcome.state, outcome.detail);
+    }
+    if outcome.state == "valid" {
+        Ok(())
+    } else {
+        Err(Failure::new("credential_check_failed", format!("credential `{}` is {}", a.name, outcome.state)))
+    }
 }
 
 async fn set_enabled(vault: &Vault, a: NameArgs, enabled: bool, actor: &str) -> Result<(), Failure> {

@@ -6,6 +6,7 @@
 //! it. No message or log line carries a secret or a whole token.
 
 pub mod auth;
+pub mod check;
 pub mod metrics;
 pub mod net;
 mod proxy;

@@ -529,6 +529,38 @@ impl Vault {
             .collect())
     }
 
+    /// Store the result of a provider check (not a change: no version bump).
+    pub async fn record_check(&self, org: &str, name: &str, state: &str) -> Result<(), VaultError> {
+        let at = to_micros(OffsetDateTime::now_utc());
+        on_db!(self.db(), pool => {
+            sqlx::query("UPDATE credentials SET check_state = $1, checked_at = $2 WHERE org = $3 AND name = $4")
+                .bind(state)
+                .bind(at)
+                .bind(org)
+                .bind(name)
+                .execute(pool)
+                .await
+                .map_err(db_err)?;
+        });
+        tracing::info!(target: "latchkey::audit", action = "check", org = %org, credential = %name, outcome = state, "audit");
+        Ok(())
+    }
+
+    /// The last provider check of every credential: (org, name) → (state, when).
+    pub async fn check_states(
+        &self,
+    ) -> Result<std::collections::HashMap<(String, String), (String, OffsetDateTime)>, VaultError> {
+        let rows: Vec<(String, String, String, i64)> = on_db!(self.db(), pool => {
+            sqlx::query_as(
+                "SELECT org, name, check_state, checked_at FROM credentials WHERE check_state IS NOT NULL AND checked_at IS NOT NULL",
+            )
+            .fetch_all(pool)
+            .await
+            .map_err(db_err)?
+        });
+        Ok(rows.into_iter().map(|(o, n, s, t)| ((o, n), (s, from_micros(t)))).collect())
+    }
+
     /// Remove a route; returns whether it existed.
     pub async fn delete_route(&self, org: &str, name: &str, actor: &str) -> Result<bool, VaultError> {
         let n = on_db!(self.db(), pool => {

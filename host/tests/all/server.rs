@@ -225,7 +225,7 @@ fn upstream(port_cell: Arc<std::sync::OnceLock<u16>>) -> Router {
                     .into_response()
                 }
                 "/v1/messages" => {
-                    if header("x-api-key") != ANTHROPIC_KEY || header("authorization") != "" {
+                    if header("x-api-key") != ANTHROPIC_KEY || !header("authorization").is_empty() {
                         return json_error(StatusCode::UNAUTHORIZED, "invalid x-api-key");
                     }
                     if text.contains("\"stream\":true") {
@@ -245,6 +245,13 @@ fn upstream(port_cell: Arc<std::sync::OnceLock<u16>>) -> Router {
                         "usage": {"input_tokens": 1, "output_tokens": 2}}))
                     .into_response()
                 }
+                "/v1/models" => {
+                    if header("authorization") != format!("Bearer {OPENAI_KEY}") {
+                        return json_error(StatusCode::UNAUTHORIZED, "Incorrect API key provided");
+                    }
+                    axum::Json(serde_json::json!({"object": "list", "data": []})).into_response()
+                }
+                "/quota" => json_error(StatusCode::TOO_MANY_REQUESTS, "You exceeded your current quota"),
                 "/redirect" => Response::builder()
                     .status(StatusCode::FOUND)
                     .header("location", "https://evil.example.com/steal")
@@ -280,6 +287,7 @@ struct World {
     upstream: String,
     _pki: Pki,
     stop: tokio::sync::oneshot::Sender<()>,
+    state: Arc<server::AppState>,
 }
 
 /// A vault with the three provider credentials and routes, an agent
@@ -341,10 +349,10 @@ async fn world(backend: Backend) -> Option<(World, String)> {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(listener, state, async move {
+    tokio::spawn(server::serve(listener, state.clone(), async move {
         let _ = stopped.await;
     }));
-    let world = World { db, vault, base: format!("http://{addr}"), upstream: upstream_url, _pki: pki, stop };
+    let world = World { db, vault, base: format!("http://{addr}"), upstream: upstream_url, _pki: pki, stop, state };
     Some((world, agent.token.expose().to_string()))
 }
 
@@ -593,6 +601,49 @@ async fn security_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn security_postgres() {
     security(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_checks() {
+    let (w, _) = world(Backend::Sqlite).await.unwrap();
+    let mut route = latchkey::vault::agents::Route {
+        name: "openai".into(),
+        org: "default".into(),
+        upstream: w.upstream.clone(),
+        credential: "openai-key".into(),
+        mock: false,
+        check_path: Some("/v1/models".into()),
+    };
+    w.vault.put_route(&route, "t").await.unwrap();
+    let check = |name: &'static str| {
+        let state = w.state.clone();
+        async move { server::check::check_credential(&state, "default", name).await.unwrap() }
+    };
+    let ok = check("openai-key").await;
+    assert_eq!((ok.state, ok.status), ("valid", Some(200)), "{ok:?}");
+    // A wrong key: invalid, with the 401.
+    w.vault
+        .rotate(
+            "default",
+            "openai-key",
+            BTreeMap::from([("key".into(), Secret::new("sk-wrong-key-123"))]),
+            Default::default(),
+            "t",
+        )
+        .await
+        .unwrap();
+    let bad = check("openai-key").await;
+    assert_eq!((bad.state, bad.status), ("invalid", Some(401)));
+    // Quota, and an upstream that is down.
+    route.check_path = Some("/quota".into());
+    w.vault.put_route(&route, "t").await.unwrap();
+    assert_eq!(check("openai-key").await.state, "quota");
+    route.upstream = "https://localhost:1".into();
+    w.vault.put_route(&route, "t").await.unwrap();
+    assert_eq!(check("openai-key").await.state, "unreachable");
+    let states = w.vault.check_states().await.unwrap();
+    assert_eq!(states[&("default".to_string(), "openai-key".to_string())].0, "unreachable");
+    w.close().await;
 }
 
 /// 50 concurrent redemptions of one registration token, over two vault

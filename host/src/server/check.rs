@@ -1,0 +1,118 @@
+//! Provider checks (`latchkey credential check NAME`): probe the upstream
+//! with a cheap call through the credential's route and report what the
+//! provider thinks of the key: `valid` (2xx), `invalid` (401), `forbidden`
+//! (403, e.g. no access to a model), `quota` (402 or 429), `unreachable`
+//! (no answer), or `error` (any other status). The state is stored with the
+//! credential and shown by `credential list`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderName, HeaderValue, Method};
+
+use super::{ApiError, AppState};
+use crate::plugin::CallCredential;
+use crate::sign::{self, BodyDigest, SignInput};
+use crate::vault::model::Overrides;
+
+/// What a check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckOutcome {
+    /// `valid`, `invalid`, `forbidden`, `quota`, `unreachable` or `error`.
+    pub state: &'static str,
+    /// The upstream status, when there was one.
+    pub status: Option<u16>,
+    /// The URL probed.
+    pub url: String,
+    /// One line for the operator.
+    pub detail: String,
+}
+
+/// The state for an upstream status.
+pub fn classify(status: u16) -> &'static str {
+    match status {
+        200..=299 => "valid",
+        401 => "invalid",
+        403 => "forbidden",
+        402 | 429 => "quota",
+        _ => "error",
+    }
+}
+
+/// Probe credential `name` of `org` through the first route that uses it
+/// (its `check_path`, or `/`), and store the result.
+pub async fn check_credential(app: &Arc<AppState>, org: &str, name: &str) -> Result<CheckOutcome, ApiError> {
+    let routes = app.vault.list_routes(Some(org)).await?;
+    let mut using: Vec<_> = routes.into_iter().filter(|r| r.credential == name).collect();
+    using.sort_by_key(|r| r.check_path.is_none());
+    let route = using.into_iter().next().ok_or_else(|| {
+        ApiError::new(
+            "invalid_argument",
+            format!(
+                "no route uses credential `{name}`, so there is no upstream to probe; add one with \
+                 `latchkey route add NAME --upstream URL --credential {name} --check-path /v1/models`"
+            ),
+        )
+    })?;
+    let credential = app
+        .vault
+        .credential(org, name)
+        .await?
+        .ok_or_else(|| ApiError::new("credential_not_found", format!("no credential named `{name}`")))?;
+    let url = format!("{}{}", route.upstream, route.check_path.as_deref().unwrap_or("/"));
+    let input = SignInput {
+        method: "GET".into(),
+        url: url.clone(),
+        headers: Vec::new(),
+        body: Vec::new(),
+        at: None,
+        body_digest: BodyDigest::Compute,
+    };
+    let prepared = sign::prepare(&input)?;
+    let resolution = app.vault.resolve(org, name, &Overrides::new()).await?;
+    let host = url::Url::parse(&url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
+    resolution.check_destination(&host)?;
+    let plugin = app.vault.runtime().get(&credential.scheme)?;
+    let cred = Arc::new(CallCredential::new(
+        name.to_string(),
+        credential.version,
+        credential.config.clone(),
+        resolution.resolved.secrets.clone(),
+    ));
+    let signed = sign::sign(app.vault.runtime(), &plugin, &cred, &prepared)?;
+    let mut builder = axum::http::Request::builder().method(Method::GET).uri(signed.url.as_str());
+    for (n, v) in &signed.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_str(v)) {
+            builder = builder.header(n, v);
+        }
+    }
+    let request = builder.body(Body::empty()).map_err(|e| ApiError::new("invalid_request", e.to_string()))?;
+    let outcome = match tokio::time::timeout(Duration::from_secs(15), app.client.request(request)).await {
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            let state = classify(status);
+            let detail = match state {
+                "valid" => "the provider accepted the credential".to_string(),
+                "invalid" => "the provider rejected the key (401): rotate it with `latchkey credential rotate`".into(),
+                "forbidden" => {
+                    "the key is valid but not allowed this call (403): check its model or project access".into()
+                }
+                "quota" => format!("the provider reports a quota or billing limit ({status})"),
+                _ => format!("the provider answered {status}"),
+            };
+            CheckOutcome { state, status: Some(status), url: signed.url.clone(), detail }
+        }
+        Ok(Err(e)) => {
+            CheckOutcome { state: "unreachable", status: None, url: signed.url.clone(), detail: e.to_string() }
+        }
+        Err(_) => CheckOutcome {
+            state: "unreachable",
+            status: None,
+            url: signed.url.clone(),
+            detail: "no answer within 15 s".into(),
+        },
+    };
+    app.vault.record_check(org, name, outcome.state).await?;
+    Ok(outcome)
+}
