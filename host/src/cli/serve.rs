@@ -44,6 +44,13 @@ pub async fn serve(vault: Arc<Vault>, args: ServeArgs, listen: &str) -> Result<(
         tls: net::TlsOptions { extra_ca_files: args.ca_files.clone(), no_system_roots: false },
         ..ServerConfig::default()
     };
+    let config = match std::env::var("LATCHKEY_ADMIN_TOKEN") {
+        Ok(token) if token.trim().len() >= 16 => config.with_admin_token(token.trim()),
+        Ok(_) => {
+            return Err(Failure::new("invalid_config", "LATCHKEY_ADMIN_TOKEN must be at least 16 characters"));
+        }
+        Err(_) => config,
+    };
     let state = server::state(vault.clone(), config).map_err(|e| Failure::new("invalid_config", e))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

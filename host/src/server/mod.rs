@@ -5,6 +5,7 @@
 //! stable code and the status [`crate::vault::model::http_status_for`] gives
 //! it. No message or log line carries a secret or a whole token.
 
+mod admin;
 pub mod auth;
 pub mod check;
 pub mod metrics;
@@ -39,6 +40,8 @@ pub struct ServerConfig {
     pub tls: net::TlsOptions,
     /// How long a proxied call may take to produce response headers.
     pub upstream_timeout: Duration,
+    /// SHA-256 of the admin token (`LATCHKEY_ADMIN_TOKEN`); `None` disables the admin API.
+    pub admin_token_sha256: Option<Vec<u8>>,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +52,7 @@ impl Default for ServerConfig {
             address_policy: net::AddressPolicy::default(),
             tls: net::TlsOptions::default(),
             upstream_timeout: Duration::from_secs(300),
+            admin_token_sha256: None,
         }
     }
 }
@@ -126,6 +130,14 @@ impl From<RegistrationError> for ApiError {
     }
 }
 
+impl ServerConfig {
+    /// Enable the admin API with this token (only its digest is kept).
+    pub fn with_admin_token(mut self, token: &str) -> ServerConfig {
+        self.admin_token_sha256 = Some(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref().to_vec());
+        self
+    }
+}
+
 /// Build the state (the upstream client) for `vault`.
 pub fn state(vault: Arc<Vault>, config: ServerConfig) -> Result<Arc<AppState>, String> {
     let client = net::client(Arc::new(config.address_policy.clone()), &config.tls)?;
@@ -142,6 +154,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/v1/sign", post(sign::sign).layer(DefaultBodyLimit::max(max_body.saturating_mul(2))))
         .route("/v1/agents/register", post(register))
+        .route("/v1/openapi.json", get(admin::openapi))
+        .nest("/v1/admin", admin::routes())
         .route(&format!("{prefix}/{{route}}"), any(proxy::proxy_root))
         .route(&format!("{prefix}/{{route}}/{{*rest}}"), any(proxy::proxy))
         .fallback(not_found)

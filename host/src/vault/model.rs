@@ -265,7 +265,12 @@ impl ModelError {
 /// plugin and server configuration failures 500.
 pub fn http_status_for(code: &str) -> u16 {
     match code {
-        "credential_disabled" | "token_rejected" | "invalid_agent_token" | "invalid_token" | "expired_token" => 401,
+        "credential_disabled"
+        | "token_rejected"
+        | "invalid_agent_token"
+        | "invalid_token"
+        | "expired_token"
+        | "invalid_admin_token" => 401,
         "destination_not_allowed"
         | "credential_not_attached"
         | "org_mismatch"

@@ -25,6 +25,7 @@ use crate::db::{Backend, TestDb};
 
 const OPENAI_KEY: &str = "sk-test-openai-4f9c2a7e1b";
 const ANTHROPIC_KEY: &str = "sk-ant-test-9d8e7f6a5b";
+const ADMIN_TOKEN: &str = "admin-test-token-5f1e2d3c";
 const AWS_ID: &str = "AKIDTESTLATCHKEY";
 const AWS_SECRET: &str = "test/aws+secret/key/not-real-0123456789";
 
@@ -344,7 +345,8 @@ async fn world(backend: Backend) -> Option<(World, String)> {
         tls: net::TlsOptions { extra_ca_files: vec![pki.ca_file.clone()], no_system_roots: true },
         max_body: 1 << 20,
         ..ServerConfig::default()
-    };
+    }
+    .with_admin_token(ADMIN_TOKEN);
     let state = server::state(vault.clone(), config).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
@@ -643,6 +645,91 @@ async fn provider_checks() {
     assert_eq!(check("openai-key").await.state, "unreachable");
     let states = w.vault.check_states().await.unwrap();
     assert_eq!(states[&("default".to_string(), "openai-key".to_string())].0, "unreachable");
+    w.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_and_registration_over_http() {
+    let (w, agent_token) = world(Backend::Sqlite).await.unwrap();
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    let a = [("authorization", admin.as_str())];
+    let url = |p: &str| format!("{}{p}", w.base);
+
+    // Separate from agents: no token, an agent token, a wrong token.
+    let agent_bearer = format!("Bearer {agent_token}");
+    for h in [vec![], vec![("authorization", agent_bearer.as_str())], vec![("authorization", "Bearer wrong")]] {
+        let (status, v, _) = http("GET", &url("/v1/admin/credentials"), &h, None).await;
+        assert_eq!((status, v["error"]["code"].as_str()), (401, Some("invalid_admin_token")), "{v}");
+    }
+    let (status, v, _) = http("GET", &url("/v1/admin/credentials"), &a, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    assert!(!v.to_string().contains(OPENAI_KEY), "no secret in admin output");
+
+    // Create with hygiene notices; a Bearer-prefixed key is refused with its code.
+    let body = serde_json::json!({"name": "groq-key", "scheme": "api-key", "config": [["prefix", "Bearer "]],
+        "secrets": {"key": "gsk-test-1234567\n"}, "destinations": ["localhost"]});
+    let (status, v, _) = http("POST", &url("/v1/admin/credentials"), &a, Some(body)).await;
+    assert_eq!(status, 201, "{v}");
+    assert!(v["notices"][0].as_str().unwrap().contains("line break"), "{v}");
+    let bad = serde_json::json!({"name": "bad", "scheme": "api-key", "secrets": {"key": "Bearer gsk-x"}});
+    let (status, v, _) = http("POST", &url("/v1/admin/credentials"), &a, Some(bad)).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (400, Some("invalid_secret")), "{v}");
+
+    // Disable over the API: the proxy refuses on the next call.
+    let (status, _, _) = http("POST", &url("/v1/admin/credentials/openai-key/disable"), &a, None).await;
+    assert_eq!(status, 200);
+    let (status, v, _) = http("GET", &url("/proxy/openai/echo"), &[("authorization", &agent_bearer)], None).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (401, Some("credential_disabled")));
+    http("POST", &url("/v1/admin/credentials/openai-key/enable"), &a, None).await;
+
+    // A registration token over the admin API, redeemed over HTTP.
+    let (status, v, _) =
+        http("POST", &url("/v1/admin/tokens?org=default"), &a, Some(serde_json::json!({"ttl_seconds": 600}))).await;
+    assert_eq!(status, 201, "{v}");
+    let reg = v["token"].as_str().unwrap().to_string();
+    let redeem = serde_json::json!({"token": reg, "org": "default", "name": "runner-7"});
+    let (status, v, _) = http("POST", &url("/v1/agents/register"), &[], Some(redeem.clone())).await;
+    assert_eq!(status, 201, "{v}");
+    let new_token = v["token"].as_str().unwrap().to_string();
+    assert!(new_token.starts_with("lk_agt_"));
+    let (status, v, _) = http("POST", &url("/v1/agents/register"), &[], Some(redeem)).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (401, Some("invalid_token")), "{v}");
+    // The new agent exists, but is attached to nothing yet.
+    let nb = format!("Bearer {new_token}");
+    let (status, v, _) = http("GET", &url("/proxy/openai/echo"), &[("authorization", &nb)], None).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (403, Some("credential_not_attached")), "{v}");
+    let (status, v, _) = http("GET", &url("/v1/admin/agents"), &a, None).await;
+    assert_eq!(status, 200);
+    assert!(v.to_string().contains("runner-7") && !v.to_string().contains(&new_token[7..]));
+
+    // Audit, plugins, routes.
+    let (status, v, _) = http("GET", &url("/v1/admin/audit?credential=openai-key&action=disable"), &a, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(v[0]["actor"], "admin-api");
+    let (_, v, _) = http("GET", &url("/v1/admin/plugins"), &a, None).await;
+    assert_eq!(v.as_array().unwrap().len(), 7);
+    let (_, v, _) = http("GET", &url("/v1/admin/routes"), &a, None).await;
+    assert_eq!(v.as_array().unwrap().len(), 3);
+
+    // The OpenAPI document lists every admin path, and each one exists.
+    let (status, doc, _) = http("GET", &url("/v1/openapi.json"), &[], None).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/admin") {
+            continue;
+        }
+        let concrete = path.replace("{name}", "openai-key");
+        for method in ops.as_object().unwrap().keys() {
+            if method == "delete" {
+                continue;
+            }
+            let (status, v, _) =
+                http(&method.to_uppercase(), &url(&concrete), &[("authorization", "Bearer wrong")], None).await;
+            assert_eq!(status, 401, "{method} {path} must exist and require the admin token: {v}");
+        }
+    }
     w.close().await;
 }
 
