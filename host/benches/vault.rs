@@ -175,7 +175,7 @@ fn bench(c: &mut Criterion) {
     let names = visit_order();
     let overrides = Overrides::new();
     let mut g = c.benchmark_group("vault_resolve");
-    g.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    g.sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
 
     let map: HashMap<String, Vec<u8>> = (0..N).map(|i| (name(i), secret(i).into_bytes())).collect();
     g.bench_function("hashmap_lookup", |b| {
