@@ -159,7 +159,38 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(&format!("{prefix}/{{route}}"), any(proxy::proxy_root))
         .route(&format!("{prefix}/{{route}}/{{*rest}}"), any(proxy::proxy))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// Give every request an id: the caller's `X-Request-Id` when it is a short
+/// token, else a random one. It is echoed in the response and set on the
+/// request's tracing span, so every log line of the request carries it.
+async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument as _;
+    let given = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_string);
+    let id = given.unwrap_or_else(|| {
+        let mut b = [0u8; 8];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+        hex::encode(b)
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        req.headers_mut().insert("x-request-id", v);
+    }
+    // The path only, never the query: queries can carry keys.
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %crate::plugin::sanitize_for_log(req.uri().path(), 200));
+    let mut response = next.run(req).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
 }
 
 async fn healthz() -> impl IntoResponse {

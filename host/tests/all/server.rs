@@ -542,6 +542,13 @@ async fn security(backend: Backend) {
     assert_eq!((status, v["error"]["code"].as_str()), (403, Some("secret_in_output")), "{v}");
     assert!(!v.to_string().contains(OPENAI_KEY));
 
+    // Every answer carries a request id; a sane caller id is kept.
+    let (_, _, headers) = http("GET", &format!("{}/healthz", w.base), &[("x-request-id", "trace-abc-123")], None).await;
+    assert_eq!(headers["x-request-id"], "trace-abc-123");
+    let (_, _, headers) =
+        http("GET", &format!("{}/healthz", w.base), &[("x-request-id", "bad id with spaces")], None).await;
+    assert_eq!(headers["x-request-id"].len(), 16, "a malformed id is replaced");
+
     // Upstreams in private ranges are refused unless allowed.
     let r = latchkey::vault::agents::Route {
         name: "meta".into(),
@@ -576,7 +583,9 @@ async fn security(backend: Backend) {
     let (status, v, headers) = http("GET", &format!("{}/proxy/mock/v1/models", w.base), &auth, None).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(headers["x-latchkey-mock"], "1");
-    assert_eq!(v["would_send"]["headers"][0], serde_json::json!(["Authorization", "Bearer [redacted]"]), "{v}");
+    let sent = v["would_send"]["headers"].as_array().unwrap();
+    assert!(sent.contains(&serde_json::json!(["Authorization", "Bearer [redacted]"])), "{v}");
+    assert!(sent.iter().any(|h| h[0] == "x-request-id"), "the request id goes upstream for correlation: {v}");
     assert!(!v.to_string().contains(OPENAI_KEY));
 
     // Metrics count calls by scheme, route and outcome, and carry no secret.
