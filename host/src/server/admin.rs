@@ -77,23 +77,7 @@ impl OrgQuery {
 }
 
 fn credential_json(info: &CredentialInfo) -> serde_json::Value {
-    let c = &info.credential;
-    serde_json::json!({
-        "name": c.name.as_str(),
-        "org": c.org.as_str(),
-        "scheme": c.scheme,
-        "enabled": c.enabled,
-        "config": c.config,
-        "secret_fields": c.secret_fields,
-        "destinations": c.destinations.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "attachments": {"agents": c.attachments.agents, "routes": c.attachments.routes},
-        "created_at": c.created_at.format(&Rfc3339).ok(),
-        "updated_at": c.updated_at.format(&Rfc3339).ok(),
-        "last_used_at": info.last_used_at.and_then(|t| t.format(&Rfc3339).ok()),
-        "version": c.version,
-        "secret_version": info.secret_version,
-        "key_term": info.key_term,
-    })
+    info.to_json()
 }
 
 fn with_notices(info: &CredentialInfo, notices: &[crate::vault::model::Notice]) -> serde_json::Value {

@@ -12,7 +12,6 @@ use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Method};
 
 use super::{ApiError, AppState};
-use crate::plugin::CallCredential;
 use crate::sign::{self, BodyDigest, SignInput};
 use crate::vault::model::Overrides;
 
@@ -74,13 +73,7 @@ pub async fn check_credential(app: &Arc<AppState>, org: &str, name: &str) -> Res
     let host = url::Url::parse(&url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
     resolution.check_destination(&host)?;
     let plugin = app.vault.runtime().get(&credential.scheme)?;
-    let cred = Arc::new(CallCredential::new(
-        name.to_string(),
-        credential.version,
-        credential.config.clone(),
-        resolution.resolved.secrets.clone(),
-    ));
-    let signed = sign::sign(app.vault.runtime(), &plugin, &cred, &prepared)?;
+    let signed = app.apply_credential(name, &credential, &plugin, &resolution, &prepared)?;
     let mut builder = axum::http::Request::builder().method(Method::GET).uri(signed.url.as_str());
     for (n, v) in &signed.headers {
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_str(v)) {

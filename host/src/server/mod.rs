@@ -138,6 +138,32 @@ impl ServerConfig {
     }
 }
 
+impl AppState {
+    /// Apply credential `credential` (named `name`), whose secrets `resolution`
+    /// supplied, to a prepared request through its scheme plugin, timing the
+    /// plugin. The one signing step the proxy, `/v1/sign` and provider checks
+    /// share.
+    pub(crate) fn apply_credential(
+        &self,
+        name: &str,
+        credential: &crate::vault::CredentialRef,
+        plugin: &crate::Plugin,
+        resolution: &crate::vault::Resolution,
+        prepared: &crate::sign::Prepared,
+    ) -> Result<crate::sign::SignedRequest, ApiError> {
+        let cred = Arc::new(crate::plugin::CallCredential::new(
+            name.to_string(),
+            credential.version,
+            credential.config.clone(),
+            resolution.resolved.secrets.clone(),
+        ));
+        let started = std::time::Instant::now();
+        let signed = crate::sign::sign(self.vault.runtime(), plugin, &cred, prepared)?;
+        self.metrics.observe_plugin(&credential.scheme, started.elapsed());
+        Ok(signed)
+    }
+}
+
 /// Build the state (the upstream client) for `vault`.
 pub fn state(vault: Arc<Vault>, config: ServerConfig) -> Result<Arc<AppState>, String> {
     let client = net::client(Arc::new(config.address_policy.clone()), &config.tls)?;

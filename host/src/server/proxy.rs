@@ -28,7 +28,6 @@ use http_body_util::BodyExt as _;
 
 use super::auth::{self, TokenSource};
 use super::{ApiError, AppState};
-use crate::plugin::CallCredential;
 use crate::sign::{self, BodyDigest, SignInput};
 use crate::vault::UseEvent;
 use crate::vault::model::{Layer, Overrides};
@@ -208,15 +207,7 @@ async fn forward(app: &AppState, route_name: &str, req: Request, call: &mut Call
     call.layer = Some(resolution.resolved.layer);
     resolution.check_destination(&host)?;
     let plugin = app.vault.runtime().get(&credential.scheme)?;
-    let cred = Arc::new(CallCredential::new(
-        route.credential.clone(),
-        credential.version,
-        credential.config.clone(),
-        resolution.resolved.secrets.clone(),
-    ));
-    let plugin_started = Instant::now();
-    let signed = sign::sign(app.vault.runtime(), &plugin, &cred, &prepared)?;
-    app.metrics.observe_plugin(&credential.scheme, plugin_started.elapsed());
+    let signed = app.apply_credential(&route.credential, &credential, &plugin, &resolution, &prepared)?;
 
     if route.mock {
         return Ok(mock_answer(

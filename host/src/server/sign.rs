@@ -20,7 +20,6 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::{ApiError, AppState, auth};
-use crate::plugin::CallCredential;
 use crate::sign::{self, BodyDigest, SignInput};
 use crate::vault::UseEvent;
 use crate::vault::model::Overrides;
@@ -119,15 +118,7 @@ pub(super) async fn sign(
         let resolution = app.vault.resolve(&agent.org, &name, &Overrides::new()).await?;
         layer = Some(resolution.resolved.layer);
         resolution.check_destination(host.as_deref().unwrap_or_default())?;
-        let cred = Arc::new(CallCredential::new(
-            name.clone(),
-            credential.version,
-            credential.config.clone(),
-            resolution.resolved.secrets.clone(),
-        ));
-        let plugin_started = Instant::now();
-        let signed = sign::sign(app.vault.runtime(), &plugin, &cred, &prepared)?;
-        app.metrics.observe_plugin(&credential.scheme, plugin_started.elapsed());
+        let signed = app.apply_credential(&name, &credential, &plugin, &resolution, &prepared)?;
         // Key ids and session tokens travel in every signed request by
         // protocol and sign nothing without the key; any other secret value
         // in the output means the agent would get the key itself.

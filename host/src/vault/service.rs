@@ -192,6 +192,32 @@ pub struct CredentialInfo {
     pub secret_version: u64,
 }
 
+impl CredentialInfo {
+    /// The JSON form the CLI (`--json`) and the admin API print: every
+    /// field of the record, never a secret value.
+    pub fn to_json(&self) -> serde_json::Value {
+        use time::format_description::well_known::Rfc3339;
+        let c = &self.credential;
+        serde_json::json!({
+            "name": c.name.as_str(),
+            "org": c.org.as_str(),
+            "scheme": c.scheme,
+            "enabled": c.enabled,
+            "state": if c.enabled { "enabled" } else { "disabled" },
+            "config": c.config.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
+            "secret_fields": c.secret_fields,
+            "destinations": c.destinations.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "attachments": {"agents": c.attachments.agents, "routes": c.attachments.routes},
+            "created_at": c.created_at.format(&Rfc3339).ok(),
+            "updated_at": c.updated_at.format(&Rfc3339).ok(),
+            "last_used_at": self.last_used_at.and_then(|t| t.format(&Rfc3339).ok()),
+            "version": c.version,
+            "secret_version": self.secret_version,
+            "key_term": self.key_term,
+        })
+    }
+}
+
 impl From<&StoredCredential> for CredentialInfo {
     fn from(s: &StoredCredential) -> CredentialInfo {
         CredentialInfo {
