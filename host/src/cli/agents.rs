@@ -96,18 +96,24 @@ pub enum RouteCmd {
     },
 }
 
-/// `90s`, `15m`, `1h`, `2d`.
-pub fn parse_ttl(s: &str) -> Result<time::Duration, Failure> {
-    let bad = || Failure::new("invalid_argument", format!("--ttl `{s}`: give a duration like 90s, 15m, 1h or 2d"));
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let n: i64 = s[..split].parse().map_err(|_| bad())?;
+/// `90s`, `15m`, `1h`, `2d`, or `None`.
+pub fn parse_duration(s: &str) -> Option<time::Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let n: i64 = s[..split].parse().ok()?;
     match &s[split..] {
-        "s" => Ok(time::Duration::seconds(n)),
-        "m" => Ok(time::Duration::minutes(n)),
-        "h" => Ok(time::Duration::hours(n)),
-        "d" => Ok(time::Duration::days(n)),
-        _ => Err(bad()),
+        "s" => Some(time::Duration::seconds(n)),
+        "m" => Some(time::Duration::minutes(n)),
+        "h" => Some(time::Duration::hours(n)),
+        "d" => Some(time::Duration::days(n)),
+        _ => None,
     }
+}
+
+/// `--ttl`: a [`parse_duration`].
+pub fn parse_ttl(s: &str) -> Result<time::Duration, Failure> {
+    parse_duration(s).ok_or_else(|| {
+        Failure::new("invalid_argument", format!("--ttl `{s}`: give a duration like 90s, 15m, 1h or 2d"))
+    })
 }
 
 fn org_of(org: &Option<String>) -> Result<String, Failure> {
@@ -178,9 +184,6 @@ pub async fn route(vault: &Vault, cmd: RouteCmd) -> Result<(), Failure> {
                 check_path,
             };
             vault.put_route(&route, &cli_actor()).await?;
-            vault
-                .set_attachment(&org, &credential, latchkey::vault::AttachmentKind::Route, &name, true, &cli_actor())
-                .await?;
             println!(
                 "route `{name}` → {} with credential `{credential}`{}",
                 route.upstream,
@@ -202,21 +205,8 @@ pub async fn route(vault: &Vault, cmd: RouteCmd) -> Result<(), Failure> {
         }
         RouteCmd::Delete { name, org } => {
             let org = org_of(&org)?;
-            let routes = vault.list_routes(Some(&org)).await?;
             if !vault.delete_route(&org, &name, &cli_actor()).await? {
                 return Err(Failure::new("route_not_found", format!("no route named `{name}`")));
-            }
-            if let Some(r) = routes.iter().find(|r| r.name == name) {
-                let _ = vault
-                    .set_attachment(
-                        &org,
-                        &r.credential,
-                        latchkey::vault::AttachmentKind::Route,
-                        &name,
-                        false,
-                        &cli_actor(),
-                    )
-                    .await;
             }
             println!("deleted route `{name}`");
         }

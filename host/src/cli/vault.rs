@@ -630,21 +630,12 @@ fn parse_since(s: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Failure> 
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
         return Ok(t);
     }
-    let bad = || {
+    let d = crate::cli::agents::parse_duration(s).ok_or_else(|| {
         Failure::new(
             "invalid_argument",
             format!("--since `{s}`: give a duration like 90s, 15m, 2h or 7d, or an RFC 3339 time"),
         )
-    };
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
-    let n: i64 = num.parse().map_err(|_| bad())?;
-    let d = match unit {
-        "s" => time::Duration::seconds(n),
-        "m" => time::Duration::minutes(n),
-        "h" => time::Duration::hours(n),
-        "d" => time::Duration::days(n),
-        _ => return Err(bad()),
-    };
+    })?;
     Ok(now - d)
 }
 

@@ -301,19 +301,15 @@ async fn put_route(
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
     let b: RouteBody = parse(&body)?;
-    let org = q.org()?;
     let route = Route {
         name: b.name,
-        org: org.clone(),
+        org: q.org()?,
         upstream: b.upstream,
         credential: b.credential,
         mock: b.mock,
         check_path: b.check_path,
     };
     app.vault.put_route(&route, ACTOR).await?;
-    app.vault
-        .set_attachment(&org, &route.credential, crate::vault::AttachmentKind::Route, &route.name, true, ACTOR)
-        .await?;
     Ok((StatusCode::CREATED, Json(route_json(&route))).into_response())
 }
 
@@ -325,15 +321,9 @@ async fn delete_route(
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
     let org = q.org()?;
-    let existing = app.vault.list_routes(Some(&org)).await?.into_iter().find(|r| r.name == name);
-    let Some(route) = existing else {
+    if !app.vault.delete_route(&org, &name, ACTOR).await? {
         return Err(ApiError::new("route_not_found", format!("no route named `{name}`")));
-    };
-    app.vault.delete_route(&org, &name, ACTOR).await?;
-    let _ = app
-        .vault
-        .set_attachment(&org, &route.credential, crate::vault::AttachmentKind::Route, &name, false, ACTOR)
-        .await;
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

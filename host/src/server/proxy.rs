@@ -100,12 +100,11 @@ async fn handle(app: Arc<AppState>, route_name: String, req: Request) -> Respons
 }
 
 /// The raw (still percent-encoded) path after `/<prefix>/<route>`.
-fn rest_of_path<'a>(uri: &'a Uri, prefix: &str, route: &str) -> &'a str {
+fn rest_of_path<'a>(uri: &'a Uri, prefix: &str) -> &'a str {
     let path = uri.path();
     let head = format!("/{}/", prefix.trim_matches('/'));
     let after = path.strip_prefix(&head).unwrap_or(path);
     // Skip the route segment (as sent, possibly percent-encoded).
-    let _ = route;
     match after.find('/') {
         Some(i) => &after[i..],
         None => "",
@@ -131,7 +130,7 @@ async fn forward(app: &AppState, route_name: &str, req: Request, call: &mut Call
     auth::check_attached(&agent, &credential)?;
 
     // The upstream URL: the route's base, then the path exactly as sent.
-    let rest = rest_of_path(&parts.uri, &app.config.proxy_prefix, route_name);
+    let rest = rest_of_path(&parts.uri, &app.config.proxy_prefix);
     let mut url = format!("{}{}", route.upstream, if rest.is_empty() { "/" } else { rest });
     if let Some(q) = parts.uri.query() {
         url.push('?');

@@ -19,7 +19,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
 
 use super::model::{CredentialName, OrgId};
-use super::service::{Vault, VaultError};
+use super::service::{AttachmentKind, Vault, VaultError};
 use super::store::{BeginWrite as _, StoreError, from_micros, on_db, to_micros};
 use crate::secret::Secret;
 
@@ -465,7 +465,9 @@ impl Vault {
             .collect())
     }
 
-    /// Add or replace a route.
+    /// Add or replace a route, and keep the credentials' route attachments
+    /// in step: the route is attached to its credential (which must exist),
+    /// and detached from the one it used before, if that changed.
     pub async fn put_route(&self, route: &Route, actor: &str) -> Result<(), VaultError> {
         let org = OrgId::parse(&route.org)?.to_string();
         CredentialName::parse(&route.name).map_err(|e| VaultError::InvalidArgument(format!("route name: {e}")))?;
@@ -481,6 +483,8 @@ impl Vault {
             ));
         }
         let upstream = upstream.as_str().trim_end_matches('/').to_string();
+        self.get(&org, &route.credential).await?;
+        let previous = self.list_routes(Some(&org)).await?.into_iter().find(|r| r.name == route.name);
         let now = to_micros(OffsetDateTime::now_utc());
         on_db!(self.db(), pool => {
             sqlx::query(
@@ -500,6 +504,10 @@ impl Vault {
             .map_err(db_err)?;
         });
         self.note_change(&org, &format!("@route/{}", route.name)).await?;
+        if let Some(old) = previous.filter(|old| old.credential != route.credential) {
+            self.detach_route(&org, &old.credential, &route.name, actor).await;
+        }
+        self.set_attachment(&org, &route.credential, AttachmentKind::Route, &route.name, true, actor).await?;
         tracing::info!(target: "latchkey::audit", action = "route-put", org = %org, route = %route.name, credential = %route.credential, actor, "audit");
         Ok(())
     }
@@ -561,8 +569,9 @@ impl Vault {
         Ok(rows.into_iter().map(|(o, n, s, t)| ((o, n), (s, from_micros(t)))).collect())
     }
 
-    /// Remove a route; returns whether it existed.
+    /// Remove a route and its attachment to its credential; returns whether it existed.
     pub async fn delete_route(&self, org: &str, name: &str, actor: &str) -> Result<bool, VaultError> {
+        let previous = self.list_routes(Some(org)).await?.into_iter().find(|r| r.name == name);
         let n = on_db!(self.db(), pool => {
             sqlx::query("DELETE FROM routes WHERE org = $1 AND name = $2")
                 .bind(org)
@@ -575,7 +584,20 @@ impl Vault {
         if n > 0 {
             self.note_change(org, &format!("@route/{name}")).await?;
             tracing::info!(target: "latchkey::audit", action = "route-delete", org = %org, route = %name, actor, "audit");
+            if let Some(old) = previous {
+                self.detach_route(org, &old.credential, name, actor).await;
+            }
         }
         Ok(n > 0)
+    }
+
+    /// Detach route `name` from `credential`. A credential deleted in the
+    /// meantime has nothing to detach, so failures are logged, not returned.
+    async fn detach_route(&self, org: &str, credential: &str, name: &str, actor: &str) {
+        if let Err(e) = self.set_attachment(org, credential, AttachmentKind::Route, name, false, actor).await
+            && e.code() != "credential_not_found"
+        {
+            tracing::warn!(org = %org, credential = %credential, route = %name, code = e.code(), "could not detach a route");
+        }
     }
 }
