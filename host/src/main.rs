@@ -66,6 +66,9 @@ enum Command {
     /// Sidecar proxy routes.
     #[command(subcommand)]
     Route(cli::agents::RouteCmd),
+    /// JWT identity providers: issuers whose tokens identify agents.
+    #[command(subcommand, name = "idp", alias = "identity-provider")]
+    Idp(cli::agents::IdpCmd),
     /// Built-in and installed plugins.
     #[command(subcommand)]
     Plugin(PluginCmd),
@@ -228,6 +231,7 @@ fn with_vault(rt_args: &RuntimeArgs, vault_args: &cli::config::VaultArgs, comman
             Command::Token(cmd) => cli::agents::token(&vault, cmd).await,
             Command::Agent(cmd) => cli::agents::agent(&vault, cmd).await,
             Command::Route(cmd) => cli::agents::route(&vault, cmd).await,
+            Command::Idp(cmd) => cli::agents::idp(&vault, cmd).await,
             Command::Sign(args) => cmd_sign_vault(&vault, args).await,
             Command::Credential(cmd) => cli::vault::credential(&vault, cmd).await,
             Command::Vault(cmd) => cli::vault::vault_cmd(&vault, cmd).await,

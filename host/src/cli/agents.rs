@@ -34,6 +34,21 @@ pub enum AgentCmd {
         #[arg(long, env = "LATCHKEY_ORG")]
         org: Option<String>,
     },
+    /// Bind an agent (created if needed, without a token) to the subject of
+    /// JWTs from an identity provider: such a JWT then authenticates it.
+    BindJwt {
+        /// The agent name.
+        name: String,
+        /// The identity provider (latchkey idp add).
+        #[arg(long)]
+        idp: String,
+        /// The subject claim's value, e.g. `repo:acme/app:ref:refs/heads/main` or a service account id.
+        #[arg(long)]
+        subject: String,
+        /// The organisation [default: default].
+        #[arg(long, env = "LATCHKEY_ORG")]
+        org: Option<String>,
+    },
     /// List agents.
     List {
         /// Only this organisation.
@@ -51,6 +66,57 @@ pub enum AgentCmd {
     /// Enable a disabled agent.
     Enable {
         /// The agent name.
+        name: String,
+        /// The organisation [default: default].
+        #[arg(long, env = "LATCHKEY_ORG")]
+        org: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum IdpCmd {
+    /// Add or replace an identity provider: an issuer whose JWTs, verified
+    /// against its JWKS, identify agents.
+    Add {
+        /// The provider name.
+        name: String,
+        /// The exact `iss` its tokens carry, e.g. https://login.example.com/.
+        #[arg(long)]
+        issuer: String,
+        /// The one algorithm accepted: RS256, ES256 or EdDSA.
+        #[arg(long)]
+        alg: String,
+        /// An HTTPS URL of its JWKS (…/.well-known/jwks.json), fetched and refreshed by the broker.
+        #[arg(long, conflicts_with = "jwks_file", required_unless_present = "jwks_file")]
+        jwks_url: Option<String>,
+        /// A file holding its JWKS (public keys that rarely change).
+        #[arg(long)]
+        jwks_file: Option<std::path::PathBuf>,
+        /// Accepted audiences (repeatable or comma-separated); the token's `aud` must contain one.
+        #[arg(long, value_delimiter = ',')]
+        audience: Vec<String>,
+        /// Clock-skew allowance for exp, nbf and iat, in seconds (0 to 300).
+        #[arg(long, default_value_t = latchkey::vault::identity::DEFAULT_LEEWAY_SECONDS)]
+        leeway: i64,
+        /// How often a JWKS URL is refreshed: 90s, 5m, 1h [default: 5m].
+        #[arg(long)]
+        refresh: Option<String>,
+        /// The claim naming the agent.
+        #[arg(long, default_value = "sub")]
+        subject_claim: String,
+        /// The organisation [default: default].
+        #[arg(long, env = "LATCHKEY_ORG")]
+        org: Option<String>,
+    },
+    /// List identity providers.
+    List {
+        /// Only this organisation.
+        #[arg(long, env = "LATCHKEY_ORG")]
+        org: Option<String>,
+    },
+    /// Delete an identity provider (refused while agents are bound to it).
+    Delete {
+        /// The provider name.
         name: String,
         /// The organisation [default: default].
         #[arg(long, env = "LATCHKEY_ORG")]
@@ -150,11 +216,20 @@ pub async fn agent(vault: &Vault, cmd: AgentCmd) -> Result<(), Failure> {
                 issued.agent.name, issued.agent.org, issued.agent.name
             );
         }
+        AgentCmd::BindJwt { name, idp, subject, org } => {
+            let org = org_of(&org)?;
+            let created = vault.bind_agent_jwt(&org, &name, &idp, &subject, &cli_actor()).await?;
+            println!(
+                "agent `{name}`{} is identified by JWTs from `{idp}` with subject `{subject}`",
+                if created { " (created, no token)" } else { "" }
+            );
+        }
         AgentCmd::List { org } => {
             let org = org.as_deref().map(|o| parse_org(Some(o))).transpose()?;
             for a in vault.list_agents(org.as_ref().map(|o| o.as_str())).await? {
                 let state = if a.disabled { "disabled" } else { "enabled" };
-                println!("{}  {}  {state}  {}", a.org, a.name, a.created_at.format(&Rfc3339).unwrap_or_default());
+                let jwt = a.jwt.map(|(p, s)| format!("  jwt:{p}:{s}")).unwrap_or_default();
+                println!("{}  {}  {state}  {}{jwt}", a.org, a.name, a.created_at.format(&Rfc3339).unwrap_or_default());
             }
         }
         AgentCmd::Disable { name, org } => set_disabled(vault, &name, &org, true).await?,
@@ -209,6 +284,64 @@ pub async fn route(vault: &Vault, cmd: RouteCmd) -> Result<(), Failure> {
                 return Err(Failure::new("route_not_found", format!("no route named `{name}`")));
             }
             println!("deleted route `{name}`");
+        }
+    }
+    Ok(())
+}
+
+pub async fn idp(vault: &Vault, cmd: IdpCmd) -> Result<(), Failure> {
+    use latchkey::vault::identity::{DEFAULT_REFRESH_SECONDS, IdentityProvider, JwksSource};
+    match cmd {
+        IdpCmd::Add { name, issuer, alg, jwks_url, jwks_file, audience, leeway, refresh, subject_claim, org } => {
+            let jwks =
+                match (jwks_url, jwks_file) {
+                    (Some(url), _) => JwksSource::Url(url),
+                    (None, Some(file)) => JwksSource::Static(std::fs::read_to_string(&file).map_err(|e| {
+                        Failure::new("invalid_argument", format!("--jwks-file {}: {e}", file.display()))
+                    })?),
+                    (None, None) => return Err(Failure::new("invalid_argument", "give --jwks-url or --jwks-file")),
+                };
+            let refresh_seconds = match refresh {
+                None => DEFAULT_REFRESH_SECONDS,
+                Some(r) => parse_duration(&r)
+                    .map(|d| d.whole_seconds())
+                    .ok_or_else(|| Failure::new("invalid_argument", format!("--refresh `{r}`: give 90s, 5m or 1h")))?,
+            };
+            let p = IdentityProvider {
+                org: org_of(&org)?,
+                name: name.clone(),
+                issuer,
+                alg,
+                audience: audience.into_iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect(),
+                leeway_seconds: leeway,
+                jwks,
+                refresh_seconds,
+                subject_claim,
+            };
+            vault.put_identity_provider(&p, &cli_actor()).await?;
+            println!("identity provider `{name}` trusts issuer {} ({})", p.issuer, p.alg);
+            if p.audience.is_empty() {
+                eprintln!(
+                    "latchkey: no --audience: tokens that name any audience will be refused; set one if the issuer \
+                     puts `aud` in its tokens"
+                );
+            }
+        }
+        IdpCmd::List { org } => {
+            let org = org.as_deref().map(|o| parse_org(Some(o))).transpose()?;
+            for p in vault.list_identity_providers(org.as_ref().map(|o| o.as_str())).await? {
+                let keys = match &p.jwks {
+                    JwksSource::Url(u) => u.clone(),
+                    JwksSource::Static(_) => "static JWKS".to_string(),
+                };
+                println!("{}  {}  {}  {}  aud={}  {keys}", p.org, p.name, p.issuer, p.alg, p.audience.join(","));
+            }
+        }
+        IdpCmd::Delete { name, org } => {
+            if !vault.delete_identity_provider(&org_of(&org)?, &name, &cli_actor()).await? {
+                return Err(Failure::new("not_found", format!("no identity provider named `{name}`")));
+            }
+            println!("deleted identity provider `{name}`");
         }
     }
     Ok(())

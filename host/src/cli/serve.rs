@@ -28,6 +28,15 @@ pub struct ServeArgs {
     /// Largest body /v1/sign accepts, and the proxy buffers for schemes that sign the body, in bytes.
     #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
     pub max_body: usize,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Accept `Authorization: Basic` agent credentials on a plain-HTTP listener (they are readable on the wire).
+    #[arg(long)]
+    pub allow_basic_over_http: bool,
 }
 
 pub async fn serve(vault: Arc<Vault>, args: ServeArgs, listen: &str) -> Result<(), Failure> {
@@ -42,6 +51,7 @@ pub async fn serve(vault: Arc<Vault>, args: ServeArgs, listen: &str) -> Result<(
         max_body: args.max_body,
         address_policy: net::AddressPolicy { allow },
         tls: net::TlsOptions { extra_ca_files: args.ca_files.clone(), no_system_roots: false },
+        allow_basic_over_http: args.allow_basic_over_http,
         ..ServerConfig::default()
     };
     let config = match std::env::var("LATCHKEY_ADMIN_TOKEN") {
@@ -50,6 +60,12 @@ pub async fn serve(vault: Arc<Vault>, args: ServeArgs, listen: &str) -> Result<(
             return Err(Failure::new("invalid_config", "LATCHKEY_ADMIN_TOKEN must be at least 16 characters"));
         }
         Err(_) => config,
+    };
+    let acceptor = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(server::tls_acceptor(cert, key).map_err(|e| Failure::new("invalid_config", e))?)
+        }
+        _ => None,
     };
     let state = server::state(vault.clone(), config).map_err(|e| Failure::new("invalid_config", e))?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -65,13 +81,18 @@ pub async fn serve(vault: Arc<Vault>, args: ServeArgs, listen: &str) -> Result<(
         KeyOrigin::Configured => {}
     }
     eprintln!(
-        "latchkey: serving on http://{local} (vault: {} at {}; proxy at /{}/<route>/…)",
+        "latchkey: serving on {}://{local} (vault: {} at {}; proxy at /{}/<route>/…)",
+        if acceptor.is_some() { "https" } else { "http" },
         vault.location().backend(),
         vault.location().display(),
         args.proxy_prefix.trim_matches('/')
     );
     tracing::info!(%local, backend = vault.location().backend(), "latchkey serving");
-    server::serve(listener, state, shutdown_signal()).await.map_err(|e| Failure::new("serve_failed", e.to_string()))?;
+    let served = match acceptor {
+        Some(acceptor) => server::serve_tls(listener, acceptor, state, shutdown_signal()).await,
+        None => server::serve(listener, state, shutdown_signal()).await,
+    };
+    served.map_err(|e| Failure::new("serve_failed", e.to_string()))?;
     eprintln!("latchkey: shut down after finishing in-flight calls");
     Ok(())
 }

@@ -126,6 +126,8 @@ pub struct Plugin {
     pub reads_secrets: bool,
     name: Arc<str>,
     pre: SchemePluginPre<State>,
+    /// Set when the component targets the `verifier-plugin` world.
+    verifier: Option<bindings::verifier::VerifierPluginPre<State>>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -423,6 +425,9 @@ impl Runtime {
             return Err(err(format!("imports `{bad}`, which plugins are never granted")));
         }
         let pre = self.linker.instantiate_pre(&component).map_err(|e| err(format!("cannot link: {e:#}")))?;
+        // A component that also exports `verifier` can verify agent tokens;
+        // one that does not is still a scheme plugin.
+        let verifier = bindings::verifier::VerifierPluginPre::new(pre.clone()).ok();
         let pre = SchemePluginPre::new(pre)
             .map_err(|e| err(format!("does not export the latchkey:plugin scheme-plugin world: {e:#}")))?;
 
@@ -443,6 +448,7 @@ impl Runtime {
             imports,
             name: Arc::from(label.as_str()),
             pre,
+            verifier,
         };
         let nobody = Arc::new(CallCredential::new("", 0, vec![], Default::default()));
         let info = self.call(&plugin, &nobody, Datetime { seconds: 0, nanoseconds: 0 }, |p, store, _| {
@@ -562,6 +568,47 @@ impl Runtime {
         answer
             .map(|t| sanitize_explain(&t))
             .map_err(|e| PluginError::Scheme { plugin: plugin.info.name.clone(), error: e.into() })
+    }
+
+    /// Verify an incoming token with a scheme's `verifier` export (the `jwt`
+    /// scheme): `config` is the issuer's policy, `jwks` the key set the host
+    /// fetched. Returns the claims as JSON text. Runs in a fresh instance
+    /// with no credential bound, so it can sign nothing and read no secret.
+    pub fn verify(
+        &self,
+        plugin: &Plugin,
+        config: &[(String, String)],
+        now: Datetime,
+        jwks: &str,
+        token: &str,
+    ) -> Result<String, PluginError> {
+        let Some(pre) = &plugin.verifier else {
+            return Err(PluginError::Failed {
+                plugin: plugin.info.name.clone(),
+                reason: "the scheme does not export the verifier interface".into(),
+            });
+        };
+        let nobody = Arc::new(CallCredential::new("", 0, vec![], Default::default()));
+        let mut store = self.store(plugin, &nobody, now);
+        let fail = |store: &Store<State>, e: wasmtime::Error| PluginError::Failed {
+            plugin: plugin.name.to_string(),
+            reason: self.describe_failure(store.data(), &e),
+        };
+        let instance = match pre.instantiate(&mut store) {
+            Ok(i) => i,
+            Err(e) => return Err(fail(&store, e)),
+        };
+        let ctx = CallContext { now, config: config.to_vec() };
+        let answer = match instance.latchkey_plugin_verifier().call_verify(&mut store, &ctx, jwks, token) {
+            Ok(a) => a,
+            Err(e) => return Err(fail(&store, e)),
+        };
+        answer.map_err(|e| PluginError::Scheme { plugin: plugin.info.name.clone(), error: e.into() })
+    }
+
+    /// Whether a plugin exports the `verifier` interface.
+    pub fn can_verify(plugin: &Plugin) -> bool {
+        plugin.verifier.is_some()
     }
 
     /// A store for one call: its own limits, tables and deadline.

@@ -21,6 +21,7 @@ use time::format_description::well_known::Rfc3339;
 use super::{ApiError, AppState};
 use crate::secret::Secret;
 use crate::vault::agents::Route;
+use crate::vault::identity::{IdentityProvider, JwksSource};
 use crate::vault::model::{RawCredential, RawUpdate};
 use crate::vault::{AuditAction, AuditFilter, CredentialInfo};
 
@@ -36,6 +37,9 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/routes", get(list_routes).post(put_route))
         .route("/routes/{name}", axum::routing::delete(delete_route))
         .route("/agents", get(list_agents).post(create_agent))
+        .route("/agents/{name}/jwt", axum::routing::put(bind_agent_jwt))
+        .route("/identity-providers", get(list_idps).post(put_idp))
+        .route("/identity-providers/{name}", axum::routing::delete(delete_idp))
         .route("/tokens", post(create_token))
         .route("/plugins", get(plugins))
         .route("/audit", get(audit))
@@ -339,7 +343,8 @@ async fn list_agents(
             .iter()
             .map(|a| {
                 serde_json::json!({"name": a.name, "org": a.org, "disabled": a.disabled,
-                "created_at": a.created_at.format(&Rfc3339).ok()})
+                "created_at": a.created_at.format(&Rfc3339).ok(),
+                "jwt": a.jwt.as_ref().map(|(idp, subject)| serde_json::json!({"idp": idp, "subject": subject}))})
             })
             .collect::<Vec<_>>(),
     )
@@ -372,6 +377,105 @@ async fn create_agent(
         Json(serde_json::json!({"name": issued.agent.name, "org": issued.agent.org, "token": issued.token.expose()})),
     )
         .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindJwtBody {
+    idp: String,
+    subject: String,
+}
+
+async fn bind_agent_jwt(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<OrgQuery>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    let b: BindJwtBody = parse(&body)?;
+    let org = q.org()?;
+    let created = app.vault.bind_agent_jwt(&org, &name, &b.idp, &b.subject, ACTOR).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(serde_json::json!({"name": name, "org": org, "jwt": {"idp": b.idp, "subject": b.subject}})))
+        .into_response())
+}
+
+fn idp_json(p: &IdentityProvider) -> serde_json::Value {
+    let (url, jwks) = match &p.jwks {
+        JwksSource::Url(u) => (Some(u.clone()), None),
+        JwksSource::Static(d) => (None, serde_json::from_str::<serde_json::Value>(d).ok()),
+    };
+    serde_json::json!({"name": p.name, "org": p.org, "issuer": p.issuer, "alg": p.alg, "audience": p.audience,
+        "leeway_seconds": p.leeway_seconds, "jwks_url": url, "jwks": jwks, "refresh_seconds": p.refresh_seconds,
+        "subject_claim": p.subject_claim})
+}
+
+async fn list_idps(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<OrgQuery>,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    let all = app.vault.list_identity_providers(Some(&q.org()?)).await?;
+    Ok(Json(all.iter().map(idp_json).collect::<Vec<_>>()).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdpBody {
+    name: String,
+    issuer: String,
+    alg: String,
+    #[serde(default)]
+    audience: Vec<String>,
+    jwks_url: Option<String>,
+    jwks: Option<serde_json::Value>,
+    leeway_seconds: Option<i64>,
+    refresh_seconds: Option<i64>,
+    subject_claim: Option<String>,
+}
+
+async fn put_idp(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<OrgQuery>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    let b: IdpBody = parse(&body)?;
+    let jwks = match (b.jwks_url, b.jwks) {
+        (Some(url), None) => JwksSource::Url(url),
+        (None, Some(doc)) => JwksSource::Static(doc.to_string()),
+        _ => return Err(ApiError::new("invalid_request", "give exactly one of `jwks_url` and `jwks`")),
+    };
+    let p = IdentityProvider {
+        org: q.org()?,
+        name: b.name,
+        issuer: b.issuer,
+        alg: b.alg,
+        audience: b.audience,
+        leeway_seconds: b.leeway_seconds.unwrap_or(crate::vault::identity::DEFAULT_LEEWAY_SECONDS),
+        jwks,
+        refresh_seconds: b.refresh_seconds.unwrap_or(crate::vault::identity::DEFAULT_REFRESH_SECONDS),
+        subject_claim: b.subject_claim.unwrap_or_else(|| "sub".into()),
+    };
+    app.vault.put_identity_provider(&p, ACTOR).await?;
+    Ok((StatusCode::CREATED, Json(idp_json(&p))).into_response())
+}
+
+async fn delete_idp(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<OrgQuery>,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    if !app.vault.delete_identity_provider(&q.org()?, &name, ACTOR).await? {
+        return Err(ApiError::new("not_found", format!("no identity provider named `{name}`")));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]
@@ -448,7 +552,7 @@ pub(super) async fn openapi() -> Json<serde_json::Value> {
         "parameters": [{"$ref": "#/components/parameters/org"}], "responses": {"200": {"description": "OK"}, "default": err}})
     };
     let agent = |summary: &str| {
-        serde_json::json!({"summary": summary, "security": [{"agent": []}],
+        serde_json::json!({"summary": summary, "security": [{"agent": []}, {"agentBasic": []}],
         "responses": {"200": {"description": "OK"}, "default": err}})
     };
     Json(serde_json::json!({
@@ -473,13 +577,18 @@ pub(super) async fn openapi() -> Json<serde_json::Value> {
             "/v1/admin/routes": {"get": admin("List routes"), "post": admin("Add or replace a route")},
             "/v1/admin/routes/{name}": {"delete": admin("Delete a route")},
             "/v1/admin/agents": {"get": admin("List agents"), "post": admin("Create an agent; its token is returned once")},
+            "/v1/admin/agents/{name}/jwt": {"put": admin("Bind an agent (created if needed) to a JWT subject of an identity provider")},
+            "/v1/admin/identity-providers": {"get": admin("List JWT identity providers"),
+                "post": admin("Add or replace an identity provider (issuer, pinned alg, audiences, jwks_url or jwks)")},
+            "/v1/admin/identity-providers/{name}": {"delete": admin("Delete an identity provider (refused while agents are bound)")},
             "/v1/admin/tokens": {"post": admin("Create a registration token (lk_reg_…)")},
             "/v1/admin/plugins": {"get": admin("List schemes")},
             "/v1/admin/audit": {"get": admin("The audit trail")},
         },
         "components": {
             "securitySchemes": {
-                "agent": {"type": "http", "scheme": "bearer", "description": "An agent token (lk_agt_…); X-Api-Key also accepted"},
+                "agent": {"type": "http", "scheme": "bearer", "description": "An agent token (lk_agt_…; X-Api-Key also accepted), or a JWT from a trusted identity provider (see /v1/admin/identity-providers)"},
+                "agentBasic": {"type": "http", "scheme": "basic", "description": "agent-name:agent-token; only over TLS unless --allow-basic-over-http"},
                 "admin": {"type": "http", "scheme": "bearer", "description": "LATCHKEY_ADMIN_TOKEN"},
             },
             "parameters": {"org": {"name": "org", "in": "query", "required": false, "schema": {"type": "string", "default": "default"}}},

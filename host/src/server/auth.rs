@@ -11,14 +11,27 @@
 //!   its access key id authenticates (the signature itself is discarded: the
 //!   broker re-signs with the real credential).
 //!
+//! Two more kinds of identity share the `Authorization` header:
+//!
+//! - `Authorization: Bearer <JWT>` from an identity provider the operator
+//!   trusts (`latchkey idp add`), verified by the `jwt` plugin against the
+//!   provider's JWKS ([`super::identity`]) and mapped to the agent bound to
+//!   its subject (`latchkey agent bind-jwt`);
+//! - `Authorization: Basic base64(agent-name:agent-token)`, for clients that
+//!   can only do Basic. Basic puts the token on the wire in a reversible
+//!   form, so it is refused on a plain-HTTP listener unless the operator
+//!   allows it (`--allow-basic-over-http`).
+//!
 //! Prefix confusion is refused with a message that says what was wrong
 //! (`X-Api-Key: Bearer …`, `Authorization: <token>` without `Bearer`), and a
 //! whitespace-damaged or truncated token is reported as such. Logs show a
 //! redacted prefix only.
 
+use std::sync::Arc;
+
 use axum::http::HeaderMap;
 
-use super::ApiError;
+use super::{ApiError, AppState};
 use crate::vault::Vault;
 use crate::vault::agents::{AGENT_TOKEN_PREFIX, Agent, check_token_shape, redact_token};
 
@@ -36,7 +49,15 @@ pub enum TokenSource {
     ApiKeyHeader,
     /// A SigV4 `Authorization` header's access key id.
     SigV4,
+    /// `Authorization: Bearer <JWT>`.
+    Jwt,
+    /// `Authorization: Basic`.
+    Basic,
 }
+
+/// Marks a request that arrived on a TLS listener (set by the server).
+#[derive(Debug, Clone, Copy)]
+pub struct ArrivedOverTls;
 
 fn unauthorized(message: impl Into<String>) -> ApiError {
     ApiError::new("invalid_agent_token", message)
@@ -63,6 +84,9 @@ pub fn presented_token(headers: &HeaderMap) -> Result<(String, TokenSource), Api
             return Ok((id.to_string(), TokenSource::SigV4));
         }
         let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return Ok((token.to_string(), TokenSource::Basic));
+        }
         if !scheme.eq_ignore_ascii_case("bearer") {
             if v.starts_with(AGENT_TOKEN_PREFIX) {
                 return Err(unauthorized("Authorization needs `Bearer ` before the agent token"));
@@ -72,6 +96,9 @@ pub fn presented_token(headers: &HeaderMap) -> Result<(String, TokenSource), Api
                 crate::plugin::sanitize_for_log(scheme, 20)
             )));
         }
+        if super::identity::looks_like_jwt(token) {
+            return Ok((token.to_string(), TokenSource::Jwt));
+        }
         return Ok((token.to_string(), TokenSource::Bearer));
     }
     Err(unauthorized(
@@ -79,17 +106,67 @@ pub fn presented_token(headers: &HeaderMap) -> Result<(String, TokenSource), Api
     ))
 }
 
-/// Authenticate the calling agent.
-pub async fn agent(vault: &Vault, headers: &HeaderMap) -> Result<(Agent, TokenSource), ApiError> {
-    let (token, source) = presented_token(headers)?;
+/// Authenticate the calling agent. `tls` says whether the request came in
+/// on a TLS listener.
+pub async fn agent(app: &Arc<AppState>, headers: &HeaderMap, tls: bool) -> Result<(Agent, TokenSource), ApiError> {
+    let result = authenticate(app, headers, tls).await;
+    if let Err(e) = &result {
+        let kind = match presented_token(headers) {
+            Ok((_, TokenSource::Jwt)) => "jwt",
+            Ok((_, TokenSource::Basic)) => "basic",
+            _ => "token",
+        };
+        app.metrics.auth_refused(kind, e.code);
+    }
+    result
+}
+
+async fn authenticate(app: &Arc<AppState>, headers: &HeaderMap, tls: bool) -> Result<(Agent, TokenSource), ApiError> {
+    let (presented, source) = presented_token(headers)?;
+    let (token, basic_user) = match source {
+        TokenSource::Jwt => return Ok((super::identity::authenticate(app, &presented).await?, source)),
+        TokenSource::Basic => {
+            if !tls && !app.config.allow_basic_over_http {
+                return Err(ApiError::new(
+                    "insecure_transport",
+                    "Basic credentials are refused over plain HTTP, where anyone on the path can read them; \
+                     connect over TLS (latchkey serve --tls-cert/--tls-key), use `Authorization: Bearer`, or start \
+                     the broker with --allow-basic-over-http",
+                ));
+            }
+            let (user, token) = basic_credentials(&presented)?;
+            (token, Some(user))
+        }
+        _ => (presented, None),
+    };
+    let vault: &Vault = &app.vault;
     check_token_shape(&token, AGENT_TOKEN_PREFIX, "agent token").map_err(unauthorized)?;
     match vault.authenticate_agent(&token).await? {
+        // With Basic, the user name must be the agent's: a token alone
+        // authenticates, but a mismatched name is a configuration mistake
+        // worth reporting rather than ignoring.
+        Some(agent) if basic_user.as_ref().is_some_and(|u| *u != agent.name) => {
+            Err(unauthorized("the Basic user name is not the name of the agent this token belongs to"))
+        }
         Some(agent) => Ok((agent, source)),
         None => {
             tracing::warn!(token = %redact_token(&token), "unknown or disabled agent token");
             Err(unauthorized(format!("agent token {} is not known or its agent is disabled", redact_token(&token))))
         }
     }
+}
+
+/// Decode `base64(user:password)`.
+fn basic_credentials(value: &str) -> Result<(String, String), ApiError> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .map_err(|_| unauthorized("the Basic credentials are not base64"))?;
+    let text = String::from_utf8(bytes).map_err(|_| unauthorized("the Basic credentials are not UTF-8"))?;
+    let (user, password) = text
+        .split_once(':')
+        .ok_or_else(|| unauthorized("Basic credentials are `agent-name:agent-token`; the `:` is missing"))?;
+    Ok((user.to_string(), password.to_string()))
 }
 
 /// Refuse unless `agent` is attached to the credential.

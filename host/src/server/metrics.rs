@@ -43,6 +43,16 @@ pub struct Metrics {
     plugin_seconds: Family<SchemeLabels, Histogram, fn() -> Histogram>,
     /// Agents registered.
     pub registrations: Counter,
+    /// JWKS documents fetched for identity providers.
+    pub jwks_fetches: Counter,
+    /// Agent authentications refused, by kind (token, jwt, basic).
+    auth_refusals: Family<AuthLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    kind: String,
+    code: String,
 }
 
 impl Default for Metrics {
@@ -53,6 +63,8 @@ impl Default for Metrics {
         let plugin_seconds =
             Family::<SchemeLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let registrations = Counter::default();
+        let jwks_fetches = Counter::default();
+        let auth_refusals = Family::<AuthLabels, Counter>::default();
         registry.register("calls", "Calls by surface (sign, proxy), scheme, route and outcome", calls.clone());
         registry.register(
             "call_seconds",
@@ -61,7 +73,13 @@ impl Default for Metrics {
         );
         registry.register("plugin_seconds", "Time spent in the scheme plugin per call", plugin_seconds.clone());
         registry.register("agent_registrations", "Registration tokens redeemed", registrations.clone());
-        Metrics { registry, calls, call_seconds, plugin_seconds, registrations }
+        registry.register("jwks_fetches", "JWKS documents fetched for identity providers", jwks_fetches.clone());
+        registry.register(
+            "agent_auth_refusals",
+            "Agent authentications refused, by kind (token, jwt, basic) and error code",
+            auth_refusals.clone(),
+        );
+        Metrics { registry, calls, call_seconds, plugin_seconds, registrations, jwks_fetches, auth_refusals }
     }
 }
 
@@ -79,7 +97,13 @@ impl Metrics {
         self.plugin_seconds.get_or_create(&SchemeLabels { scheme: scheme.into() }).observe(took.as_secs_f64());
     }
 
-    fn text(&self) -> String {
+    /// Count one refused agent authentication.
+    pub fn auth_refused(&self, kind: &str, code: &str) {
+        self.auth_refusals.get_or_create(&AuthLabels { kind: kind.into(), code: code.into() }).inc();
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn text(&self) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out

@@ -8,6 +8,7 @@
 mod admin;
 pub mod auth;
 pub mod check;
+pub mod identity;
 pub mod metrics;
 pub mod net;
 mod proxy;
@@ -42,6 +43,9 @@ pub struct ServerConfig {
     pub upstream_timeout: Duration,
     /// SHA-256 of the admin token (`LATCHKEY_ADMIN_TOKEN`); `None` disables the admin API.
     pub admin_token_sha256: Option<Vec<u8>>,
+    /// Accept `Authorization: Basic` agent credentials over plain HTTP.
+    /// Off by default: Basic is accepted only on a TLS listener.
+    pub allow_basic_over_http: bool,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +57,7 @@ impl Default for ServerConfig {
             tls: net::TlsOptions::default(),
             upstream_timeout: Duration::from_secs(300),
             admin_token_sha256: None,
+            allow_basic_over_http: false,
         }
     }
 }
@@ -67,6 +72,8 @@ pub struct AppState {
     pub client: net::UpstreamClient,
     /// Prometheus metrics.
     pub metrics: metrics::Metrics,
+    /// Identity providers' key sets.
+    pub jwks: identity::JwksStore,
 }
 
 /// An API error: a status, a stable code and a message.
@@ -167,7 +174,13 @@ impl AppState {
 /// Build the state (the upstream client) for `vault`.
 pub fn state(vault: Arc<Vault>, config: ServerConfig) -> Result<Arc<AppState>, String> {
     let client = net::client(Arc::new(config.address_policy.clone()), &config.tls)?;
-    Ok(Arc::new(AppState { vault, config, client, metrics: metrics::Metrics::default() }))
+    Ok(Arc::new(AppState {
+        vault,
+        config,
+        client,
+        metrics: metrics::Metrics::default(),
+        jwks: identity::JwksStore::default(),
+    }))
 }
 
 /// The router of every surface.
@@ -259,6 +272,81 @@ async fn register(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> 
         })),
     )
         .into_response())
+}
+
+/// The broker's own TLS: a certificate chain and key from PEM files.
+pub fn tls_acceptor(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| format!("--tls-cert {}: {e}", cert_file.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("--tls-cert {}: {e}", cert_file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("--tls-cert {} holds no certificate", cert_file.display()));
+    }
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("--tls-key {}: {e}", key_file.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serve over TLS on `listener` until `shutdown` resolves, then stop
+/// accepting and wait for in-flight calls (as [`serve`] does). Requests are
+/// marked [`auth::ArrivedOverTls`], which Basic agent credentials need.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // axum::serve speaks plain TCP only; this is its accept loop with a TLS
+    // handshake in front, on hyper-util's connection builder and graceful
+    // shutdown watcher.
+    let app = router(state).layer(axum::Extension(auth::ArrivedOverTls));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, app, builder) = (acceptor.clone(), app.clone(), builder.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service);
+            let _ = watcher.watch(conn.into_owned()).await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Serve `router` on `listener` until `shutdown` resolves, finishing

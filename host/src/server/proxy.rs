@@ -111,9 +111,10 @@ fn rest_of_path<'a>(uri: &'a Uri, prefix: &str) -> &'a str {
     }
 }
 
-async fn forward(app: &AppState, route_name: &str, req: Request, call: &mut Call) -> Result<Response, ApiError> {
+async fn forward(app: &Arc<AppState>, route_name: &str, req: Request, call: &mut Call) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let (agent, source) = auth::agent(&app.vault, &parts.headers).await?;
+    let tls = parts.extensions.get::<auth::ArrivedOverTls>().is_some();
+    let (agent, source) = auth::agent(app, &parts.headers, tls).await?;
     call.org = agent.org.clone();
     call.agent = Some(agent.name.clone());
     let route = app.vault.route(&agent.org, route_name).await?.ok_or_else(|| {

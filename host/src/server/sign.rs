@@ -45,11 +45,12 @@ struct RequestBody {
 
 pub(super) async fn sign(
     State(app): State<Arc<AppState>>,
+    tls: Option<axum::Extension<auth::ArrivedOverTls>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let (agent, _) = auth::agent(&app.vault, &headers).await?;
+    let (agent, _) = auth::agent(&app, &headers, tls.is_some()).await?;
     let body: SignBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new("invalid_request", format!("the body is not a sign request: {e}")))?;
     let name = body.credential;

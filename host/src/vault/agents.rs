@@ -46,6 +46,8 @@ pub struct Agent {
     pub created_at: OffsetDateTime,
     /// Disabled agents are refused.
     pub disabled: bool,
+    /// The JWT identity it is bound to: (identity provider, subject).
+    pub jwt: Option<(String, String)>,
 }
 
 /// A new agent and its token, shown once.
@@ -109,7 +111,7 @@ pub fn token_hash(token: &str) -> Vec<u8> {
     digest::digest(&digest::SHA256, token.as_bytes()).as_ref().to_vec()
 }
 
-fn random_id() -> Result<String, VaultError> {
+pub(crate) fn random_id() -> Result<String, VaultError> {
     let mut id = [0u8; 16];
     SystemRandom::new()
         .fill(&mut id)
@@ -312,7 +314,7 @@ impl Vault {
         match outcome {
             Outcome::Redeemed => {
                 tracing::info!(target: "latchkey::audit", action = "register", org = %org, agent = %name, token = %prefix, outcome = "ok", "audit");
-                let agent = Agent { id, org, name, created_at: now, disabled: false };
+                let agent = Agent { id, org, name, created_at: now, disabled: false, jwt: None };
                 Ok(IssuedAgent { agent, token: agent_token })
             }
             Outcome::NameTaken => {
@@ -369,7 +371,7 @@ impl Vault {
             Err(e) => return Err(db_err(e)),
         }
         tracing::info!(target: "latchkey::audit", action = "agent-create", org = %org, agent = %name, actor, "audit");
-        Ok(IssuedAgent { agent: Agent { id, org, name, created_at: now, disabled: false }, token })
+        Ok(IssuedAgent { agent: Agent { id, org, name, created_at: now, disabled: false, jwt: None }, token })
     }
 
     /// The agent holding `token`, if any and enabled.
@@ -389,6 +391,7 @@ impl Vault {
             name,
             created_at: from_micros(created),
             disabled,
+            jwt: None,
         }))
     }
 
@@ -444,9 +447,11 @@ impl Vault {
 
     /// Every agent, or those of one organisation.
     pub async fn list_agents(&self, org: Option<&str>) -> Result<Vec<Agent>, VaultError> {
-        let rows: Vec<(String, String, String, i64, bool)> = on_db!(self.db(), pool => {
+        type Row = (String, String, String, i64, bool, Option<String>, Option<String>);
+        let rows: Vec<Row> = on_db!(self.db(), pool => {
             sqlx::query_as(
-                "SELECT id, org, name, created_at, disabled FROM agents WHERE ($1 IS NULL OR org = $1) ORDER BY org, name",
+                "SELECT id, org, name, created_at, disabled, jwt_provider, jwt_subject FROM agents \
+                 WHERE ($1 IS NULL OR org = $1) ORDER BY org, name",
             )
             .bind(org)
             .fetch_all(pool)
@@ -455,12 +460,13 @@ impl Vault {
         });
         Ok(rows
             .into_iter()
-            .map(|(id, org, name, created, disabled)| Agent {
+            .map(|(id, org, name, created, disabled, provider, subject)| Agent {
                 id,
                 org,
                 name,
                 created_at: from_micros(created),
                 disabled,
+                jwt: provider.zip(subject),
             })
             .collect())
     }

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod audit;
 mod cache;
 pub mod crypto;
+pub mod identity;
 pub mod model;
 mod service;
 pub mod store;

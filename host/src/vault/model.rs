@@ -275,6 +275,8 @@ pub fn http_status_for(code: &str) -> u16 {
         | "credential_not_attached"
         | "org_mismatch"
         | "secret_in_output"
+        | "unknown_agent"
+        | "insecure_transport"
         | "upstream_address_refused" => 403,
         "route_not_found" | "not_found" => 404,
         "agent_exists" => 409,
@@ -292,6 +294,7 @@ pub fn http_status_for(code: &str) -> u16 {
         | "vault_bad_blob"
         | "vault_unsupported_version"
         | "vault_crypto_failed" => 500,
+        "jwks_unavailable" => 503,
         "vault_unavailable" | "master_key_missing" | "master_key_wrong" | "master_key_invalid" | "master_key_file"
         | "keyring_invalid" | "vault_unknown_term" => 503,
         _ => 400,

@@ -332,6 +332,8 @@ pub struct Vault {
     /// change anywhere (see [`Cache`]'s generation).
     pub(crate) agent_cache: super::cache::GenCache<Vec<u8>, Option<super::agents::Agent>>,
     pub(crate) route_cache: super::cache::GenCache<(String, String), Option<super::agents::Route>>,
+    pub(crate) idp_cache: super::cache::GenCache<(), Arc<Vec<super::identity::IdentityProvider>>>,
+    pub(crate) jwt_agent_cache: super::cache::GenCache<(String, String, String), Option<super::agents::Agent>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -421,6 +423,8 @@ impl Vault {
             writes: tokio::sync::Mutex::new(()),
             agent_cache: Default::default(),
             route_cache: Default::default(),
+            idp_cache: Default::default(),
+            jwt_agent_cache: Default::default(),
         };
         if options.watch {
             vault.prune_changes().await?;

@@ -5,6 +5,7 @@ mod cli;
 #[macro_use]
 mod db;
 mod hostile;
+mod identity;
 mod schemes;
 mod server;
 mod support;

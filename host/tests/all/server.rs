@@ -23,21 +23,23 @@ use tokio::net::TcpListener;
 
 use crate::db::{Backend, TestDb};
 
-const OPENAI_KEY: &str = "sk-test-openai-4f9c2a7e1b";
+pub(crate) const OPENAI_KEY: &str = "sk-test-openai-4f9c2a7e1b";
 const ANTHROPIC_KEY: &str = "sk-ant-test-9d8e7f6a5b";
 const ADMIN_TOKEN: &str = "admin-test-token-5f1e2d3c";
 const AWS_ID: &str = "AKIDTESTLATCHKEY";
 const AWS_SECRET: &str = "test/aws+secret/key/not-real-0123456789";
 
 /// A CA, and a certificate for `localhost` and 127.0.0.1 signed by it.
-struct Pki {
-    ca_file: PathBuf,
+pub(crate) struct Pki {
+    pub(crate) ca_file: PathBuf,
     cert: rustls_pki_types::CertificateDer<'static>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
     _dir: tempfile::TempDir,
 }
 
-fn pki() -> Pki {
+pub(crate) fn pki() -> Pki {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -54,12 +56,14 @@ fn pki() -> Pki {
         ca_file,
         cert: leaf.der().clone(),
         key: rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        cert_pem: leaf.pem(),
+        key_pem: leaf_key.serialize_pem(),
         _dir: dir,
     }
 }
 
 /// Serve `router` over TLS on 127.0.0.1; returns the port.
-async fn serve_tls(router: Router, pki: &Pki) -> u16 {
+pub(crate) async fn serve_tls(router: Router, pki: &Pki) -> u16 {
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -252,6 +256,10 @@ fn upstream(port_cell: Arc<std::sync::OnceLock<u16>>) -> Router {
                     }
                     axum::Json(serde_json::json!({"object": "list", "data": []})).into_response()
                 }
+                "/slow" => {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    axum::Json(serde_json::json!({"slow": true})).into_response()
+                }
                 "/quota" => json_error(StatusCode::TOO_MANY_REQUESTS, "You exceeded your current quota"),
                 "/redirect" => Response::builder()
                     .status(StatusCode::FOUND)
@@ -281,19 +289,19 @@ fn upstream(port_cell: Arc<std::sync::OnceLock<u16>>) -> Router {
     })
 }
 
-struct World {
+pub(crate) struct World {
     db: TestDb,
-    vault: Arc<Vault>,
-    base: String,
+    pub(crate) vault: Arc<Vault>,
+    pub(crate) base: String,
     upstream: String,
-    _pki: Pki,
+    pub(crate) pki: Pki,
     stop: tokio::sync::oneshot::Sender<()>,
-    state: Arc<server::AppState>,
+    pub(crate) state: Arc<server::AppState>,
 }
 
 /// A vault with the three provider credentials and routes, an agent
 /// attached to them, the upstream, and the broker.
-async fn world(backend: Backend) -> Option<(World, String)> {
+pub(crate) async fn world(backend: Backend) -> Option<(World, String)> {
     let db = TestDb::new(backend).await?;
     let pki = pki();
     let cell = Arc::new(std::sync::OnceLock::new());
@@ -354,12 +362,12 @@ async fn world(backend: Backend) -> Option<(World, String)> {
     tokio::spawn(server::serve(listener, state.clone(), async move {
         let _ = stopped.await;
     }));
-    let world = World { db, vault, base: format!("http://{addr}"), upstream: upstream_url, _pki: pki, stop, state };
+    let world = World { db, vault, base: format!("http://{addr}"), upstream: upstream_url, pki, stop, state };
     Some((world, agent.token.expose().to_string()))
 }
 
 impl World {
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.stop.send(());
         self.vault.close().await;
         self.db.cleanup().await;
@@ -440,7 +448,7 @@ async fn official_sdks_through_the_proxy() {
     w.close().await;
 }
 
-async fn http(
+pub(crate) async fn http(
     method: &str,
     url: &str,
     headers: &[(&str, &str)],

@@ -3,14 +3,19 @@
 //! its expiry, and sent in a header (default `Authorization: Bearer <jwt>`).
 //!
 //! The plugin never reads the key: it builds the signing input and asks the
-//! host to sign it under one pinned algorithm. Verification of incoming JWTs
-//! will reuse [`jose`] (algorithm names, strict JSON, compact decoding).
+//! host to sign it under one pinned algorithm.
+//!
+//! The same component verifies incoming JWTs (agent identity, the `verifier`
+//! export, [`verify`]): the host fetches the issuer's JWKS and passes it in
+//! with the issuer's policy; signatures are checked by the host's
+//! `crypto.verify` under the pinned algorithm.
 
 pub mod b64;
 pub mod jose;
 pub mod key;
 pub mod mint;
 pub mod settings;
+pub mod verify;
 
 use latchkey_plugin_sdk::encoding::base64url;
 use latchkey_plugin_sdk::*;
@@ -143,4 +148,14 @@ fn mint_token(call: &Call, s: &Settings) -> Result<CacheEntry, Error> {
     Ok(CacheEntry { iat: u.iat, exp: u.exp, token: jose::compact(&u.signing_input, &signature) })
 }
 
-export_scheme!(Jwt);
+impl Verifier for Jwt {
+    fn verify(now: Datetime, config: &Config, jwks: &str, token: &str) -> Result<String, Error> {
+        let policy = verify::Policy::parse(config)?;
+        let claims = verify::verify(&policy, jwks, token, now.seconds, |alg, jwk, input, sig| {
+            verify_signature(alg.host_algorithm(), jwk, input, sig)
+        })?;
+        Ok(serde_json::Value::Object(claims).to_string())
+    }
+}
+
+export_verifier!(Jwt);

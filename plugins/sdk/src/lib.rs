@@ -20,13 +20,16 @@ pub mod encoding;
 pub mod http;
 pub mod time;
 
-/// Generated bindings for the `scheme-plugin` world. Plugins rarely need these
-/// directly: the SDK re-exports the types and wraps the host calls.
+/// Generated bindings for the `verifier-plugin` world (the `scheme-plugin`
+/// world plus the `verifier` export). Plugins rarely need these directly:
+/// the SDK re-exports the types and wraps the host calls. Every SDK plugin
+/// exports `verifier`; [`export_scheme!`] answers it with a refusal, so one
+/// set of bindings serves schemes that verify and those that do not.
 #[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "scheme-plugin",
+        world: "verifier-plugin",
         pub_export_macro: true,
         export_macro_name: "__export_scheme_plugin",
         default_bindings_module: "latchkey_plugin_sdk::bindings",
@@ -132,6 +135,17 @@ impl<'a> Call<'a> {
     }
 }
 
+/// Verify `signature` over `message` with one public JWK, in the host. Only
+/// asymmetric algorithms verify: a JWKS is public, so the host refuses HS256.
+pub fn verify_signature(
+    algorithm: SignatureAlgorithm,
+    jwk: &str,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<bool, Error> {
+    host::crypto::verify(algorithm, jwk, message, signature)
+}
+
 /// SHA-256 computed by the host (native code, faster than hashing in Wasm).
 pub fn sha256(data: &[u8]) -> Vec<u8> {
     host::crypto::sha256(data)
@@ -218,14 +232,22 @@ pub trait Scheme {
     }
 }
 
-/// Export a [`Scheme`] implementation as the component's `scheme` interface.
-#[macro_export]
-macro_rules! export_scheme {
-    ($scheme:ty) => {
-        #[allow(dead_code)]
-        struct __LatchkeyExport;
+/// A scheme that also verifies incoming tokens (agent identity), exported
+/// with [`export_verifier!`].
+pub trait Verifier {
+    /// Verify `token` against `jwks` (a JWKS document fetched by the host)
+    /// under the policy in `config`, at time `now`. Returns the claims as a
+    /// JSON object text, or [`Error::TokenRejected`] saying why.
+    fn verify(now: Datetime, config: &Config, jwks: &str, token: &str) -> Result<String, Error>;
+}
 
-        impl $crate::bindings::exports::latchkey::plugin::scheme::Guest for __LatchkeyExport {
+/// The `scheme` interface's `Guest` impl for a [`Scheme`], in one bindings
+/// module. Not for direct use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __impl_scheme_guest {
+    ($scheme:ty, $export:ident, $($module:ident)::+) => {
+        impl $crate::$($module)::+::exports::latchkey::plugin::scheme::Guest for $export {
             fn describe() -> $crate::SchemeInfo {
                 <$scheme as $crate::Scheme>::describe()
             }
@@ -260,10 +282,52 @@ macro_rules! export_scheme {
                 <$scheme as $crate::Scheme>::explain(&call)
             }
         }
+    };
+}
+
+/// Export a [`Scheme`] implementation as the component's `scheme` interface
+/// (its `verifier` export refuses: the scheme verifies no tokens).
+#[macro_export]
+macro_rules! export_scheme {
+    ($scheme:ty) => {
+        #[allow(dead_code)]
+        struct __LatchkeyExport;
+
+        $crate::__impl_scheme_guest!($scheme, __LatchkeyExport, bindings);
+
+        impl $crate::bindings::exports::latchkey::plugin::verifier::Guest for __LatchkeyExport {
+            fn verify(_ctx: $crate::CallContext, _jwks: String, _token: String) -> Result<String, $crate::Error> {
+                Err($crate::Error::Denied(format!(
+                    "scheme `{}` does not verify tokens",
+                    <$scheme as $crate::Scheme>::describe().name
+                )))
+            }
+        }
 
         // The export names contain `:`, which native linkers refuse; the
         // export exists only in the wasm build, so plugin crates can still run
         // their unit tests natively.
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::__export_scheme_plugin!(__LatchkeyExport with_types_in $crate::bindings);
+    };
+}
+
+/// Export a type implementing both [`Scheme`] and [`Verifier`]: the
+/// component's `verifier` export runs [`Verifier::verify`].
+#[macro_export]
+macro_rules! export_verifier {
+    ($scheme:ty) => {
+        #[allow(dead_code)]
+        struct __LatchkeyExport;
+
+        $crate::__impl_scheme_guest!($scheme, __LatchkeyExport, bindings);
+
+        impl $crate::bindings::exports::latchkey::plugin::verifier::Guest for __LatchkeyExport {
+            fn verify(ctx: $crate::CallContext, jwks: String, token: String) -> Result<String, $crate::Error> {
+                <$scheme as $crate::Verifier>::verify(ctx.now, &$crate::Config::new(ctx.config), &jwks, &token)
+            }
+        }
+
         #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_scheme_plugin!(__LatchkeyExport with_types_in $crate::bindings);
     };

@@ -1,0 +1,313 @@
+//! JWT agent identity: the host side.
+//!
+//! The host finds the identity provider a token claims to come from (by its
+//! unverified `iss`, used only to choose), makes sure it holds that
+//! provider's JWKS, and hands token, JWKS and policy to the `jwt` plugin's
+//! `verifier` export, which decides. Only then is the subject claim mapped
+//! to an agent.
+//!
+//! JWKS fetching, for providers configured with a URL:
+//!
+//! - HTTPS only (checked when the provider is stored), through the same
+//!   client and address policy as upstreams, so a JWKS URL cannot reach the
+//!   metadata service or a private address the operator did not allow;
+//! - a 5 s timeout and a 256 KiB cap, a JSON object with a `keys` array and
+//!   no private key material;
+//! - refreshed in the background once older than the provider's refresh
+//!   interval (the old keys serve meanwhile), and at once when a token names
+//!   a `kid` the cached set lacks, such fetches at most once per
+//!   [`MIN_REFETCH`] per provider, so a stream of made-up `kid`s cannot turn the broker into a
+//!   request amplifier against the identity provider;
+//! - if refreshing keeps failing, cached keys are used until they are 12
+//!   refresh intervals old (at least an hour), then calls fail with
+//!   `jwks_unavailable` rather than trust keys the issuer may have revoked.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http_body_util::BodyExt as _;
+
+use super::{ApiError, AppState};
+use crate::plugin::{Datetime, PluginError, SchemeError};
+use crate::vault::agents::Agent;
+use crate::vault::identity::{IdentityProvider, JwksSource, MAX_JWKS_BYTES, check_jwks};
+
+/// The least time between two fetches of one provider's JWKS caused by an
+/// unknown `kid`.
+pub const MIN_REFETCH: Duration = Duration::from_secs(30);
+/// How long one JWKS fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One fetched key set.
+#[derive(Debug, Clone)]
+struct Keys {
+    json: Arc<str>,
+    kids: HashSet<String>,
+    fetched: Instant,
+    source: JwksSource,
+}
+
+#[derive(Default)]
+struct Entry {
+    keys: Mutex<Option<Keys>>,
+    /// When a token's unknown `kid` last caused a fetch.
+    last_kid_refetch: Mutex<Option<Instant>>,
+    refreshing: std::sync::atomic::AtomicBool,
+    fetch: tokio::sync::Mutex<()>,
+}
+
+/// The JWKS of every identity provider in use, by (org, name).
+#[derive(Default)]
+pub struct JwksStore {
+    entries: Mutex<HashMap<(String, String), Arc<Entry>>>,
+}
+
+fn kids_of(doc: &str) -> HashSet<String> {
+    serde_json::from_str::<serde_json::Value>(doc)
+        .ok()
+        .and_then(|v| v.get("keys").and_then(|k| k.as_array()).cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|k| k.get("kid").and_then(|x| x.as_str()).map(str::to_string))
+        .collect()
+}
+
+fn unavailable(p: &IdentityProvider, why: impl std::fmt::Display) -> ApiError {
+    ApiError::new("jwks_unavailable", format!("the JWKS of identity provider `{}` cannot be fetched: {why}", p.name))
+}
+
+impl JwksStore {
+    fn entry(&self, p: &IdentityProvider) -> Arc<Entry> {
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((p.org.clone(), p.name.clone())).or_default().clone()
+    }
+
+    /// The key set to verify a token from `p` naming `kid`.
+    async fn keys_for(
+        &self,
+        app: &Arc<AppState>,
+        p: &IdentityProvider,
+        kid: Option<&str>,
+    ) -> Result<Arc<str>, ApiError> {
+        let entry = self.entry(p);
+        let current = entry.keys.lock().unwrap_or_else(|e| e.into_inner()).clone().filter(|k| k.source == p.jwks);
+        let url = match &p.jwks {
+            JwksSource::Static(doc) => {
+                if let Some(k) = current {
+                    return Ok(k.json);
+                }
+                let keys = Keys {
+                    json: Arc::from(doc.as_str()),
+                    kids: kids_of(doc),
+                    fetched: Instant::now(),
+                    source: p.jwks.clone(),
+                };
+                *entry.keys.lock().unwrap_or_else(|e| e.into_inner()) = Some(keys.clone());
+                return Ok(keys.json);
+            }
+            JwksSource::Url(url) => url.clone(),
+        };
+        let refresh = Duration::from_secs(p.refresh_seconds.max(1) as u64);
+        let max_stale = (refresh * 12).max(Duration::from_secs(3600));
+        match current {
+            None => self.fetch_now(app, p, &entry, &url, None).await,
+            Some(k) => {
+                let age = k.fetched.elapsed();
+                let unknown_kid = kid.is_some_and(|kid| !k.kids.contains(kid));
+                if unknown_kid && claim_kid_refetch(&entry) {
+                    // The issuer may have rotated: fetch now, once per MIN_REFETCH.
+                    return match self.fetch_now(app, p, &entry, &url, Some(k.fetched)).await {
+                        Ok(json) => Ok(json),
+                        Err(e) if age < max_stale => {
+                            tracing::warn!(idp = %p.name, error = %e.message, "JWKS refresh for an unknown kid failed; using the cached keys");
+                            Ok(k.json)
+                        }
+                        Err(e) => Err(e),
+                    };
+                }
+                if age >= max_stale {
+                    return self.fetch_now(app, p, &entry, &url, Some(k.fetched)).await;
+                }
+                if age >= refresh && !entry.refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    let (app2, p2, entry2, url2) = (app.clone(), p.clone(), entry.clone(), url.clone());
+                    tokio::spawn(async move {
+                        let store = &app2.jwks;
+                        if let Err(e) = store.fetch_now(&app2, &p2, &entry2, &url2, Some(k.fetched)).await {
+                            tracing::warn!(idp = %p2.name, error = %e.message, "periodic JWKS refresh failed; the cached keys stay in use");
+                        }
+                        entry2.refreshing.store(false, std::sync::atomic::Ordering::Release);
+                    });
+                }
+                Ok(k.json)
+            }
+        }
+    }
+
+    /// Fetch (single-flight per provider). `seen` is the fetch time of the
+    /// keys the caller saw: when another caller fetched since, its result is
+    /// used instead of fetching again.
+    async fn fetch_now(
+        &self,
+        app: &Arc<AppState>,
+        p: &IdentityProvider,
+        entry: &Entry,
+        url: &str,
+        seen: Option<Instant>,
+    ) -> Result<Arc<str>, ApiError> {
+        let _guard = entry.fetch.lock().await;
+        if let Some(k) = entry.keys.lock().unwrap_or_else(|e| e.into_inner()).clone()
+            && k.source == p.jwks
+            && Some(k.fetched) != seen
+        {
+            return Ok(k.json);
+        }
+        let doc = fetch(app, url).await.map_err(|why| unavailable(p, why))?;
+        let keys = Keys {
+            json: Arc::from(doc.as_str()),
+            kids: kids_of(&doc),
+            fetched: Instant::now(),
+            source: p.jwks.clone(),
+        };
+        tracing::info!(idp = %p.name, keys = keys.kids.len(), "fetched the JWKS");
+        app.metrics.jwks_fetches.inc();
+        *entry.keys.lock().unwrap_or_else(|e| e.into_inner()) = Some(keys.clone());
+        Ok(keys.json)
+    }
+}
+
+/// Whether an unknown `kid` may cause a fetch now (at most one per
+/// [`MIN_REFETCH`] per provider); claims the slot if so.
+fn claim_kid_refetch(entry: &Entry) -> bool {
+    let mut last = entry.last_kid_refetch.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_some_and(|t| t.elapsed() < MIN_REFETCH) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    true
+}
+
+/// GET a JWKS document.
+async fn fetch(app: &AppState, url: &str) -> Result<String, String> {
+    // Host names are checked by the client's resolver; IP literals never
+    // reach it, so they are checked here.
+    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    let literal = match parsed.host() {
+        Some(url::Host::Ipv4(v4)) => Some(std::net::IpAddr::V4(v4)),
+        Some(url::Host::Ipv6(v6)) => Some(std::net::IpAddr::V6(v6)),
+        _ => None,
+    };
+    if let Some(why) = literal.and_then(|ip| app.config.address_policy.refusal(ip)) {
+        return Err(format!("the JWKS URL's address is refused: {why}"));
+    }
+    let request = axum::http::Request::builder()
+        .method("GET")
+        .uri(url)
+        .header("accept", "application/json, application/jwk-set+json")
+        .header("user-agent", concat!("latchkey/", env!("CARGO_PKG_VERSION")))
+        .body(Body::empty())
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(FETCH_TIMEOUT, app.client.request(request))
+        .await
+        .map_err(|_| format!("no answer within {} s", FETCH_TIMEOUT.as_secs()))?
+        .map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            text
+        })?;
+    if response.status() != axum::http::StatusCode::OK {
+        return Err(format!("{url} answered {}", response.status()));
+    }
+    let limited = http_body_util::Limited::new(response.into_body(), MAX_JWKS_BYTES);
+    let bytes = tokio::time::timeout(FETCH_TIMEOUT, limited.collect())
+        .await
+        .map_err(|_| "the body did not arrive in time".to_string())?
+        .map_err(|_| format!("the body is over {MAX_JWKS_BYTES} bytes or broke off"))?
+        .to_bytes();
+    let doc = String::from_utf8(bytes.to_vec()).map_err(|_| "the body is not UTF-8".to_string())?;
+    check_jwks(&doc)?;
+    Ok(doc)
+}
+
+/// Whether a bearer value looks like a compact JWS (so it is treated as a
+/// JWT rather than as a malformed agent token).
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.starts_with("eyJ") && token.bytes().filter(|b| *b == b'.').count() == 2
+}
+
+/// The unverified header `kid` and claims `iss` of a compact JWS: used only
+/// to choose the provider and its keys, never trusted.
+fn peek(token: &str) -> Option<(Option<String>, String)> {
+    let mut parts = token.split('.');
+    let (h, c) = (parts.next()?, parts.next()?);
+    let header: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).ok()?).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(c).ok()?).ok()?;
+    let kid = header.get("kid").and_then(|k| k.as_str()).map(str::to_string);
+    let iss = claims.get("iss").and_then(|i| i.as_str())?.to_string();
+    Some((kid, iss))
+}
+
+fn rejected(message: impl Into<String>) -> ApiError {
+    ApiError::new("token_rejected", message)
+}
+
+/// Authenticate an agent by a JWT.
+pub async fn authenticate(app: &Arc<AppState>, token: &str) -> Result<Agent, ApiError> {
+    let (kid, iss) = peek(token).ok_or_else(|| rejected("the bearer value is not a JWT with an `iss` claim"))?;
+    let providers = app.vault.identity_providers().await?;
+    let trusting: Vec<&IdentityProvider> = providers.iter().filter(|p| p.issuer == iss).collect();
+    if trusting.is_empty() {
+        tracing::warn!(issuer = %crate::plugin::sanitize_for_log(&iss, 200), "JWT from an issuer no identity provider trusts");
+        return Err(rejected(format!(
+            "no identity provider trusts issuer `{}` (latchkey idp add NAME --issuer …)",
+            crate::plugin::sanitize_for_log(&iss, 200)
+        )));
+    }
+    let plugin = app.vault.runtime().get("jwt")?;
+    let now = time::OffsetDateTime::now_utc();
+    let now = Datetime { seconds: now.unix_timestamp(), nanoseconds: now.nanosecond() };
+    let mut last = None;
+    for p in trusting {
+        let jwks = app.jwks.keys_for(app, p, kid.as_deref()).await?;
+        let started = Instant::now();
+        let verified = app.vault.runtime().verify(&plugin, &p.policy(), now, &jwks, token);
+        app.metrics.observe_plugin("jwt-verify", started.elapsed());
+        match verified {
+            Ok(claims) => {
+                let claims: serde_json::Value = serde_json::from_str(&claims)
+                    .map_err(|_| rejected("the verifier returned claims that are not JSON"))?;
+                let subject = claims.get(&p.subject_claim).and_then(|s| s.as_str()).ok_or_else(|| {
+                    rejected(format!("the verified token has no string `{}` claim naming the agent", p.subject_claim))
+                })?;
+                return match app.vault.agent_by_jwt_subject(&p.org, &p.name, subject).await? {
+                    Some(agent) => Ok(agent),
+                    None => {
+                        let subject = crate::plugin::sanitize_for_log(subject, 200);
+                        tracing::warn!(idp = %p.name, subject = %subject, "verified JWT for no (enabled) agent");
+                        Err(ApiError::new(
+                            "unknown_agent",
+                            format!(
+                                "the JWT is valid, but no enabled agent is bound to {} `{subject}` of identity provider \
+                                 `{}` (latchkey agent bind-jwt NAME --idp {} --subject '{subject}')",
+                                p.subject_claim, p.name, p.name
+                            ),
+                        ))
+                    }
+                };
+            }
+            Err(PluginError::Scheme { error: SchemeError::TokenRejected(why), .. }) => {
+                tracing::warn!(idp = %p.name, reason = %why, "JWT rejected");
+                last = Some(rejected(format!("JWT rejected by identity provider `{}`: {why}", p.name)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.unwrap_or_else(|| rejected("JWT rejected")))
+}

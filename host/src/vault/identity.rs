@@ -1,0 +1,361 @@
+//! JWT identity providers (trusted issuers of agent JWTs) and agents bound to
+//! a JWT subject.
+//!
+//! A provider names an issuer, the one algorithm it signs with, the accepted
+//! audiences and where its keys are: a JWKS given inline, or an HTTPS URL the
+//! broker fetches and refreshes (`server::identity`). An agent bound to
+//! `(provider, subject)` is the caller whenever a JWT from that provider,
+//! verified by the `jwt` plugin, carries that subject.
+
+use time::OffsetDateTime;
+
+use super::agents::Agent;
+use super::model::{CredentialName, OrgId};
+use super::service::{Vault, VaultError};
+use super::store::{StoreError, from_micros, on_db, to_micros};
+
+/// The algorithms an identity provider may pin (HS256 cannot be verified
+/// against a public JWKS).
+pub const PROVIDER_ALGS: [&str; 3] = ["RS256", "ES256", "EdDSA"];
+/// Default JWKS refresh interval for URL providers.
+pub const DEFAULT_REFRESH_SECONDS: i64 = 300;
+/// Default clock-skew allowance.
+pub const DEFAULT_LEEWAY_SECONDS: i64 = 60;
+/// The largest inline JWKS accepted.
+pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+/// Where a provider's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// An HTTPS URL, fetched and refreshed by the broker.
+    Url(String),
+    /// A JWKS document given inline.
+    Static(String),
+}
+
+/// A trusted issuer of agent JWTs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityProvider {
+    /// Its organisation: only agents of this organisation can be bound to it.
+    pub org: String,
+    /// Its name, unique in the organisation.
+    pub name: String,
+    /// The exact `iss` its tokens carry.
+    pub issuer: String,
+    /// The one algorithm accepted (RS256, ES256 or EdDSA).
+    pub alg: String,
+    /// Accepted audiences; empty means tokens must name none.
+    pub audience: Vec<String>,
+    /// Clock-skew allowance for exp, nbf and iat, 0 to 300 seconds.
+    pub leeway_seconds: i64,
+    /// Its keys.
+    pub jwks: JwksSource,
+    /// How often a URL JWKS is refreshed, in seconds (60 to 86400).
+    pub refresh_seconds: i64,
+    /// The claim that names the agent (`sub` unless set).
+    pub subject_claim: String,
+}
+
+impl IdentityProvider {
+    /// The policy passed to the `jwt` plugin's verifier.
+    pub fn policy(&self) -> Vec<(String, String)> {
+        let mut p = vec![
+            ("alg".to_string(), self.alg.clone()),
+            ("iss".to_string(), self.issuer.clone()),
+            ("leeway_seconds".to_string(), self.leeway_seconds.to_string()),
+        ];
+        if !self.audience.is_empty() {
+            p.push(("aud".into(), self.audience.join(",")));
+        }
+        p
+    }
+
+    /// Check the fields an operator gave.
+    pub fn check(&self) -> Result<(), VaultError> {
+        let bad = |m: String| Err(VaultError::InvalidArgument(m));
+        OrgId::parse(&self.org)?;
+        CredentialName::parse(&self.name)
+            .map_err(|e| VaultError::InvalidArgument(format!("identity provider name: {e}")))?;
+        if self.issuer.is_empty() || self.issuer.chars().any(char::is_control) {
+            return bad("the issuer must be the exact, non-empty `iss` value its tokens carry".into());
+        }
+        if !PROVIDER_ALGS.contains(&self.alg.as_str()) {
+            return bad(format!(
+                "alg `{}` is not accepted: use one of {} (HS256 cannot be verified against a public JWKS; `none` never)",
+                self.alg,
+                PROVIDER_ALGS.join(", ")
+            ));
+        }
+        if self.audience.iter().any(|a| a.is_empty() || a.contains(',')) {
+            return bad("audiences must be non-empty and contain no comma".into());
+        }
+        if !(0..=300).contains(&self.leeway_seconds) {
+            return bad("the leeway is 0 to 300 seconds".into());
+        }
+        if !(60..=86_400).contains(&self.refresh_seconds) {
+            return bad("the JWKS refresh interval is 60 seconds to 1 day".into());
+        }
+        if self.subject_claim.is_empty() || self.subject_claim.len() > 64 {
+            return bad("the subject claim name must be 1 to 64 characters".into());
+        }
+        match &self.jwks {
+            JwksSource::Url(u) => {
+                let url =
+                    url::Url::parse(u).map_err(|e| VaultError::InvalidArgument(format!("JWKS URL `{u}`: {e}")))?;
+                if url.scheme() != "https" || url.host_str().is_none() {
+                    return bad(format!(
+                        "the JWKS URL `{u}` must be https://: keys fetched in clear could be replaced"
+                    ));
+                }
+                if !url.username().is_empty() || url.password().is_some() {
+                    return bad("the JWKS URL must not carry user information".into());
+                }
+            }
+            JwksSource::Static(doc) => {
+                if doc.len() > MAX_JWKS_BYTES {
+                    return bad(format!("the JWKS is over {MAX_JWKS_BYTES} bytes"));
+                }
+                check_jwks(doc).map_err(VaultError::InvalidArgument)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A JWKS document must be a JSON object with a `keys` array of objects, and
+/// hold no private or symmetric key material (a JWKS is published).
+pub fn check_jwks(doc: &str) -> Result<usize, String> {
+    let v: serde_json::Value = serde_json::from_str(doc).map_err(|e| format!("the JWKS is not JSON: {e}"))?;
+    let keys = v.get("keys").and_then(|k| k.as_array()).ok_or("the JWKS has no `keys` array")?;
+    for k in keys {
+        let k = k.as_object().ok_or("every JWKS key must be a JSON object")?;
+        if ["d", "p", "q", "dp", "dq", "qi", "k"].iter().any(|m| k.contains_key(*m)) {
+            return Err("the JWKS holds private or symmetric key material; publish only public keys".into());
+        }
+    }
+    Ok(keys.len())
+}
+
+fn db_err(e: sqlx::Error) -> VaultError {
+    VaultError::Store(StoreError::from(e))
+}
+
+type ProviderRow = (String, String, String, String, Option<String>, i64, Option<String>, Option<String>, i64, String);
+
+fn from_row(r: ProviderRow) -> IdentityProvider {
+    let (org, name, issuer, alg, audience, leeway_seconds, jwks_url, jwks_json, refresh_seconds, subject_claim) = r;
+    IdentityProvider {
+        org,
+        name,
+        issuer,
+        alg,
+        audience: audience.map(|a| a.split(',').map(str::to_string).collect()).unwrap_or_default(),
+        leeway_seconds,
+        jwks: match jwks_url {
+            Some(u) => JwksSource::Url(u),
+            None => JwksSource::Static(jwks_json.unwrap_or_default()),
+        },
+        refresh_seconds,
+        subject_claim,
+    }
+}
+
+impl Vault {
+    /// Add or replace an identity provider.
+    pub async fn put_identity_provider(&self, p: &IdentityProvider, actor: &str) -> Result<(), VaultError> {
+        p.check()?;
+        let (url, json) = match &p.jwks {
+            JwksSource::Url(u) => (Some(u.as_str()), None),
+            JwksSource::Static(d) => (None, Some(d.as_str())),
+        };
+        let audience = (!p.audience.is_empty()).then(|| p.audience.join(","));
+        let now = to_micros(OffsetDateTime::now_utc());
+        on_db!(self.db(), pool => {
+            sqlx::query(
+                "INSERT INTO identity_providers (org, name, issuer, alg, audience, leeway_seconds, jwks_url, jwks_json, \
+                 refresh_seconds, subject_claim, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (org, name) DO UPDATE SET issuer = $3, alg = $4, audience = $5, leeway_seconds = $6, \
+                 jwks_url = $7, jwks_json = $8, refresh_seconds = $9, subject_claim = $10",
+            )
+            .bind(&p.org)
+            .bind(&p.name)
+            .bind(&p.issuer)
+            .bind(&p.alg)
+            .bind(audience)
+            .bind(p.leeway_seconds)
+            .bind(url)
+            .bind(json)
+            .bind(p.refresh_seconds)
+            .bind(&p.subject_claim)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map_err(db_err)?;
+        });
+        self.note_change(&p.org, &format!("@idp/{}", p.name)).await?;
+        tracing::info!(target: "latchkey::audit", action = "idp-put", org = %p.org, idp = %p.name, issuer = %p.issuer, actor, "audit");
+        Ok(())
+    }
+
+    /// Identity providers of an organisation (all when `None`).
+    pub async fn list_identity_providers(&self, org: Option<&str>) -> Result<Vec<IdentityProvider>, VaultError> {
+        let rows: Vec<ProviderRow> = on_db!(self.db(), pool => {
+            sqlx::query_as(
+                "SELECT org, name, issuer, alg, audience, leeway_seconds, jwks_url, jwks_json, refresh_seconds, \
+                 subject_claim FROM identity_providers WHERE ($1 IS NULL OR org = $1) ORDER BY org, name",
+            )
+            .bind(org)
+            .fetch_all(pool)
+            .await
+            .map_err(db_err)?
+        });
+        Ok(rows.into_iter().map(from_row).collect())
+    }
+
+    /// Every identity provider, through a cache that any change invalidates.
+    pub async fn identity_providers(&self) -> Result<std::sync::Arc<Vec<IdentityProvider>>, VaultError> {
+        let generation = self.change_generation();
+        if let Some(hit) = self.idp_cache.get(&(), generation) {
+            return Ok(hit);
+        }
+        let all = std::sync::Arc::new(self.list_identity_providers(None).await?);
+        self.idp_cache.put((), all.clone(), generation);
+        Ok(all)
+    }
+
+    /// Delete an identity provider; refused while agents are bound to it.
+    pub async fn delete_identity_provider(&self, org: &str, name: &str, actor: &str) -> Result<bool, VaultError> {
+        let bound: Vec<(String,)> = on_db!(self.db(), pool => {
+            sqlx::query_as("SELECT name FROM agents WHERE org = $1 AND jwt_provider = $2 ORDER BY name")
+                .bind(org)
+                .bind(name)
+                .fetch_all(pool)
+                .await
+                .map_err(db_err)?
+        });
+        if !bound.is_empty() {
+            let names: Vec<String> = bound.into_iter().map(|(n,)| n).collect();
+            return Err(VaultError::InvalidArgument(format!(
+                "identity provider `{name}` still has bound agents ({}); delete or rebind them first",
+                names.join(", ")
+            )));
+        }
+        let n = on_db!(self.db(), pool => {
+            sqlx::query("DELETE FROM identity_providers WHERE org = $1 AND name = $2")
+                .bind(org)
+                .bind(name)
+                .execute(pool)
+                .await
+                .map_err(db_err)?
+                .rows_affected()
+        });
+        if n > 0 {
+            self.note_change(org, &format!("@idp/{name}")).await?;
+            tracing::info!(target: "latchkey::audit", action = "idp-delete", org = %org, idp = %name, actor, "audit");
+        }
+        Ok(n > 0)
+    }
+
+    /// Bind agent `name` to a JWT subject of one of its organisation's
+    /// identity providers, creating the agent (with no token) if it does not
+    /// exist. Returns whether it was created.
+    pub async fn bind_agent_jwt(
+        &self,
+        org: &str,
+        name: &str,
+        provider: &str,
+        subject: &str,
+        actor: &str,
+    ) -> Result<bool, VaultError> {
+        let org = OrgId::parse(org)?.to_string();
+        CredentialName::parse(name).map_err(|e| VaultError::InvalidArgument(format!("agent name: {e}")))?;
+        if subject.is_empty() || subject.len() > 1024 || subject.chars().any(char::is_control) {
+            return Err(VaultError::InvalidArgument("the JWT subject must be 1 to 1024 printable characters".into()));
+        }
+        if !self.list_identity_providers(Some(&org)).await?.iter().any(|p| p.name == provider) {
+            return Err(VaultError::InvalidArgument(format!(
+                "no identity provider `{provider}` in `{org}` (latchkey idp add {provider} …)"
+            )));
+        }
+        let id = super::agents::random_id()?;
+        let now = to_micros(OffsetDateTime::now_utc());
+        let result = on_db!(self.db(), pool => {
+            let updated = sqlx::query("UPDATE agents SET jwt_provider = $1, jwt_subject = $2 WHERE org = $3 AND name = $4")
+                .bind(provider)
+                .bind(subject)
+                .bind(&org)
+                .bind(name)
+                .execute(pool)
+                .await;
+            match updated {
+                Ok(r) if r.rows_affected() > 0 => Ok(false),
+                Ok(_) => sqlx::query(
+                    "INSERT INTO agents (id, org, name, token_hash, created_at, disabled, jwt_provider, jwt_subject) \
+                     VALUES ($1, $2, $3, NULL, $4, FALSE, $5, $6)",
+                )
+                .bind(&id)
+                .bind(&org)
+                .bind(name)
+                .bind(now)
+                .bind(provider)
+                .bind(subject)
+                .execute(pool)
+                .await
+                .map(|_| true),
+                Err(e) => Err(e),
+            }
+        });
+        let created = match result {
+            Ok(c) => c,
+            Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                return Err(VaultError::InvalidArgument(format!(
+                    "subject `{subject}` of `{provider}` is already bound to another agent, or `{name}` was just created"
+                )));
+            }
+            Err(e) => return Err(db_err(e)),
+        };
+        self.note_change(&org, &format!("@agent/{name}")).await?;
+        tracing::info!(target: "latchkey::audit", action = "agent-bind-jwt", org = %org, agent = %name, idp = %provider, actor, "audit");
+        Ok(created)
+    }
+
+    /// The enabled agent bound to `(provider, subject)` in `org`, cached like
+    /// token lookups.
+    pub async fn agent_by_jwt_subject(
+        &self,
+        org: &str,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Option<Agent>, VaultError> {
+        let key = (org.to_string(), provider.to_string(), subject.to_string());
+        let generation = self.change_generation();
+        if let Some(hit) = self.jwt_agent_cache.get(&key, generation) {
+            return Ok(hit);
+        }
+        let row: Option<(String, String, String, i64, bool)> = on_db!(self.db(), pool => {
+            sqlx::query_as(
+                "SELECT id, org, name, created_at, disabled FROM agents \
+                 WHERE org = $1 AND jwt_provider = $2 AND jwt_subject = $3",
+            )
+            .bind(org)
+            .bind(provider)
+            .bind(subject)
+            .fetch_all(pool)
+            .await
+            .map_err(db_err)?
+            .pop()
+        });
+        let agent = row
+            .map(|(id, org, name, created, disabled)| Agent {
+                id,
+                org,
+                name,
+                created_at: from_micros(created),
+                disabled,
+                jwt: Some((provider.to_string(), subject.to_string())),
+            })
+            .filter(|a| !a.disabled);
+        self.jwt_agent_cache.put(key, agent.clone(), generation);
+        Ok(agent)
+    }
+}
