@@ -1,11 +1,13 @@
 //! `cargo xtask`: the developer loop beyond `cargo build` — set-up, plugins,
-//! the full test suite, benchmarks.
+//! the full test suite, benchmarks (`bench_http.rs`: the HTTP load benchmark).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+
+mod bench_http;
 
 const USAGE: &str = "\
 usage: cargo xtask <task>
@@ -18,6 +20,10 @@ tasks:
             golden vectors, and the official-SDK comparisons
   bench     criterion benchmarks; writes the measured ratios to BENCHMARKS.md
             (`bench plugins` or `bench vault` runs one of them)
+  bench-http
+            HTTP load on loopback with wrk (installs nginx and wrk if missing): the
+            broker's proxy against an nginx proxy, /v1/sign against /healthz;
+            writes the measured ratios to BENCHMARKS.md
 ";
 
 fn main() -> Result<()> {
@@ -29,6 +35,7 @@ fn main() -> Result<()> {
         "plugins" => plugins(&root),
         "test" => test(&root),
         "bench" => bench(&root, std::env::args().nth(2).as_deref()),
+        "bench-http" => bench_http::bench_http(&root),
         _ => {
             eprint!("{USAGE}");
             if task.is_empty() || task == "help" || task == "--help" { Ok(()) } else { bail!("unknown task `{task}`") }

@@ -190,6 +190,16 @@ pub fn verify(
             policy.alg.name()
         )));
     }
+    // `typ`, when present, must name a JWT (RFC 7519 §5.1, RFC 9068 access
+    // tokens); a token of another type (a logout token, a DPoP proof) is
+    // not an identity assertion for this purpose.
+    if let Some(typ) = header.get("typ") {
+        let t = typ.as_str().unwrap_or_default().to_ascii_lowercase();
+        let t = t.strip_prefix("application/").unwrap_or(&t);
+        if t != "jwt" && t != "at+jwt" {
+            return Err(rejected(format!("the JOSE header's `typ` {typ} is not a JWT")));
+        }
+    }
     if header.contains_key("crit") {
         return Err(rejected("the JOSE header has `crit` extensions, which are not supported"));
     }
@@ -428,6 +438,18 @@ mod tests {
         // A signature of the wrong length for the algorithm.
         let t = token(r#"{"alg":"ES256","kid":"e1"}"#, &good_claims(), "ec-x", 72);
         rejected_with(verify(&policy("ES256", None), &jwks(), &t, NOW, check), "72-byte");
+        // Odd kids are opaque names: unknown, so rejected; never a path or a query.
+        for kid in ["../../dev/null", "' OR 1=1--", &"k".repeat(10_000)] {
+            let h = serde_json::json!({"alg": "EdDSA", "kid": kid}).to_string();
+            rejected_with(verify_ed(&token(&h, &good_claims(), "key-one", 64)), "no EdDSA key with kid");
+        }
+        let t = token(r#"{"alg":"EdDSA","kid":7}"#, &good_claims(), "key-one", 64);
+        rejected_with(verify_ed(&t), "not a string");
+        // `typ` must name a JWT when present.
+        let t = token(r#"{"alg":"EdDSA","kid":"k1","typ":"dpop+jwt"}"#, &good_claims(), "key-one", 64);
+        rejected_with(verify_ed(&t), "not a JWT");
+        let t = token(r#"{"alg":"EdDSA","kid":"k1","typ":"application/at+jwt"}"#, &good_claims(), "key-one", 64);
+        verify_ed(&t).unwrap();
         // `crit` is refused; embedded `jwk` is ignored (the JWKS key decides).
         let t = token(r#"{"alg":"EdDSA","kid":"k1","crit":["b64"],"b64":false}"#, &good_claims(), "key-one", 64);
         rejected_with(verify_ed(&t), "crit");

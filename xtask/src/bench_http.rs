@@ -1,0 +1,424 @@
+//! `cargo xtask bench-http`: the broker under load on loopback, measured with
+//! wrk against references run beside it — nginx as a proxy that adds the same
+//! header, and the broker's own no-op endpoint for `/v1/sign`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, run, write_table};
+
+const ROUNDS: usize = 3;
+const WRK: [&str; 3] = ["-t1", "-c16", "--latency"];
+const MEASURE: &str = "10s";
+const WARM_UP: &str = "2s";
+
+/// A SigV4 sign request for the `bench-aws` credential: DynamoDB ListTables, body `{}`.
+const SIGN_BODY: &str = r#"{"credential":"bench-aws","request":{"method":"POST","url":"https://dynamodb.us-east-1.amazonaws.com/","headers":[["content-type","application/x-amz-json-1.0"],["x-amz-target","DynamoDB_20120810.ListTables"]],"body_base64":"e30="}}"#;
+
+/// Every nginx instance: one worker (the broker is one process), no access log, everything under our temp dir.
+const NGINX_CONF: &str = r#"worker_processes 1;
+daemon off;
+pid @DIR@/@NAME@.pid;
+error_log @DIR@/@NAME@.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path @DIR@/@NAME@-body;
+    proxy_temp_path @DIR@/@NAME@-proxy;
+    fastcgi_temp_path @DIR@/@NAME@-fastcgi;
+    uwsgi_temp_path @DIR@/@NAME@-uwsgi;
+    scgi_temp_path @DIR@/@NAME@-scgi;
+@SERVER@
+}
+"#;
+
+/// The upstream: 200 with a small JSON body for the right key, 401 otherwise.
+const UPSTREAM_SERVER: &str = r#"    server {
+        listen 127.0.0.1:@PORT@;
+        default_type application/json;
+        location / {
+            if ($http_authorization != "Bearer @KEY@") {
+                return 401 '{"error":"unauthorized"}';
+            }
+            return 200 '{"ok":true}';
+        }
+    }"#;
+
+/// The reference proxy: sets the key and keeps connections to the upstream alive.
+const PROXY_SERVER: &str = r#"    upstream bench_upstream {
+        server 127.0.0.1:@UPSTREAM@;
+        keepalive 32;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:@PORT@;
+        location / {
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer @KEY@";
+        }
+    }"#;
+
+pub fn bench_http(root: &Path) -> Result<()> {
+    let nginx_bin = install_tools()?;
+    run(cargo().args(["build", "--release", "-p", "latchkey"]))?;
+    let bin = root.join("target/release/latchkey");
+
+    let mut lab = Lab::new()?;
+    let key = random_hex(16)?;
+    let (upstream, proxy, broker) = (free_port()?, free_port()?, free_port()?);
+    let upstream_conf = UPSTREAM_SERVER.replace("@PORT@", &upstream.to_string()).replace("@KEY@", &key);
+    lab.nginx(&nginx_bin, "upstream", upstream, &upstream_conf)?;
+    let proxy_conf = PROXY_SERVER
+        .replace("@UPSTREAM@", &upstream.to_string())
+        .replace("@PORT@", &proxy.to_string())
+        .replace("@KEY@", &key);
+    lab.nginx(&nginx_bin, "proxy", proxy, &proxy_conf)?;
+    let agent_token = lab.broker(&bin, &key, upstream, broker)?;
+
+    // Correctness, once, before any timing.
+    let bearer = |t: &str| format!("Bearer {t}");
+    let (key_auth, agent_auth) = (bearer(&key), bearer(&agent_token));
+    let checks = [
+        ("upstream without the key", upstream, "GET", "/", None, "", 401),
+        ("upstream with the key", upstream, "GET", "/", Some(&key_auth), "", 200),
+        ("nginx proxy", proxy, "GET", "/anything", Some(&agent_auth), "", 200),
+        ("broker proxy", broker, "GET", "/proxy/bench/anything", Some(&agent_auth), "", 200),
+        ("broker /v1/sign", broker, "POST", "/v1/sign", Some(&agent_auth), SIGN_BODY, 200),
+        ("broker /healthz", broker, "GET", "/healthz", None, "", 200),
+    ];
+    for (what, port, method, path, auth, body, want) in checks {
+        let (status, text) = http(port, method, path, auth.map(String::as_str), body)?;
+        if status != want {
+            bail!("{what}: {method} {path} answered {status}, expected {want}: {}", text.trim());
+        }
+        if want == 200 && path != "/healthz" && path != "/v1/sign" && !text.contains(r#"{"ok":true}"#) {
+            bail!("{what}: unexpected body {}", text.trim());
+        }
+    }
+    eprintln!("xtask: checks passed: the upstream wants the key, both proxies add it, /v1/sign signs");
+
+    let script = lab.dir.join("sign.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = [==[{SIGN_BODY}]==]\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
+        ),
+    )?;
+    let url = |port: u16, path: &str| format!("http://127.0.0.1:{port}{path}");
+    let targets: [(&str, String, Vec<String>); 5] = [
+        ("direct to the upstream (nginx, key sent by wrk)", url(upstream, "/anything"), header(&key_auth)),
+        ("nginx reference proxy", url(proxy, "/anything"), header(&agent_auth)),
+        ("broker proxy `GET /proxy/bench/anything`", url(broker, "/proxy/bench/anything"), header(&agent_auth)),
+        ("broker `POST /v1/sign` (SigV4)", url(broker, "/v1/sign"), {
+            let mut h = header(&agent_auth);
+            h.extend(["-s".to_string(), script.display().to_string()]);
+            h
+        }),
+        ("broker `GET /healthz` (no-op)", url(broker, "/healthz"), header(&agent_auth)),
+    ];
+    for (name, url, extra) in &targets {
+        eprintln!("xtask: warm-up {WARM_UP}: {name}");
+        wrk(url, extra, WARM_UP)?;
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); targets.len()];
+    for round in 1..=ROUNDS {
+        for ((name, url, extra), out) in targets.iter().zip(&mut samples) {
+            let s = wrk(url, extra, MEASURE)?;
+            eprintln!("xtask: round {round}/{ROUNDS} {name}: {:.0} req/s, p50 {}, p99 {}", s.rps, ms(s.p50), ms(s.p99));
+            out.push(s);
+        }
+    }
+    drop(lab);
+
+    let m: Vec<Sample> = samples.iter().map(|s| Sample::median(s)).collect();
+    let [direct, nginx, proxied, sign, healthz] = [m[0], m[1], m[2], m[3], m[4]];
+    let mut table = String::from("| target | requests/s | p50 | p99 |\n|---|---|---|---|\n");
+    for ((name, ..), s) in targets.iter().zip(&m) {
+        table += &format!("| {name} | {:.0} | {} | {} |\n", s.rps, ms(s.p50), ms(s.p99));
+    }
+    let goal = |ratio: f64, min: f64| if ratio >= min { "met" } else { "**not met**" };
+    let proxy_ratio = proxied.rps / nginx.rps;
+    let sign_ratio = sign.rps / healthz.rps;
+    let added = |s: Sample| format!("{:+.2} / {:+.2} ms", (s.p50 - direct.p50) / 1e3, (s.p99 - direct.p99) / 1e3);
+    table += &format!(
+        "\n| ratio | measured | goal |\n|---|---|---|\n\
+         | (f) broker proxy ÷ nginx proxy, requests/s | **{proxy_ratio:.2}** | ≥ 0.95: {} |\n\
+         | added latency over direct, nginx proxy (p50 / p99) | {} | (reference) |\n\
+         | added latency over direct, broker proxy (p50 / p99) | {} | |\n\
+         | (g) `/v1/sign` ÷ `/healthz`, requests/s | **{sign_ratio:.2}** | ≥ 0.85: {} |\n",
+        goal(proxy_ratio, 0.95),
+        added(nginx),
+        added(proxied),
+        goal(sign_ratio, 0.85),
+    );
+    let date = Command::new("date").arg("+%F").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    table += &format!(
+        "\nMeasured {} on a {cores}-core machine, wrk, nginx and the broker sharing the cores; medians of \
+         {ROUNDS} interleaved rounds of `wrk {} -d{MEASURE}`.\n",
+        date.unwrap_or_default(),
+        WRK.join(" "),
+    );
+    write_table(root, "http-bench", &table)
+}
+
+/// `nginx` and `wrk` from Debian packages, if missing. Returns the nginx binary.
+/// Debian's nginx package would start the system service on install unless
+/// `policy-rc.d` forbids it (containers usually do); we never start it ourselves.
+fn install_tools() -> Result<PathBuf> {
+    let find = |name: &str| {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin")]).map(|d| d.join(name)).find(|p| p.is_file())
+    };
+    if find("nginx").is_none() || find("wrk").is_none() {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "nginx", "wrk"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    find("wrk").context("wrk is not on PATH after installing it")?;
+    find("nginx").context("nginx is not on PATH after installing it")
+}
+
+/// The temp dir and every process started in it; dropping it stops them and removes the dir.
+struct Lab {
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    fn new() -> Result<Lab> {
+        let dir = std::env::temp_dir().join(format!("latchkey-bench-http-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Lab { dir, children: Vec::new() })
+    }
+
+    /// Start an nginx instance (its own config, pid and logs in the temp dir) and wait for its port.
+    fn nginx(&mut self, nginx: &Path, name: &str, port: u16, server: &str) -> Result<()> {
+        let dir = self.dir.display().to_string();
+        let conf = self.dir.join(format!("{name}.conf"));
+        std::fs::write(&conf, NGINX_CONF.replace("@SERVER@", server).replace("@DIR@", &dir).replace("@NAME@", name))?;
+        let log = self.dir.join(format!("{name}.log"));
+        let child = Command::new(nginx)
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-e")
+            .arg(&log)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx")?;
+        self.children.push(child);
+        self.wait(&format!("nginx ({name})"), &log, || TcpStream::connect(("127.0.0.1", port)).is_ok())
+    }
+
+    /// Set the broker up with the CLI as a user would, start it and wait for `/healthz`.
+    /// Returns the agent token.
+    fn broker(&mut self, bin: &Path, key: &str, upstream: u16, port: u16) -> Result<String> {
+        let data = self.dir.join("broker-data");
+        let latchkey = |args: &[&str]| {
+            let mut cmd = Command::new(bin);
+            // Nothing from the caller's environment (master key, database, config file) but the plugin cache.
+            for (k, _) in std::env::vars_os() {
+                if k.to_string_lossy().starts_with("LATCHKEY_") && k != "LATCHKEY_CACHE_DIR" {
+                    cmd.env_remove(k);
+                }
+            }
+            cmd.args(args).env("LATCHKEY_DATA_DIR", &data).env("LATCHKEY_LOG", "warn");
+            cmd
+        };
+        let key_secret = format!("key={key}");
+        let access_key = format!("access_key_id=AKID{}", random_hex(8)?.to_uppercase());
+        let secret_key = format!("secret_access_key={}", random_hex(20)?);
+        let upstream_url = format!("http://127.0.0.1:{upstream}");
+        let setup: [&[&str]; 3] = [
+            &[
+                "credential",
+                "add",
+                "bench-key",
+                "--scheme",
+                "api-key",
+                "--config",
+                "prefix=Bearer ",
+                "--secret",
+                &key_secret,
+                "--destination",
+                "127.0.0.1",
+            ],
+            &[
+                "credential",
+                "add",
+                "bench-aws",
+                "--scheme",
+                "aws-sigv4",
+                "--config",
+                "region=us-east-1",
+                "--config",
+                "service=dynamodb",
+                "--secret",
+                &access_key,
+                "--secret",
+                &secret_key,
+                "--destination",
+                "dynamodb.us-east-1.amazonaws.com",
+            ],
+            &["route", "add", "bench", "--upstream", &upstream_url, "--credential", "bench-key"],
+        ];
+        for args in setup {
+            run(latchkey(args).stdout(Stdio::null()))?;
+        }
+        let out = latchkey(&["agent", "add", "bench-agent"]).output().context("latchkey agent add")?;
+        if !out.status.success() {
+            bail!("latchkey agent add failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let token = String::from_utf8(out.stdout)?.trim().to_string();
+        for credential in ["bench-key", "bench-aws"] {
+            run(latchkey(&["credential", "attach", credential, "--agent", "bench-agent"]).stdout(Stdio::null()))?;
+        }
+        let log = self.dir.join("broker.log");
+        let listen = format!("127.0.0.1:{port}");
+        let child = latchkey(&["serve", "--listen", &listen, "--allow-upstream-network", "127.0.0.0/8"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting latchkey serve")?;
+        self.children.push(child);
+        self.wait("latchkey serve", &log, || http(port, "GET", "/healthz", None, "").is_ok_and(|(s, _)| s == 200))?;
+        Ok(token)
+    }
+
+    /// Wait until `ready`, failing with the log if the last process started exits or takes over 2 minutes.
+    fn wait(&mut self, what: &str, log: &Path, ready: impl Fn() -> bool) -> Result<()> {
+        let started = Instant::now();
+        while !ready() {
+            let exited = self.children.last_mut().unwrap().try_wait()?;
+            if exited.is_some() || started.elapsed() > Duration::from_secs(120) {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                bail!("{what} did not come up ({}):\n{log}", exited.map_or("timed out".into(), |s| s.to_string()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().rev() {
+            if !matches!(child.try_wait(), Ok(None)) {
+                continue;
+            }
+            // SIGTERM first: an nginx master then stops its worker too.
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn header(authorization: &str) -> Vec<String> {
+    vec!["-H".to_string(), format!("Authorization: {authorization}")]
+}
+
+/// One HTTP/1.1 request on a fresh connection: the status and the raw body.
+fn http(port: u16, method: &str, path: &str, authorization: Option<&str>, body: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    if let Some(a) = authorization {
+        req += &format!("Authorization: {a}\r\n");
+    }
+    if !body.is_empty() {
+        req += "Content-Type: application/json\r\n";
+    }
+    req += &format!("Content-Length: {}\r\n\r\n{body}", body.len());
+    stream.write_all(req.as_bytes())?;
+    let mut resp = Vec::new();
+    stream.read_to_end(&mut resp)?;
+    let resp = String::from_utf8_lossy(&resp);
+    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).context("no HTTP status line")?;
+    Ok((status, resp.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string()))
+}
+
+#[derive(Clone, Copy)]
+struct Sample {
+    rps: f64,
+    /// Latency percentiles in microseconds.
+    p50: f64,
+    p99: f64,
+}
+
+impl Sample {
+    /// Each figure's median over the rounds, on its own.
+    fn median(samples: &[Sample]) -> Sample {
+        let med = |f: fn(&Sample) -> f64| {
+            let mut v: Vec<f64> = samples.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        Sample { rps: med(|s| s.rps), p50: med(|s| s.p50), p99: med(|s| s.p99) }
+    }
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.2} ms", us / 1000.0)
+}
+
+/// Run wrk and read Requests/sec and the 50% and 99% latencies; any non-2xx answer fails the run.
+fn wrk(url: &str, extra: &[String], duration: &str) -> Result<Sample> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(WRK).arg(format!("-d{duration}")).args(extra).arg(url);
+    let out = cmd.output().with_context(|| format!("running wrk on {url}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.contains("Non-2xx") {
+        bail!("wrk on {url} failed or got errors:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    if let Some(line) = text.lines().find(|l| l.contains("Socket errors")) {
+        eprintln!("xtask: wrk on {url}: {}", line.trim());
+    }
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map(str::trim)
+            .context(format!("wrk printed no `{prefix}`"))
+    };
+    Ok(Sample { rps: field("Requests/sec:")?.parse()?, p50: micros(field("50%")?)?, p99: micros(field("99%")?)? })
+}
+
+/// wrk's `812.00us`, `1.23ms`, `2.00s` in microseconds.
+fn micros(s: &str) -> Result<f64> {
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).context("latency without a unit")?;
+    let n: f64 = s[..split].parse()?;
+    Ok(n * match &s[split..] {
+        "us" => 1.0,
+        "ms" => 1e3,
+        "s" => 1e6,
+        "m" => 60e6,
+        unit => bail!("unknown wrk unit `{unit}`"),
+    })
+}
