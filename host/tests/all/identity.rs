@@ -21,7 +21,7 @@ use rustls_pki_types::pem::PemObject as _;
 use crate::db::Backend;
 use crate::server::{http, serve_tls, world};
 
-const ISSUER: &str = "https://idp.latchkey.test";
+pub(crate) const ISSUER: &str = "https://idp.latchkey.test";
 
 fn now() -> i64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64
@@ -31,7 +31,7 @@ fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-enum Signer<'a> {
+pub(crate) enum Signer<'a> {
     Rsa(&'a RsaKeyPair),
     Ed(&'a Ed25519KeyPair),
     Hmac(&'a [u8]),
@@ -39,7 +39,7 @@ enum Signer<'a> {
 }
 
 /// A compact JWS with this header and claims.
-fn jwt(header: serde_json::Value, claims: serde_json::Value, signer: Signer) -> String {
+pub(crate) fn jwt(header: serde_json::Value, claims: serde_json::Value, signer: Signer) -> String {
     let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
     let sig = match signer {
         Signer::Rsa(k) => {
@@ -56,7 +56,7 @@ fn jwt(header: serde_json::Value, claims: serde_json::Value, signer: Signer) -> 
     format!("{input}.{}", b64(&sig))
 }
 
-fn claims(sub: &str, exp_in: i64) -> serde_json::Value {
+pub(crate) fn claims(sub: &str, exp_in: i64) -> serde_json::Value {
     serde_json::json!({"iss": ISSUER, "sub": sub, "aud": "latchkey", "iat": now(), "exp": now() + exp_in})
 }
 
@@ -71,12 +71,12 @@ fn rsa_jwk(k: &RsaKeyPair, kid: &str) -> serde_json::Value {
     serde_json::json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": b64(&public.n), "e": b64(&public.e)})
 }
 
-fn ed_key() -> Ed25519KeyPair {
+pub(crate) fn ed_key() -> Ed25519KeyPair {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
     Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
 }
 
-fn ed_jwk(k: &Ed25519KeyPair, kid: &str) -> serde_json::Value {
+pub(crate) fn ed_jwk(k: &Ed25519KeyPair, kid: &str) -> serde_json::Value {
     serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(k.public_key().as_ref())})
 }
 

@@ -7,6 +7,7 @@ mod db;
 mod hostile;
 mod identity;
 mod schemes;
+mod serve_cli;
 mod server;
 mod support;
 mod vault;
