@@ -24,6 +24,7 @@ fn main() {
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
     println!("cargo:rerun-if-changed={}", plugins.join("Cargo.toml").display());
     println!("cargo:rerun-if-changed={}", plugins.join("Cargo.lock").display());
+    println!("cargo:rerun-if-changed={}", plugins.join(".cargo/config.toml").display());
     let mut guests = Vec::new();
     for dir in fs::read_dir(&plugins).unwrap().filter_map(|e| e.ok()).map(|e| e.path()) {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -50,6 +51,9 @@ fn main() {
     let status = Command::new(cargo)
         .args(["build", "--release", "--workspace", "--target", "wasm32-wasip2", "--manifest-path"])
         .arg(plugins.join("Cargo.toml"))
+        // From the plugin workspace, so its `.cargo/config.toml` (guest
+        // link flags) applies.
+        .current_dir(&plugins)
         .env("CARGO_TARGET_DIR", &target_dir)
         // Flags meant for the host build must not leak into the guest build.
         .env_remove("CARGO_ENCODED_RUSTFLAGS")

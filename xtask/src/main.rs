@@ -117,15 +117,9 @@ fn setup(root: &Path) -> Result<()> {
 fn plugins(root: &Path) -> Result<()> {
     let target = root.join("target/wasm-plugins");
     run(cargo()
-        .args([
-            "build",
-            "--release",
-            "--workspace",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-            "plugins/Cargo.toml",
-        ])
+        .args(["build", "--release", "--workspace", "--target", "wasm32-wasip2", "--manifest-path", "Cargo.toml"])
+        // From the plugin workspace, so its `.cargo/config.toml` applies.
+        .current_dir(root.join("plugins"))
         .env("CARGO_TARGET_DIR", &target))?;
     let out = root.join("target/plugins");
     std::fs::create_dir_all(&out)?;
@@ -150,8 +144,9 @@ fn test(root: &Path) -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check", "--manifest-path", plugins_manifest]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     run(cargo()
-        .args(["clippy", "--workspace", "--target", "wasm32-wasip2", "--manifest-path", plugins_manifest])
+        .args(["clippy", "--workspace", "--target", "wasm32-wasip2"])
         .args(["--", "-D", "warnings"])
+        .current_dir(root.join("plugins"))
         .env("CARGO_TARGET_DIR", root.join("target/wasm-plugins")))?;
     // Plugin crates' own unit tests (canonicalisation, parsing) run natively.
     run(cargo()
