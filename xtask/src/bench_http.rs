@@ -237,9 +237,16 @@ impl Lab {
             cmd.args(args).env("LATCHKEY_DATA_DIR", &data).env("LATCHKEY_LOG", "warn");
             cmd
         };
-        let key_secret = format!("key={key}");
+        // Secret values go through files (`field=@file`), as an operator
+        // would pass them, so the echoed commands never show them.
+        let secret_file = |name: &str, value: &str| -> Result<String> {
+            let path = self.dir.join(name);
+            std::fs::write(&path, value)?;
+            Ok(path.display().to_string())
+        };
+        let key_secret = format!("key=@{}", secret_file("api.key", key)?);
         let access_key = format!("access_key_id=AKID{}", random_hex(8)?.to_uppercase());
-        let secret_key = format!("secret_access_key={}", random_hex(20)?);
+        let secret_key = format!("secret_access_key=@{}", secret_file("aws.secret", &random_hex(20)?)?);
         let upstream_url = format!("http://127.0.0.1:{upstream}");
         let setup: [&[&str]; 3] = [
             &[
