@@ -155,7 +155,9 @@ fn test(root: &Path) -> Result<()> {
     // The host: unit tests, hostile guests, golden vectors, CLI, AWS SDK comparison.
     run(cargo().args(["test", "--workspace"]))?;
     // The providers' official SDKs (botocore, Alibaba, Tencent, PyJWT) against `latchkey sign`.
-    run(cargo().args(["build", "-p", "latchkey"]))?;
+    // `cargo test` has just built target/debug/latchkey for the integration
+    // tests (CARGO_BIN_EXE_latchkey); a separate `cargo build` would rebuild
+    // it without the dev-dependencies' features, for nothing.
     run(Command::new(venv_python(root))
         .args(["-m", "pytest", "-q", "tests/sdk"])
         .env("LATCHKEY_BIN", root.join("target/debug/latchkey")))?;
