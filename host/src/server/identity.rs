@@ -192,15 +192,8 @@ fn claim_kid_refetch(entry: &Entry) -> bool {
 
 /// GET a JWKS document.
 async fn fetch(app: &AppState, url: &str) -> Result<String, String> {
-    // Host names are checked by the client's resolver; IP literals never
-    // reach it, so they are checked here.
     let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
-    let literal = match parsed.host() {
-        Some(url::Host::Ipv4(v4)) => Some(std::net::IpAddr::V4(v4)),
-        Some(url::Host::Ipv6(v6)) => Some(std::net::IpAddr::V6(v6)),
-        _ => None,
-    };
-    if let Some(why) = literal.and_then(|ip| app.config.address_policy.refusal(ip)) {
+    if let Some(why) = app.config.address_policy.literal_refusal(&parsed) {
         return Err(format!("the JWKS URL's address is refused: {why}"));
     }
     let request = axum::http::Request::builder()

@@ -107,6 +107,17 @@ impl AddressPolicy {
             format!("{ip} is in {n}, a private, loopback, link-local or reserved range (allow it with --allow-upstream-network)")
         })
     }
+
+    /// Why a URL whose host is an IP literal may not be connected to. Host
+    /// names are checked by [`CheckedResolver`]; literals never reach it.
+    pub fn literal_refusal(&self, url: &url::Url) -> Option<String> {
+        let ip = match url.host()? {
+            url::Host::Ipv4(v4) => IpAddr::V4(v4),
+            url::Host::Ipv6(v6) => IpAddr::V6(v6),
+            url::Host::Domain(_) => return None,
+        };
+        self.refusal(ip)
+    }
 }
 
 /// A DNS resolver that returns only addresses the policy allows, and fails

@@ -140,12 +140,7 @@ async fn forward(app: &Arc<AppState>, route_name: &str, req: Request, call: &mut
     let parsed = url::Url::parse(&url).map_err(|e| ApiError::new("invalid_request", format!("upstream URL: {e}")))?;
     let host = parsed.host_str().unwrap_or_default().to_string();
     call.host = Some(host.clone());
-    if let Some(ip) = match parsed.host() {
-        Some(url::Host::Ipv4(v4)) => Some(std::net::IpAddr::V4(v4)),
-        Some(url::Host::Ipv6(v6)) => Some(std::net::IpAddr::V6(v6)),
-        _ => None,
-    } && let Some(why) = app.config.address_policy.refusal(ip)
-    {
+    if let Some(why) = app.config.address_policy.literal_refusal(&parsed) {
         return Err(ApiError::new("upstream_address_refused", format!("upstream {why}")));
     }
     if !credential.allows(&host) {

@@ -69,6 +69,17 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidConfig(msg.into())
 }
 
+/// The `aud` field: comma-separated audiences, none empty (minting and
+/// verification read it the same way).
+pub fn audiences(config: &Config) -> Result<Vec<String>, Error> {
+    let Some(list) = config.get("aud") else { return Ok(Vec::new()) };
+    let items: Vec<String> = list.split(',').map(|a| a.trim().to_string()).collect();
+    if items.iter().any(String::is_empty) {
+        return Err(invalid("`aud` has an empty entry; give comma-separated audiences"));
+    }
+    Ok(items)
+}
+
 /// An RFC 9110 token, as header names must be.
 fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
@@ -90,16 +101,7 @@ impl Settings {
             invalid(format!("`alg` must be one of {} (case-sensitive; unsigned tokens are never minted)", Alg::names()))
         })?;
 
-        let aud = match config.get("aud") {
-            None => Vec::new(),
-            Some(list) => {
-                let items: Vec<String> = list.split(',').map(|a| a.trim().to_string()).collect();
-                if items.iter().any(String::is_empty) {
-                    return Err(invalid("`aud` has an empty entry; give comma-separated audiences"));
-                }
-                items
-            }
-        };
+        let aud = audiences(config)?;
 
         let ttl = match config.get("ttl_seconds") {
             None => DEFAULT_TTL,

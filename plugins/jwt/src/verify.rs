@@ -97,16 +97,7 @@ impl Policy {
         };
         let iss =
             config.get("iss").ok_or_else(|| invalid("`iss` is required: the issuer tokens must name"))?.to_string();
-        let aud = match config.get("aud") {
-            None => Vec::new(),
-            Some(list) => {
-                let items: Vec<String> = list.split(',').map(|a| a.trim().to_string()).collect();
-                if items.iter().any(String::is_empty) {
-                    return Err(invalid("`aud` has an empty entry; give comma-separated audiences"));
-                }
-                items
-            }
-        };
+        let aud = crate::settings::audiences(config)?;
         let leeway =
             match config.get("leeway_seconds") {
                 None => DEFAULT_LEEWAY,
