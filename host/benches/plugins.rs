@@ -41,7 +41,7 @@ fn request_headers() -> Vec<(String, String)> {
 }
 
 fn to_headers(h: &[(String, String)]) -> Vec<Header> {
-    h.iter().map(|(n, v)| Header { name: n.clone(), value: Value { text: v.clone(), sensitive: false } }).collect()
+    h.iter().map(|(n, v)| Header { name: n.clone(), value: Value::plain(v.clone()) }).collect()
 }
 
 fn native_sigv4(identity: &Identity, headers: &[(String, String)]) -> Vec<(String, String)> {
@@ -135,7 +135,11 @@ fn bench(c: &mut Criterion) {
             let mut hs = to_headers(&headers);
             hs.push(Header {
                 name: "Authorization".into(),
-                value: Value { text: format!("Bearer {}", black_box("sk-bench-0123456789")), sensitive: true },
+                value: Value {
+                    text: format!("Bearer {}", black_box("sk-bench-0123456789")),
+                    sensitive: true,
+                    scan: String::new(),
+                },
             });
             black_box(hs)
         })

@@ -1,6 +1,7 @@
 //! Latchkey, a credential broker for AI agents: auth schemes run as sandboxed
 //! WebAssembly components over credentials the agents never hold.
 
+pub mod broker;
 pub mod plugin;
 pub mod secret;
 pub mod server;

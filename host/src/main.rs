@@ -11,7 +11,7 @@ use latchkey::plugin::{CallCredential, PluginSource, Runtime, RuntimeConfig};
 use latchkey::secret::Secret;
 use latchkey::sign::{self, SignInput};
 use latchkey::vault::model::Overrides;
-use latchkey::vault::{UseEvent, Vault, parse_org};
+use latchkey::vault::{Vault, parse_org};
 
 mod cli;
 
@@ -353,7 +353,7 @@ fn cmd_sign(rt_args: &RuntimeArgs, args: SignArgs) -> Result<(), Failure> {
 /// `latchkey sign --credential NAME`: resolve through the layers (the
 /// `--secret` values are per-call overrides), check the destination, sign,
 /// and record the use in the audit trail.
-async fn cmd_sign_vault(vault: &Vault, args: SignArgs) -> Result<(), Failure> {
+async fn cmd_sign_vault(vault: &Arc<Vault>, args: SignArgs) -> Result<(), Failure> {
     let name = args.credential.clone().unwrap_or_default();
     let org = parse_org(args.org.as_deref())?.to_string();
     let SignParts { config, secrets, input } = sign_parts(&args)?;
@@ -361,66 +361,39 @@ async fn cmd_sign_vault(vault: &Vault, args: SignArgs) -> Result<(), Failure> {
     for (field, value) in secrets {
         overrides.set(&name, &field, value);
     }
-    let prepared = sign::prepare(&input)?;
-    let host = url::Url::parse(&input.url).ok().and_then(|u| u.host_str().map(str::to_string));
-    let record = |outcome: &str, layer| {
-        vault.record_use(UseEvent {
-            org: org.clone(),
-            credential: name.clone(),
-            agent: Some(cli::vault::cli_actor()),
-            destination: host.clone(),
-            outcome: outcome.to_string(),
-            layer,
-        })
-    };
-    let resolution = match vault.resolve(&org, &name, &overrides).await {
-        Ok(r) => r,
-        Err(e) => {
-            record(e.code(), None);
-            return Err(e.into());
-        }
-    };
-    let layer = Some(resolution.resolved.layer);
-    let outcome = (|| {
-        resolution.check_destination(host.as_deref().unwrap_or_default())?;
-        let (scheme, config, version) = match resolution.credential() {
-            Some(c) => {
-                if !config.is_empty() {
-                    return Err(Failure::new(
-                        "invalid_argument",
-                        format!("--config cannot change vault credential `{name}`; use `latchkey credential update`"),
-                    ));
-                }
-                (c.scheme.clone(), c.config.clone(), c.version)
-            }
-            None => match &args.scheme {
-                Some(s) => (s.clone(), config, 0),
-                None => {
-                    return Err(Failure::new(
-                        "invalid_argument",
-                        format!("`{name}` is not in the vault, so its scheme is unknown: give --scheme"),
-                    ));
-                }
-            },
+    // The one call path, as the operator: every layer, no attachment check.
+    let broker = latchkey::broker::Broker::new(vault.clone());
+    let caller = latchkey::broker::Caller::Operator { org: org.clone(), actor: cli::vault::cli_actor() };
+    let given = args.scheme.as_deref().map(|s| (s, config.clone()));
+    let ticket = broker.open(&caller, &name, &overrides, given).await.map_err(|e| Failure::new(e.code, e.message))?;
+    if ticket.in_vault() {
+        let refusal = if !config.is_empty() {
+            Some(format!("--config cannot change vault credential `{name}`; use `latchkey credential update`"))
+        } else {
+            args.scheme.as_deref().filter(|s| *s != ticket.scheme()).map(|s| {
+                format!("vault credential `{name}` uses scheme `{}`, not `{s}`; drop --scheme", ticket.scheme())
+            })
         };
-        let rt = vault.runtime();
-        let plugin = rt.get(&scheme)?;
-        let secrets = resolution.resolved.secrets.clone();
-        sign::check_credential(rt, &plugin, &config, &secrets)?;
-        if args.explain {
-            eprintln!(
-                "credential `{name}`: secret from the {} layer ({})",
-                resolution.resolved.layer, resolution.resolved.source
-            );
+        if let Some(message) = refusal {
+            broker.refused(&ticket, None, "invalid_argument");
+            return Err(Failure::new("invalid_argument", message));
         }
-        let cred = Arc::new(CallCredential::new(name.clone(), version, config, secrets));
-        sign_and_print(rt, &plugin, &cred, &prepared, args.explain)
-    })();
-    match &outcome {
-        Ok(()) => record("ok", layer),
-        Err(f) => record(f.code, layer),
     }
-    outcome
+    if args.explain {
+        eprintln!("credential `{name}`: secret from the {} layer ({})", ticket.layer(), ticket.source());
+    }
+    let signed = broker
+        .sign(&ticket, &input, latchkey::broker::Delivery::Caller)
+        .await
+        .map_err(|e| Failure::new(e.code, e.message))?;
+    // Explain after signing, so a scheme that caches (jwt) explains the very
+    // token it just produced.
+    if args.explain {
+        let prepared = sign::prepare(&input)?;
+        let text = sign::explain(vault.runtime(), ticket.plugin(), &ticket.call_credential(), &prepared)?;
+        eprintln!("{text}");
+    }
+    print_signed(&signed.request)
 }
 
 fn sign_and_print(
@@ -437,8 +410,12 @@ fn sign_and_print(
         let text = sign::explain(rt, plugin, cred, prepared)?;
         eprintln!("{text}");
     }
+    print_signed(&signed)
+}
+
+fn print_signed(signed: &sign::SignedRequest) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, &signed).map_err(|e| Failure::new("io", e.to_string()))?;
+    serde_json::to_writer(&mut out, signed).map_err(|e| Failure::new("io", e.to_string()))?;
     writeln!(out).map_err(|e| Failure::new("io", e.to_string()))?;
     Ok(())
 }
@@ -457,9 +434,15 @@ fn plugin_json(p: &latchkey::Plugin) -> serde_json::Value {
         "sha256": p.digest,
         "size": p.size,
         "config_fields": fields(&p.info.config_fields),
-        "secret_fields": fields(&p.info.secret_fields),
-        "open_secret_fields": p.info.open_secret_fields,
+        "secret_fields": p.info.secret_fields.iter().map(|f| serde_json::json!({
+            "name": f.name, "description": f.description, "required": f.required,
+            "exposure": latchkey::plugin::exposure_name(f.exposure),
+        })).collect::<Vec<_>>(),
+        "open_secret_fields": p.info.open_secret_fields.map(latchkey::plugin::exposure_name),
         "writable_headers": p.info.writable_headers,
+        "reads_body": p.info.reads_body,
+        "request_independent": p.info.request_independent,
+        "verifies_tokens": p.exports_verifier(),
         "reads_raw_secrets": p.reads_secrets,
         "imports": p.imports,
     })
@@ -510,8 +493,25 @@ fn cmd_inspect(rt_args: &RuntimeArgs, file: &std::path::Path, json: bool) -> Res
         }
     };
     show("config fields", &p.info.config_fields);
-    show("secret fields", &p.info.secret_fields);
+    println!("secret fields:");
+    if p.info.secret_fields.is_empty() {
+        println!("  (none)");
+    }
+    for f in &p.info.secret_fields {
+        let req = if f.required { "required" } else { "optional" };
+        let exposure = latchkey::plugin::exposure_name(f.exposure);
+        println!("  {:<22} {req:<8}  {exposure:<10}  {}", f.name, f.description);
+    }
+    if let Some(e) = p.info.open_secret_fields {
+        println!("  (any other name)      optional  {:<10}  open set of fields", latchkey::plugin::exposure_name(e));
+    }
     println!("writable headers: {}", p.info.writable_headers.join(", "));
+    println!(
+        "body:             {}",
+        if p.info.reads_body { "hashed (the proxy buffers it)" } else { "not read (the proxy streams it)" }
+    );
+    println!("request-independent: {}", if p.info.request_independent { "yes" } else { "no" });
+    println!("verifies tokens:  {}", if p.exports_verifier() { "yes (exports verifier)" } else { "no" });
     println!(
         "secret access: {}",
         if p.reads_secrets {

@@ -1,5 +1,7 @@
 //! Signing one request with a scheme: input checks, the plugin call, and the
-//! outgoing request. `latchkey sign` and (later) `POST /v1/sign` share it.
+//! outgoing request. Offline `latchkey sign` calls it directly; every
+//! vault-backed surface reaches it through the one call path in
+//! [`crate::broker`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -78,11 +80,19 @@ pub struct SignedRequest {
     pub url: String,
     /// Original headers in order, then added ones.
     pub headers: Vec<(String, String)>,
-    /// Whether a secret value was spliced verbatim into a header (api-key,
-    /// custom-headers): such a request must only go upstream, never back to
-    /// an agent.
+    /// Whether a `wire` secret was spliced into a header or parameter
+    /// (api-key, basic, custom-headers): such a request must only go
+    /// upstream, never back to an agent.
     #[serde(skip)]
     pub carries_secret: bool,
+    /// Per header: whether its value carries a `wire` secret (mock answers
+    /// redact these).
+    #[serde(skip)]
+    pub sensitive: Vec<bool>,
+    /// What the plugin produced (header names and values, query names and
+    /// values), identifier splices masked: what `broker::leak` scans.
+    #[serde(skip)]
+    pub produced: Vec<String>,
 }
 
 /// A checked request, ready for a plugin.
@@ -134,7 +144,7 @@ pub fn prepare(input: &SignInput) -> Result<Prepared, SignError> {
         if name.eq_ignore_ascii_case("host") && !value.eq_ignore_ascii_case(&authority) {
             return Err(bad(format!("Host header `{value}` does not match the URL's authority `{authority}`")));
         }
-        headers.push(Header { name: name.clone(), value: Value { text: value.clone(), sensitive: false } });
+        headers.push(Header { name: name.clone(), value: Value::plain(value.clone()) });
     }
     if input.body.len() > MAX_BODY {
         return Err(bad(format!("body of {} bytes is over the {MAX_BODY} byte limit", input.body.len())));
@@ -192,15 +202,46 @@ pub fn sign(
     prepared: &Prepared,
 ) -> Result<SignedRequest, SignError> {
     let checked = runtime.apply(plugin, cred, prepared.now, &prepared.request)?;
+    Ok(finish(prepared, checked))
+}
+
+/// Apply checked edits to a prepared request: the outgoing request.
+pub fn finish(prepared: &Prepared, checked: Vec<edits::Checked>) -> SignedRequest {
+    let mut produced = Vec::with_capacity(checked.len() * 2);
+    let mut carries_secret = false;
+    for e in &checked {
+        match e {
+            edits::Checked::Set(n, v) | edits::Checked::Append(n, v) | edits::Checked::Query(n, v) => {
+                produced.push(n.clone());
+                produced.push(v.scan.clone());
+                carries_secret |= v.sensitive;
+            }
+            edits::Checked::Remove(_) => {}
+        }
+    }
     let (mut url, mut headers) = (prepared.url.clone(), prepared.headers.clone());
     edits::apply(&mut url, &mut headers, checked);
-    let carries_secret = headers.iter().any(|h| h.value.sensitive);
-    Ok(SignedRequest {
+    let sensitive = headers.iter().map(|h| h.value.sensitive).collect();
+    SignedRequest {
         method: prepared.request.method.clone(),
         url,
         headers: headers.into_iter().map(|h| (h.name, h.value.text)).collect(),
         carries_secret,
-    })
+        sensitive,
+        produced,
+    }
+}
+
+impl Prepared {
+    /// The plugin's view of the request.
+    pub fn request(&self) -> &crate::plugin::Request {
+        &self.request
+    }
+
+    /// The signing time.
+    pub fn now(&self) -> Datetime {
+        self.now
+    }
 }
 
 /// The plugin's account of what it signs (`--explain`).

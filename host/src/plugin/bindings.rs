@@ -17,7 +17,8 @@ wasmtime::component::bindgen!({
 pub use self::latchkey::plugin::crypto::SignatureAlgorithm;
 pub use self::latchkey::plugin::log::Level;
 pub use self::latchkey::plugin::types::{
-    CallContext, Datetime, Edit, Error as WitError, FieldInfo, Part, Request, SchemeInfo,
+    CallContext, Datetime, Edit, Error as WitError, Exposure, FieldInfo, Part, Request, SchemeInfo, SecretFieldInfo,
+    Segment,
 };
 
 /// Host bindings for the `verifier-plugin` world: the imports are the ones

@@ -4,7 +4,7 @@
 //! RFC 9110, size caps, the scheme's declared writable headers and a fixed
 //! deny-list before anything changes. One bad edit refuses the whole answer.
 
-use super::bindings::{Edit, Part};
+use super::bindings::{Edit, Exposure, Part, SchemeInfo, Segment};
 use super::state::CallCredential;
 
 /// At most this many edits in one answer.
@@ -57,13 +57,50 @@ pub fn denied_header(name: &str) -> Option<&'static str> {
     }
 }
 
-/// A header value after splicing; `sensitive` when it contains a secret.
+/// A header value after splicing; `sensitive` when it carries a `wire`
+/// secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Value {
     /// The value.
     pub text: String,
-    /// Whether a secret was spliced into it.
+    /// Whether a `wire` secret was spliced into it (verbatim or encoded).
     pub sensitive: bool,
+    /// `text` with every declared-`identifier` splice replaced by NUL: what
+    /// the output scan searches for secret values the scheme did not
+    /// declare (see `broker::leak`). Empty for values the host did not take
+    /// from a plugin.
+    pub scan: String,
+}
+
+impl Value {
+    /// A value that came from the caller, not from a plugin.
+    pub fn plain(text: impl Into<String>) -> Value {
+        Value { text: text.into(), sensitive: false, scan: String::new() }
+    }
+}
+
+/// Where each secret field of one call may go: the scheme's declaration,
+/// tightened by what the call did (a field used as a key is host-only).
+#[derive(Clone, Copy)]
+pub struct Exposures<'a> {
+    /// The scheme's declaration.
+    pub info: &'a SchemeInfo,
+    /// Fields the call used as a key.
+    pub keyed: &'a [String],
+}
+
+impl Exposures<'_> {
+    /// The exposure of `field` for this call. A field the scheme does not
+    /// declare (and that no open declaration covers) is host-only.
+    pub fn of(&self, field: &str) -> Exposure {
+        if self.keyed.iter().any(|k| k == field) {
+            return Exposure::HostOnly;
+        }
+        match self.info.secret_fields.iter().find(|f| f.name == field) {
+            Some(f) => f.exposure,
+            None => self.info.open_secret_fields.unwrap_or(Exposure::HostOnly),
+        }
+    }
 }
 
 impl std::fmt::Debug for Value {
@@ -85,30 +122,79 @@ pub enum Checked {
     Query(String, Value),
 }
 
-fn splice(cred: &CallCredential, parts: &[Part]) -> Result<Value, String> {
-    let mut text = String::new();
-    let mut sensitive = false;
+fn splice(cred: &CallCredential, exposures: Exposures<'_>, parts: &[Part]) -> Result<Value, String> {
+    use base64::Engine as _;
+    let mut value = Value { text: String::new(), sensitive: false, scan: String::new() };
+    // One secret field's value, refused when its exposure keeps it in the host.
+    let take = |f: &str, value: &mut Value| -> Result<(Exposure, &crate::secret::Secret), String> {
+        let s = cred.secret(f).ok_or_else(|| format!("refers to secret field `{f}`, which the credential lacks"))?;
+        let exposure = exposures.of(f);
+        match exposure {
+            Exposure::HostOnly => {
+                return Err(format!(
+                    "places secret field `{f}` in the request, but it is host-only (declared so, or used as a key \
+                     in this call)"
+                ));
+            }
+            Exposure::Wire => value.sensitive = true,
+            Exposure::Identifier => {}
+        }
+        Ok((exposure, s))
+    };
     for p in parts {
         match p {
-            Part::Text(t) => text.push_str(t),
+            Part::Text(t) => {
+                value.text.push_str(t);
+                value.scan.push_str(t);
+            }
             Part::Secret(f) => {
-                let s = cred
-                    .secret(f)
-                    .ok_or_else(|| format!("refers to secret field `{f}`, which the credential lacks"))?;
-                text.push_str(s.expose());
-                sensitive = true;
+                let (exposure, s) = take(f, &mut value)?;
+                value.text.push_str(s.expose());
+                if exposure == Exposure::Identifier {
+                    value.scan.push('\0');
+                } else {
+                    value.scan.push_str(s.expose());
+                }
+            }
+            Part::Base64(segments) => {
+                let mut inner = zeroize::Zeroizing::new(String::new());
+                let (mut identifiers, mut wire) = (false, false);
+                for seg in segments {
+                    match seg {
+                        Segment::Text(t) => inner.push_str(t),
+                        Segment::Secret(f) => {
+                            let (exposure, s) = take(f, &mut value)?;
+                            inner.push_str(s.expose());
+                            identifiers |= exposure == Exposure::Identifier;
+                            wire |= exposure == Exposure::Wire;
+                        }
+                    }
+                    if inner.len() > MAX_VALUE_LEN {
+                        return Err(format!("a value longer than {MAX_VALUE_LEN} bytes"));
+                    }
+                }
+                let encoded = base64::engine::general_purpose::STANDARD.encode(inner.as_bytes());
+                value.text.push_str(&encoded);
+                // Identifiers may be encoded; what else is there is scanned.
+                if identifiers && !wire {
+                    value.scan.push('\0');
+                } else {
+                    value.scan.push_str(&encoded);
+                }
             }
         }
-        if text.len() > MAX_VALUE_LEN {
+        if value.text.len() > MAX_VALUE_LEN {
             return Err(format!("a value longer than {MAX_VALUE_LEN} bytes"));
         }
     }
-    Ok(Value { text, sensitive })
+    Ok(value)
 }
 
-/// Check a plugin's edits against `writable` (lower-case names, or `*`) and
-/// splice secrets in. The error says what was wrong, never a value.
-pub fn check(edits: Vec<Edit>, writable: &[String], cred: &CallCredential) -> Result<Vec<Checked>, String> {
+/// Check a plugin's edits against its declaration — writable headers
+/// (lower-case names, or `*`) and each secret field's exposure — and splice
+/// secrets in. The error says what was wrong, never a value.
+pub fn check(edits: Vec<Edit>, exposures: Exposures<'_>, cred: &CallCredential) -> Result<Vec<Checked>, String> {
+    let writable = &exposures.info.writable_headers;
     if edits.len() > MAX_EDITS {
         return Err(format!("returned {} edits; the limit is {MAX_EDITS}", edits.len()));
     }
@@ -139,7 +225,7 @@ pub fn check(edits: Vec<Edit>, writable: &[String], cred: &CallCredential) -> Re
         let checked = match edit {
             Edit::SetHeader((name, parts)) | Edit::AppendHeader((name, parts)) => {
                 header_ok(&name)?;
-                let v = value_ok(&name, splice(cred, &parts)?)?;
+                let v = value_ok(&name, splice(cred, exposures, &parts)?)?;
                 total += name.len() + v.text.len();
                 if is_set { Checked::Set(name, v) } else { Checked::Append(name, v) }
             }
@@ -151,7 +237,7 @@ pub fn check(edits: Vec<Edit>, writable: &[String], cred: &CallCredential) -> Re
                 if name.is_empty() || name.len() > MAX_NAME_LEN {
                     return Err("query parameter name is empty or too long".into());
                 }
-                let v = splice(cred, &parts)?;
+                let v = splice(cred, exposures, &parts)?;
                 total += name.len() + v.text.len();
                 Checked::Query(name, v)
             }
@@ -234,6 +320,35 @@ mod tests {
         CallCredential::new("c", 1, vec![], s)
     }
 
+    fn info(writable: &[String], exposure: Exposure) -> SchemeInfo {
+        SchemeInfo {
+            name: "t".into(),
+            version: "0".into(),
+            description: String::new(),
+            config_fields: vec![],
+            secret_fields: vec![],
+            writable_headers: writable.to_vec(),
+            open_secret_fields: Some(exposure),
+            reads_body: false,
+            request_independent: false,
+        }
+    }
+
+    /// `check` with every field of the given exposure.
+    fn check_as(
+        edits: Vec<Edit>,
+        writable: &[String],
+        exposure: Exposure,
+        keyed: &[String],
+    ) -> Result<Vec<Checked>, String> {
+        let info = info(writable, exposure);
+        super::check(edits, Exposures { info: &info, keyed }, &cred())
+    }
+
+    fn check(edits: Vec<Edit>, writable: &[String], _cred: &CallCredential) -> Result<Vec<Checked>, String> {
+        check_as(edits, writable, Exposure::Wire, &[])
+    }
+
     fn set(name: &str, parts: Vec<Part>) -> Edit {
         Edit::SetHeader((name.to_string(), parts))
     }
@@ -283,8 +398,39 @@ mod tests {
     }
 
     #[test]
+    fn enforces_declared_exposure() {
+        let w = vec!["*".to_string()];
+        let key = || vec![set("x-a", vec![Part::Secret("key".into())])];
+        let b64 =
+            || vec![set("x-a", vec![Part::Base64(vec![Segment::Text("u:".into()), Segment::Secret("key".into())])])];
+        // Host-only fields never reach the request, verbatim or encoded.
+        for edits in [key(), b64()] {
+            let err = check_as(edits, &w, Exposure::HostOnly, &[]).unwrap_err();
+            assert!(err.contains("host-only") && !err.contains("s3cr3t"), "{err}");
+        }
+        // A field used as a key in the call is host-only whatever was declared.
+        let err = check_as(key(), &w, Exposure::Identifier, &["key".into()]).unwrap_err();
+        assert!(err.contains("host-only"), "{err}");
+        // Wire: spliced and marked sensitive; the scan text keeps the value.
+        let c = check_as(b64(), &w, Exposure::Wire, &[]).unwrap();
+        let Checked::Set(_, v) = &c[0] else { panic!() };
+        assert_eq!((v.text.as_str(), v.sensitive), ("dTpzM2NyM3Q=", true));
+        assert_eq!(v.scan, v.text);
+        // Identifier: spliced, not sensitive, masked in the scan text.
+        let c = check_as(
+            vec![set("x-a", vec![Part::Text("id=".into()), Part::Secret("key".into())])],
+            &w,
+            Exposure::Identifier,
+            &[],
+        )
+        .unwrap();
+        let Checked::Set(_, v) = &c[0] else { panic!() };
+        assert_eq!((v.text.as_str(), v.sensitive, v.scan.as_str()), ("id=s3cr3t", false, "id=\0"));
+    }
+
+    #[test]
     fn applies_in_place_and_appends() {
-        let v = |s: &str| Value { text: s.into(), sensitive: false };
+        let v = |s: &str| Value::plain(s);
         let mut headers = vec![
             Header { name: "A".into(), value: v("1") },
             Header { name: "X-Amz-Date".into(), value: v("old") },

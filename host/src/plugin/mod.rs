@@ -9,6 +9,7 @@
 mod bindings;
 pub mod crypto;
 pub mod edits;
+mod pool;
 mod state;
 mod wasi;
 
@@ -23,7 +24,8 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
-pub use bindings::{Datetime, FieldInfo, Request, SchemeInfo, SignatureAlgorithm, WitError};
+pub use bindings::{Datetime, Exposure, FieldInfo, Request, SchemeInfo, SecretFieldInfo, SignatureAlgorithm, WitError};
+pub use pool::{CallPool, PoolConfig, PoolError};
 pub use state::{CallCredential, PluginCache};
 
 use bindings::{CallContext, SchemePlugin, SchemePluginPre};
@@ -51,9 +53,11 @@ pub struct RuntimeConfig {
     /// Extra plugins (`*.wasm`), loaded beside the built-in ones and
     /// overriding a built-in scheme of the same name.
     pub plugin_dir: Option<PathBuf>,
-    /// Schemes granted the `secrets` import (raw secret values), besides the
-    /// built-in grant to `basic`.
+    /// Schemes granted the `secrets` import (raw secret values). No built-in
+    /// scheme needs it.
     pub grant_secrets: Vec<String>,
+    /// The threads plugin calls run on, and each plugin's and organisation's share.
+    pub pool: PoolConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -68,6 +72,7 @@ impl Default for RuntimeConfig {
             cache_dir: default_cache_dir(),
             plugin_dir: None,
             grant_secrets: Vec::new(),
+            pool: PoolConfig::default(),
         }
     }
 }
@@ -82,10 +87,6 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("latchkey"))
 }
-
-/// Schemes the host grants raw secret access: Basic must base64 the user and
-/// password together, which splicing cannot express.
-const BUILTIN_SECRET_GRANTS: &[&str] = &["basic"];
 
 /// Built-in plugin components, compiled from `plugins/` by the build script.
 mod builtin {
@@ -126,8 +127,20 @@ pub struct Plugin {
     pub reads_secrets: bool,
     name: Arc<str>,
     pre: SchemePluginPre<State>,
-    /// Set when the component targets the `verifier-plugin` world.
+    /// Set when the component exports `verifier` (the `verifier-plugin` world).
     verifier: Option<bindings::verifier::VerifierPluginPre<State>>,
+}
+
+impl Plugin {
+    /// Whether the component exports the `verifier` interface.
+    pub fn exports_verifier(&self) -> bool {
+        self.verifier.is_some()
+    }
+
+    /// The scheme's name as an `Arc` (pool shares are keyed by it).
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -245,6 +258,16 @@ impl PluginError {
     }
 }
 
+/// The declaration's spelling of an exposure (`host-only`, `wire`,
+/// `identifier`), as `plugin inspect` and the admin API show it.
+pub fn exposure_name(e: Exposure) -> &'static str {
+    match e {
+        Exposure::HostOnly => "host-only",
+        Exposure::Wire => "wire",
+        Exposure::Identifier => "identifier",
+    }
+}
+
 /// Escape control characters (CR, LF, ESC, ...) and cap the length, so text
 /// from plugins or requests cannot forge log lines or terminal output.
 pub fn sanitize_for_log(s: &str, max: usize) -> String {
@@ -305,6 +328,7 @@ pub struct Runtime {
     external: HashMap<String, Arc<Plugin>>,
     cache: Arc<PluginCache>,
     rng: Arc<ring::rand::SystemRandom>,
+    pool: CallPool,
     _ticker: Ticker,
 }
 
@@ -361,6 +385,7 @@ impl Runtime {
             external: HashMap::new(),
             cache: Arc::new(PluginCache::default()),
             rng: Arc::new(ring::rand::SystemRandom::new()),
+            pool: CallPool::start(config.pool.clone()),
             _ticker: ticker,
             config,
         };
@@ -373,6 +398,11 @@ impl Runtime {
     /// The configuration in force.
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
+    }
+
+    /// The threads plugin calls run on (see [`CallPool`]).
+    pub fn pool(&self) -> &CallPool {
+        &self.pool
     }
 
     fn load_dir(&mut self, dir: &Path) -> Result<(), PluginError> {
@@ -421,6 +451,19 @@ impl Runtime {
 
         let ty = component.component_type();
         let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        // 0.1 components declared no exposure, body use or request
+        // dependence, so the host cannot know what to enforce: refuse them
+        // with the way out rather than guess.
+        if let Some(old) =
+            imports.iter().chain(&exports).find(|i| i.starts_with("latchkey:plugin/") && !i.ends_with("@0.2.0"))
+        {
+            return Err(err(format!(
+                "is built against {}, but this broker speaks latchkey:plugin@0.2.0; rebuild it with the current \
+                 SDK (scheme-info now declares each secret field's exposure, reads-body and request-independent)",
+                sanitize_for_log(old, 120)
+            )));
+        }
         if let Some(bad) = imports.iter().find(|i| !wasi::import_allowed(i, true)) {
             return Err(err(format!("imports `{bad}`, which plugins are never granted")));
         }
@@ -439,7 +482,9 @@ impl Runtime {
                 config_fields: vec![],
                 secret_fields: vec![],
                 writable_headers: vec![],
-                open_secret_fields: false,
+                open_secret_fields: None,
+                reads_body: true,
+                request_independent: false,
             },
             source,
             digest,
@@ -451,13 +496,11 @@ impl Runtime {
             verifier,
         };
         let nobody = Arc::new(CallCredential::new("", 0, vec![], Default::default()));
-        let info = self.call(&plugin, &nobody, Datetime { seconds: 0, nanoseconds: 0 }, |p, store, _| {
+        let (info, _) = self.call(&plugin, &nobody, Datetime { seconds: 0, nanoseconds: 0 }, |p, store, _| {
             p.latchkey_plugin_scheme().call_describe(store)
         })?;
         check_info(&info).map_err(&err)?;
-        let granted = BUILTIN_SECRET_GRANTS.contains(&info.name.as_str())
-            && matches!(plugin.source, PluginSource::Builtin)
-            || self.config.grant_secrets.contains(&info.name);
+        let granted = self.config.grant_secrets.contains(&info.name);
         if plugin.reads_secrets && !granted {
             return Err(err(format!(
                 "scheme `{}` imports latchkey:plugin/secrets (raw secret values) but is not granted it; \
@@ -501,6 +544,32 @@ impl Runtime {
             .map_err(|reason| PluginError::Load { plugin: name.to_string(), reason })
     }
 
+    /// The plugin that verifies agent JWTs: the one component that exports
+    /// the `verifier` interface (found by that export, never by a name).
+    pub fn verifier(&self) -> Result<Arc<Plugin>, PluginError> {
+        let mut found: Vec<Arc<Plugin>> = Vec::new();
+        for name in self.scheme_names() {
+            let plugin = self.get(&name)?;
+            if plugin.exports_verifier() {
+                found.push(plugin);
+            }
+        }
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(PluginError::Failed {
+                plugin: "verifier".into(),
+                reason: "no loaded plugin exports the latchkey:plugin verifier interface".into(),
+            }),
+            _ => Err(PluginError::Failed {
+                plugin: "verifier".into(),
+                reason: format!(
+                    "several plugins export the verifier interface ({}); remove all but one from the plugin folder",
+                    found.iter().map(|p| p.info.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            }),
+        }
+    }
+
     /// Every scheme name, built-in or from the plugin folder, sorted.
     pub fn scheme_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.builtins.iter().map(|(n, ..)| n.to_string()).collect();
@@ -517,6 +586,7 @@ impl Runtime {
         self.call(plugin, &nobody, Datetime { seconds: 0, nanoseconds: 0 }, move |p, store, _| {
             p.latchkey_plugin_scheme().call_validate_config(store, &cfg)
         })?
+        .0
         .map_err(|e| PluginError::Scheme { plugin: plugin.info.name.clone(), error: e.into() })
     }
 
@@ -533,6 +603,7 @@ impl Runtime {
         self.call(plugin, &nobody, Datetime { seconds: 0, nanoseconds: 0 }, move |p, store, _| {
             p.latchkey_plugin_scheme().call_validate_secret(store, &cfg, field, value.expose())
         })?
+        .0
         .map_err(|e| PluginError::Scheme { plugin: plugin.info.name.clone(), error: e.into() })
     }
 
@@ -545,11 +616,11 @@ impl Runtime {
         request: &Request,
     ) -> Result<Vec<edits::Checked>, PluginError> {
         let ctx = CallContext { now, config: cred.config.clone() };
-        let answer = self.call(plugin, cred, now, |p, store, handle| {
+        let (answer, keyed) = self.call(plugin, cred, now, |p, store, handle| {
             p.latchkey_plugin_scheme().call_apply(store, &ctx, handle, request)
         })?;
         let edits = answer.map_err(|e| PluginError::Scheme { plugin: plugin.info.name.clone(), error: e.into() })?;
-        edits::check(edits, &plugin.info.writable_headers, cred)
+        edits::check(edits, edits::Exposures { info: &plugin.info, keyed: &keyed }, cred)
             .map_err(|reason| PluginError::Failed { plugin: plugin.info.name.clone(), reason })
     }
 
@@ -562,7 +633,7 @@ impl Runtime {
         request: &Request,
     ) -> Result<String, PluginError> {
         let ctx = CallContext { now, config: cred.config.clone() };
-        let answer = self.call(plugin, cred, now, |p, store, handle| {
+        let (answer, _) = self.call(plugin, cred, now, |p, store, handle| {
             p.latchkey_plugin_scheme().call_explain(store, &ctx, handle, request)
         })?;
         answer
@@ -606,11 +677,6 @@ impl Runtime {
         answer.map_err(|e| PluginError::Scheme { plugin: plugin.info.name.clone(), error: e.into() })
     }
 
-    /// Whether a plugin exports the `verifier` interface.
-    pub fn can_verify(plugin: &Plugin) -> bool {
-        plugin.verifier.is_some()
-    }
-
     /// A store for one call: its own limits, tables and deadline.
     fn store(&self, plugin: &Plugin, cred: &Arc<CallCredential>, now: Datetime) -> Store<State> {
         let state = State {
@@ -632,6 +698,7 @@ impl Runtime {
             wasi: None,
             stderr: MemoryOutputPipe::new(wasi::STDERR_CAPACITY),
             log_lines: 0,
+            keyed: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -644,7 +711,8 @@ impl Runtime {
         store.set_epoch_deadline(self.config.call_timeout.as_millis().div_ceil(TICK.as_millis()) as u64 + 1);
     }
 
-    /// Run `f` in a fresh instance with its own store, limits and deadline.
+    /// Run `f` in a fresh instance with its own store, limits and deadline;
+    /// also returns the secret fields the call used as keys.
     fn call<R>(
         &self,
         plugin: &Plugin,
@@ -655,7 +723,7 @@ impl Runtime {
             &mut Store<State>,
             wasmtime::component::Resource<CredentialHandle>,
         ) -> wasmtime::Result<R>,
-    ) -> Result<R, PluginError> {
+    ) -> Result<(R, Vec<String>), PluginError> {
         let mut store = self.store(plugin, cred, now);
         let fail = |store: &Store<State>, e: wasmtime::Error| PluginError::Failed {
             plugin: plugin.name.to_string(),
@@ -671,11 +739,14 @@ impl Runtime {
             Err(e) => return Err(fail(&store, e)),
         };
         let out = f(&instance, &mut store, handle);
-        out.map_err(|e| {
-            let err = fail(&store, e);
-            tracing::warn!(plugin = %plugin.name, credential = %cred.name, error = %err, "plugin call failed");
-            err
-        })
+        match out {
+            Ok(r) => Ok((r, std::mem::take(&mut store.data_mut().keyed))),
+            Err(e) => {
+                let err = fail(&store, e);
+                tracing::warn!(plugin = %plugin.name, credential = %cred.name, error = %err, "plugin call failed");
+                Err(err)
+            }
+        }
     }
 
     /// An instance kept across calls, for benchmarks and plugin tests only:
@@ -739,13 +810,15 @@ impl WarmInstance<'_> {
         let ctx = CallContext { now, config: cred.config.clone() };
         let handle = wasmtime::component::Resource::new_borrow(self.handle.rep());
         let name = self.plugin.info.name.clone();
+        self.store.data_mut().keyed.clear();
         let answer = self
             .instance
             .latchkey_plugin_scheme()
             .call_apply(&mut self.store, &ctx, handle, request)
             .map_err(|e| PluginError::Failed { plugin: name.clone(), reason: format!("{e:#}") })?;
         let edits = answer.map_err(|e| PluginError::Scheme { plugin: name.clone(), error: e.into() })?;
-        edits::check(edits, &self.plugin.info.writable_headers, &cred)
+        let keyed = std::mem::take(&mut self.store.data_mut().keyed);
+        edits::check(edits, edits::Exposures { info: &self.plugin.info, keyed: &keyed }, &cred)
             .map_err(|reason| PluginError::Failed { plugin: name, reason })
     }
 }

@@ -15,7 +15,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::latchkey::plugin::{cache, credentials, crypto, log, random, secrets, types};
-use super::bindings::{Datetime, Level, Part, SignatureAlgorithm, WitError};
+use super::bindings::{Datetime, Level, Part, Segment, SignatureAlgorithm, WitError};
 use super::crypto::{KeyCache, sign_with, verify_jwk};
 use super::sanitize_for_log;
 use crate::secret::Secret;
@@ -122,6 +122,9 @@ pub struct State {
     pub(crate) wasi: Option<WasiCtx>,
     pub(crate) stderr: MemoryOutputPipe,
     pub(crate) log_lines: u32,
+    /// Secret fields this call used as a key (`crypto.hmac-sha256`,
+    /// `crypto.sign`): host-only for this call, whatever was declared.
+    pub(crate) keyed: Vec<String>,
 }
 
 impl State {
@@ -137,16 +140,34 @@ impl State {
         self.cred.secret(field).ok_or_else(|| WitError::MissingSecret(field.to_string()))
     }
 
-    /// Concatenate parts, splicing in secret field values.
+    /// Concatenate parts, splicing in secret field values (and encoding
+    /// `base64` parts).
     pub(crate) fn resolve_parts(&self, parts: &[Part]) -> Result<Vec<u8>, WitError> {
         let mut out = Vec::new();
         for p in parts {
             match p {
                 Part::Text(t) => out.extend_from_slice(t.as_bytes()),
                 Part::Secret(f) => out.extend_from_slice(self.field(f)?.expose().as_bytes()),
+                Part::Base64(segments) => {
+                    let mut inner = zeroize::Zeroizing::new(Vec::new());
+                    for seg in segments {
+                        match seg {
+                            Segment::Text(t) => inner.extend_from_slice(t.as_bytes()),
+                            Segment::Secret(f) => inner.extend_from_slice(self.field(f)?.expose().as_bytes()),
+                        }
+                    }
+                    use base64::Engine as _;
+                    out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(&inner[..]).as_bytes());
+                }
             }
         }
         Ok(out)
+    }
+
+    fn note_keyed(&mut self, field: &str) {
+        if self.cred.secret(field).is_some() && !self.keyed.iter().any(|f| f == field) {
+            self.keyed.push(field.to_string());
+        }
     }
 
     /// What the plugin wrote to stderr (a panic message, usually), on one
@@ -224,6 +245,7 @@ impl crypto::Host for State {
         message: Vec<u8>,
     ) -> WtResult<Result<Vec<u8>, WitError>> {
         self.check_handle(&handle)?;
+        self.note_keyed(&field);
         Ok(self.field(&field).map(|secret| {
             let mut k0 = zeroize::Zeroizing::new(key_prefix);
             k0.extend_from_slice(secret.expose().as_bytes());
@@ -244,6 +266,7 @@ impl crypto::Host for State {
         message: Vec<u8>,
     ) -> WtResult<Result<Vec<u8>, WitError>> {
         self.check_handle(&handle)?;
+        self.note_keyed(&field);
         Ok(self
             .field(&field)
             .and_then(|secret| sign_with(&self.cred.keys, &field, secret, algorithm, &message, &self.rng)))

@@ -514,7 +514,13 @@ async fn plugins(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result
                 .collect()
         };
         out.push(serde_json::json!({"name": p.info.name, "version": p.info.version, "description": p.info.description,
-            "config_fields": fields(&p.info.config_fields), "secret_fields": fields(&p.info.secret_fields),
+            "config_fields": fields(&p.info.config_fields),
+            "secret_fields": p.info.secret_fields.iter().map(|f| serde_json::json!({"name": f.name,
+                "required": f.required, "description": f.description,
+                "exposure": crate::plugin::exposure_name(f.exposure)})).collect::<Vec<_>>(),
+            "open_secret_fields": p.info.open_secret_fields.map(crate::plugin::exposure_name),
+            "reads_body": p.info.reads_body, "request_independent": p.info.request_independent,
+            "verifies_tokens": p.exports_verifier(),
             "reads_raw_secrets": p.reads_secrets, "sha256": p.digest}));
     }
     Ok(Json(out).into_response())

@@ -12,7 +12,8 @@ use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Method};
 
 use super::{ApiError, AppState};
-use crate::sign::{self, BodyDigest, SignInput};
+use crate::broker::{Caller, Delivery};
+use crate::sign::{BodyDigest, SignInput};
 use crate::vault::model::Overrides;
 
 /// What a check found.
@@ -54,12 +55,14 @@ pub async fn check_credential(app: &Arc<AppState>, org: &str, name: &str) -> Res
             ),
         )
     })?;
-    let credential = app
-        .vault
-        .credential(org, name)
-        .await?
-        .ok_or_else(|| ApiError::new("credential_not_found", format!("no credential named `{name}`")))?;
     let url = format!("{}{}", route.upstream, route.check_path.as_deref().unwrap_or("/"));
+    // The same address rule as the proxy, for literal addresses (names are
+    // checked after resolution by the upstream client).
+    if let Ok(parsed) = url::Url::parse(&url) {
+        if let Some(why) = app.config.address_policy.literal_refusal(&parsed) {
+            return Err(ApiError::new("upstream_address_refused", format!("upstream {why}")));
+        }
+    }
     let input = SignInput {
         method: "GET".into(),
         url: url.clone(),
@@ -68,12 +71,11 @@ pub async fn check_credential(app: &Arc<AppState>, org: &str, name: &str) -> Res
         at: None,
         body_digest: BodyDigest::Compute,
     };
-    let prepared = sign::prepare(&input)?;
-    let resolution = app.vault.resolve(org, name, &Overrides::new()).await?;
-    let host = url::Url::parse(&url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
-    resolution.check_destination(&host)?;
-    let plugin = app.vault.runtime().get(&credential.scheme)?;
-    let signed = app.apply_credential(name, &credential, &plugin, &resolution, &prepared)?;
+    let caller = Caller::Operator { org: org.to_string(), actor: "check".into() };
+    let ticket = app.broker.open(&caller, name, &Overrides::new(), None).await?;
+    let signed = app.broker.sign(&ticket, &input, Delivery::Upstream).await?;
+    app.metrics.observe_plugin(ticket.scheme(), signed.plugin_time);
+    let signed = signed.request;
     let mut builder = axum::http::Request::builder().method(Method::GET).uri(signed.url.as_str());
     for (n, v) in &signed.headers {
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_str(v)) {

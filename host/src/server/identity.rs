@@ -263,14 +263,27 @@ pub async fn authenticate(app: &Arc<AppState>, token: &str) -> Result<Agent, Api
             crate::plugin::sanitize_for_log(&iss, 200)
         )));
     }
-    let plugin = app.vault.runtime().get("jwt")?;
+    // The verifier is the plugin that exports `verifier`, whatever its name.
+    let plugin = app.vault.runtime().verifier()?;
     let now = time::OffsetDateTime::now_utc();
     let now = Datetime { seconds: now.unix_timestamp(), nanoseconds: now.nanosecond() };
     let mut last = None;
     for p in trusting {
         let jwks = app.jwks.keys_for(app, p, kid.as_deref()).await?;
         let started = Instant::now();
-        let verified = app.vault.runtime().verify(&plugin, &p.policy(), now, &jwks, token);
+        // On the plugin call pool, like every plugin call.
+        let (runtime, verifier, policy, token_owned) =
+            (app.vault.runtime().clone(), plugin.clone(), p.policy(), token.to_string());
+        let verified = match app
+            .vault
+            .runtime()
+            .pool()
+            .run(plugin.name(), &p.org, move || runtime.verify(&verifier, &policy, now, &jwks, &token_owned))
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => return Err(ApiError::new("plugin_busy", e.to_string())),
+        };
         app.metrics.observe_plugin("jwt-verify", started.elapsed());
         match verified {
             Ok(claims) => {

@@ -74,6 +74,8 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Identity providers' key sets.
     pub jwks: identity::JwksStore,
+    /// The one call path every surface signs through.
+    pub broker: crate::broker::Broker,
 }
 
 /// An API error: a status, a stable code and a message.
@@ -124,6 +126,18 @@ impl From<crate::sign::SignError> for ApiError {
     }
 }
 
+impl From<crate::broker::aws_chunked::PayloadError> for ApiError {
+    fn from(e: crate::broker::aws_chunked::PayloadError) -> ApiError {
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+impl From<crate::broker::CallError> for ApiError {
+    fn from(e: crate::broker::CallError) -> ApiError {
+        ApiError::new(e.code, e.message)
+    }
+}
+
 impl From<crate::plugin::PluginError> for ApiError {
     fn from(e: crate::plugin::PluginError) -> ApiError {
         ApiError::new(e.code(), e.to_string())
@@ -145,36 +159,11 @@ impl ServerConfig {
     }
 }
 
-impl AppState {
-    /// Apply credential `credential` (named `name`), whose secrets `resolution`
-    /// supplied, to a prepared request through its scheme plugin, timing the
-    /// plugin. The one signing step the proxy, `/v1/sign` and provider checks
-    /// share.
-    pub(crate) fn apply_credential(
-        &self,
-        name: &str,
-        credential: &crate::vault::CredentialRef,
-        plugin: &crate::Plugin,
-        resolution: &crate::vault::Resolution,
-        prepared: &crate::sign::Prepared,
-    ) -> Result<crate::sign::SignedRequest, ApiError> {
-        let cred = Arc::new(crate::plugin::CallCredential::new(
-            name.to_string(),
-            credential.version,
-            credential.config.clone(),
-            resolution.resolved.secrets.clone(),
-        ));
-        let started = std::time::Instant::now();
-        let signed = crate::sign::sign(self.vault.runtime(), plugin, &cred, prepared)?;
-        self.metrics.observe_plugin(&credential.scheme, started.elapsed());
-        Ok(signed)
-    }
-}
-
 /// Build the state (the upstream client) for `vault`.
 pub fn state(vault: Arc<Vault>, config: ServerConfig) -> Result<Arc<AppState>, String> {
     let client = net::client(Arc::new(config.address_policy.clone()), &config.tls)?;
     Ok(Arc::new(AppState {
+        broker: crate::broker::Broker::new(vault.clone()),
         vault,
         config,
         client,

@@ -6,9 +6,15 @@
 //!   before the scheme runs, so the agent's token never goes upstream.
 //! - The agent must be attached to the route's credential, and the upstream
 //!   host must be among the credential's destinations.
-//! - Request bodies stream to the upstream, except for schemes that sign the
-//!   body (SigV4, ACS3, TC3 and third-party schemes), which buffer it up to
-//!   the configured limit (413 beyond, never an unsigned fall-back).
+//! - Request bodies stream to the upstream, except for schemes that declare
+//!   `reads-body` (SigV4, ACS3, TC3, or any third-party scheme that says so),
+//!   which buffer it up to the configured limit (413 beyond, never an
+//!   unsigned fall-back). For those, an `aws-chunked` / `STREAMING-*` upload
+//!   (boto3's default over HTTPS) is decoded to its plain payload first, its
+//!   trailing checksums moved into headers, so what is signed and sent is
+//!   what the upstream stores; a mode that cannot be decoded is refused.
+//! - Everything about the credential goes through the one call path
+//!   ([`crate::broker`]); this file adapts HTTP to it.
 //! - Responses stream back as they arrive (server-sent events token by
 //!   token), with the upstream's status and headers, minus hop-by-hop ones.
 //!   Redirects are passed back, never followed.
@@ -28,9 +34,9 @@ use http_body_util::BodyExt as _;
 
 use super::auth::{self, TokenSource};
 use super::{ApiError, AppState};
+use crate::broker::{Caller, Delivery, Ticket, aws_chunked};
 use crate::sign::{self, BodyDigest, SignInput};
-use crate::vault::UseEvent;
-use crate::vault::model::{Layer, Overrides};
+use crate::vault::model::Overrides;
 
 /// Hop-by-hop and framing headers, never forwarded either way.
 const HOP_BY_HOP: &[&str] =
@@ -38,9 +44,6 @@ const HOP_BY_HOP: &[&str] =
 
 /// Headers of the agent's own SigV4 signature, replaced by the real one.
 const AGENT_SIGV4: &[&str] = &["x-amz-date", "x-amz-content-sha256", "x-amz-security-token"];
-
-/// Schemes that never read the body, so it can stream.
-const STREAMING_SCHEMES: &[&str] = &["api-key", "basic", "custom-headers", "jwt"];
 
 pub(super) async fn proxy_root(
     State(app): State<Arc<AppState>>,
@@ -58,41 +61,15 @@ pub(super) async fn proxy(
     handle(app, route, req).await
 }
 
-struct Call {
-    org: String,
-    agent: Option<String>,
-    credential: String,
-    scheme: String,
-    host: Option<String>,
-    layer: Option<Layer>,
-}
-
 async fn handle(app: Arc<AppState>, route_name: String, req: Request) -> Response {
     let started = Instant::now();
-    let mut call = Call {
-        org: String::new(),
-        agent: None,
-        credential: String::new(),
-        scheme: "-".into(),
-        host: None,
-        layer: None,
-    };
-    let result = forward(&app, &route_name, req, &mut call).await;
+    let mut scheme = String::from("-");
+    let result = forward(&app, &route_name, req, &mut scheme).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.code,
     };
-    if !call.credential.is_empty() {
-        app.vault.record_use(UseEvent {
-            org: call.org.clone(),
-            credential: call.credential.clone(),
-            agent: call.agent.clone(),
-            destination: call.host.clone(),
-            outcome: outcome.to_string(),
-            layer: call.layer,
-        });
-    }
-    app.metrics.call("proxy", &call.scheme, &route_name, outcome, started.elapsed());
+    app.metrics.call("proxy", &scheme, &route_name, outcome, started.elapsed());
     match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -111,106 +88,36 @@ fn rest_of_path<'a>(uri: &'a Uri, prefix: &str) -> &'a str {
     }
 }
 
-async fn forward(app: &Arc<AppState>, route_name: &str, req: Request, call: &mut Call) -> Result<Response, ApiError> {
+async fn forward(
+    app: &Arc<AppState>,
+    route_name: &str,
+    req: Request,
+    scheme: &mut String,
+) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let tls = parts.extensions.get::<auth::ArrivedOverTls>().is_some();
     let (agent, source) = auth::agent(app, &parts.headers, tls).await?;
-    call.org = agent.org.clone();
-    call.agent = Some(agent.name.clone());
     let route = app.vault.route(&agent.org, route_name).await?.ok_or_else(|| {
         ApiError::new("route_not_found", format!("no route named `{route_name}` (latchkey route list)"))
     })?;
-    call.credential = route.credential.clone();
-    let credential = app.vault.credential(&agent.org, &route.credential).await?.ok_or_else(|| {
-        ApiError::new(
-            "credential_not_found",
-            format!("route `{}` names credential `{}`, which does not exist", route.name, route.credential),
-        )
-    })?;
-    call.scheme = credential.scheme.clone();
-    auth::check_attached(&agent, &credential)?;
-
-    // The upstream URL: the route's base, then the path exactly as sent.
-    let rest = rest_of_path(&parts.uri, &app.config.proxy_prefix);
-    let mut url = format!("{}{}", route.upstream, if rest.is_empty() { "/" } else { rest });
-    if let Some(q) = parts.uri.query() {
-        url.push('?');
-        url.push_str(q);
-    }
-    let parsed = url::Url::parse(&url).map_err(|e| ApiError::new("invalid_request", format!("upstream URL: {e}")))?;
-    let host = parsed.host_str().unwrap_or_default().to_string();
-    call.host = Some(host.clone());
-    if let Some(why) = app.config.address_policy.literal_refusal(&parsed) {
-        return Err(ApiError::new("upstream_address_refused", format!("upstream {why}")));
-    }
-    if !credential.allows(&host) {
-        return Err(ApiError::new(
-            "destination_not_allowed",
-            format!("credential `{}` may not be sent to `{host}`", credential.name),
-        ));
-    }
-
-    // Headers to forward: not hop-by-hop, not the agent's credentials.
-    let mut headers: Vec<(String, String)> = Vec::with_capacity(parts.headers.len());
-    for (name, value) in &parts.headers {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n)
-            || auth::CREDENTIAL_HEADERS.contains(&n)
-            || (source == TokenSource::SigV4 && AGENT_SIGV4.contains(&n))
-            || n == "content-length"
-        {
-            continue;
+    let ticket = app.broker.open(&Caller::Agent(agent), &route.credential, &Overrides::new(), None).await?;
+    *scheme = ticket.scheme().to_string();
+    let mut host = None;
+    let (input, out_body) = match proxy_input(app, &route, &ticket, parts, body, source, &mut host).await {
+        Ok(x) => x,
+        Err(e) => {
+            // The proxy's own refusals; the call path records its own.
+            app.broker.refused(&ticket, host.as_deref(), e.code);
+            return Err(e);
         }
-        let value = value
-            .to_str()
-            .map_err(|_| ApiError::new("invalid_request", format!("header `{n}` is not visible ASCII")))?;
-        headers.push((n.to_string(), value.to_string()));
-    }
-
-    // The body: buffered for schemes that sign it, streamed otherwise.
-    let streaming = STREAMING_SCHEMES.contains(&credential.scheme.as_str());
-    let content_length = parts.headers.get("content-length").cloned();
-    let (digest, bytes, out_body) = if streaming {
-        (BodyDigest::Unknown, Vec::new(), Some(Body::new(body)))
-    } else {
-        let limited = http_body_util::Limited::new(body, app.config.max_body);
-        let collected = limited.collect().await.map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                ApiError::new(
-                    "payload_too_large",
-                    format!(
-                        "scheme `{}` signs the body, and it is over the {} byte limit",
-                        credential.scheme, app.config.max_body
-                    ),
-                )
-            } else {
-                ApiError::new("invalid_request", format!("reading the request body: {e}"))
-            }
-        })?;
-        (BodyDigest::Compute, collected.to_bytes().to_vec(), None)
     };
-    let input = SignInput {
-        method: parts.method.as_str().to_string(),
-        url,
-        headers,
-        body: bytes,
-        at: None,
-        body_digest: digest,
-    };
-    let prepared = sign::prepare(&input)?;
-    let resolution = app.vault.resolve(&agent.org, &route.credential, &Overrides::new()).await?;
-    call.layer = Some(resolution.resolved.layer);
-    resolution.check_destination(&host)?;
-    let plugin = app.vault.runtime().get(&credential.scheme)?;
-    let signed = app.apply_credential(&route.credential, &credential, &plugin, &resolution, &prepared)?;
+    let host = host.unwrap_or_default();
+    let signed = app.broker.sign(&ticket, &input, Delivery::Upstream).await?;
+    app.metrics.observe_plugin(ticket.scheme(), signed.plugin_time);
+    let signed = signed.request;
 
     if route.mock {
-        return Ok(mock_answer(
-            &signed,
-            &resolution.resolved.secrets,
-            plugin.reads_secrets,
-            &plugin.info.writable_headers,
-        ));
+        return Ok(mock_answer(&signed, ticket.secrets()));
     }
 
     let method = Method::from_bytes(signed.method.as_bytes())
@@ -225,13 +132,13 @@ async fn forward(app: &Arc<AppState>, route_name: &str, req: Request, call: &mut
         out_headers.append(name, value);
     }
     let body = match out_body {
-        Some(stream) => {
+        OutBody::Stream(stream, content_length) => {
             if let Some(len) = content_length {
                 out_headers.insert("content-length", len);
             }
             stream
         }
-        None => {
+        OutBody::Buffered => {
             out_headers.insert("content-length", HeaderValue::from(input.body.len()));
             Body::from(input.body)
         }
@@ -244,6 +151,96 @@ async fn forward(app: &Arc<AppState>, route_name: &str, req: Request, call: &mut
     let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, Body::new(incoming)))
+}
+
+/// How the request body travels.
+enum OutBody {
+    /// Streamed as it arrives, with the agent's Content-Length.
+    Stream(Body, Option<HeaderValue>),
+    /// Buffered in `SignInput::body` (the scheme hashes it).
+    Buffered,
+}
+
+/// The proxy's half of the call: the upstream URL, the headers to forward,
+/// the body as the scheme's declaration needs it.
+async fn proxy_input(
+    app: &Arc<AppState>,
+    route: &crate::vault::agents::Route,
+    ticket: &Ticket,
+    parts: axum::http::request::Parts,
+    body: Body,
+    source: TokenSource,
+    host_out: &mut Option<String>,
+) -> Result<(SignInput, OutBody), ApiError> {
+    // The upstream URL: the route's base, then the path exactly as sent.
+    let rest = rest_of_path(&parts.uri, &app.config.proxy_prefix);
+    let mut url = format!("{}{}", route.upstream, if rest.is_empty() { "/" } else { rest });
+    if let Some(q) = parts.uri.query() {
+        url.push('?');
+        url.push_str(q);
+    }
+    let parsed = url::Url::parse(&url).map_err(|e| ApiError::new("invalid_request", format!("upstream URL: {e}")))?;
+    let host = parsed.host_str().unwrap_or_default().to_string();
+    *host_out = Some(host.clone());
+    if let Some(why) = app.config.address_policy.literal_refusal(&parsed) {
+        return Err(ApiError::new("upstream_address_refused", format!("upstream {why}")));
+    }
+    ticket.check_destination(&host)?;
+
+    // Headers to forward: not hop-by-hop, not the agent's credentials.
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || auth::CREDENTIAL_HEADERS.contains(&n) || n == "content-length" {
+            continue;
+        }
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::new("invalid_request", format!("header `{n}` is not visible ASCII")))?;
+        headers.push((n.to_string(), value.to_string()));
+    }
+
+    // The body: buffered for schemes that declare they read it, streamed otherwise.
+    let content_length = parts.headers.get("content-length").cloned();
+    let (digest, bytes, out_body) = if !ticket.reads_body() {
+        (BodyDigest::Unknown, Vec::new(), OutBody::Stream(Body::new(body), content_length))
+    } else {
+        let limited = http_body_util::Limited::new(body, app.config.max_body);
+        let collected = limited.collect().await.map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ApiError::new(
+                    "payload_too_large",
+                    format!(
+                        "scheme `{}` signs the body, and it is over the {} byte limit",
+                        ticket.scheme(),
+                        app.config.max_body
+                    ),
+                )
+            } else {
+                ApiError::new("invalid_request", format!("reading the request body: {e}"))
+            }
+        })?;
+        let mut bytes = collected.to_bytes().to_vec();
+        // A streaming upload is re-framed as the plain payload it carries,
+        // so the scheme signs (and the upstream stores) exactly those bytes.
+        if let Some(plain) = aws_chunked::decode_request(&mut headers, &bytes)? {
+            bytes = plain;
+        }
+        (BodyDigest::Compute, bytes, OutBody::Buffered)
+    };
+    if source == TokenSource::SigV4 {
+        // The agent's own signature headers (made with its throwaway key).
+        headers.retain(|(n, _)| !AGENT_SIGV4.contains(&n.as_str()));
+    }
+    let input = SignInput {
+        method: parts.method.as_str().to_string(),
+        url,
+        headers,
+        body: bytes,
+        at: None,
+        body_digest: digest,
+    };
+    Ok((input, out_body))
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -277,13 +274,11 @@ fn upstream_error(host: &str, e: &hyper_util::client::legacy::Error) -> ApiError
 }
 
 /// What the mock upstream answers: the request as it would have been sent,
-/// with every secret value (and every header a raw-secret scheme wrote)
-/// replaced by `[redacted]`.
+/// with every header that carries a `wire` secret, and every secret value
+/// anywhere else, replaced by `[redacted]`.
 fn mock_answer(
     signed: &sign::SignedRequest,
     secrets: &std::collections::BTreeMap<String, crate::secret::Secret>,
-    reads_secrets: bool,
-    written: &[String],
 ) -> Response {
     let redact = |text: &str| -> String {
         let mut out = text.to_string();
@@ -295,11 +290,8 @@ fn mock_answer(
     let headers: Vec<(String, String)> = signed
         .headers
         .iter()
-        .map(|(n, v)| {
-            let writer = written.iter().any(|w| w.eq_ignore_ascii_case(n));
-            let value = if reads_secrets && writer { "[redacted]".to_string() } else { redact(v) };
-            (n.clone(), value)
-        })
+        .zip(signed.sensitive.iter().copied().chain(std::iter::repeat(false)))
+        .map(|((n, v), sensitive)| (n.clone(), if sensitive { "[redacted]".to_string() } else { redact(v) }))
         .collect();
     let body = serde_json::json!({
         "mock": true,

@@ -1,14 +1,9 @@
 //! `POST /v1/sign`: an agent names a credential attached to it and gets back
-//! the signed request, which it sends itself.
-//!
-//! Only for schemes whose output does not carry the secret: a signature
-//! (SigV4, ACS3, TC3) or a short-lived token (JWT) may go back to the agent;
-//! a request with the API key, a Basic password or a custom secret header in
-//! it would hand the agent the very key it must never hold, so it is refused
-//! with `secret_in_output` (use a proxy route for those credentials). The
-//! check is on the output itself (any secret value found verbatim, other than
-//! key ids and session tokens, which signing protocols send by design) and
-//! on the scheme (a scheme granted raw secrets may encode them).
+//! the signed request, which it sends itself. The surface adapts JSON to the
+//! one call path ([`crate::broker`]), which refuses any answer that would
+//! hand the agent a secret (`secret_in_output`): by the scheme's declaration
+//! (a `wire` field such as an API key or a Basic password), by its grant of
+//! raw secrets, and by a scan of what the plugin produced.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,8 +15,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::{ApiError, AppState, auth};
-use crate::sign::{self, BodyDigest, SignInput};
-use crate::vault::UseEvent;
+use crate::broker::{Caller, Delivery, aws_chunked};
+use crate::sign::{BodyDigest, SignInput};
 use crate::vault::model::Overrides;
 
 #[derive(Deserialize)]
@@ -53,114 +48,87 @@ pub(super) async fn sign(
     let (agent, _) = auth::agent(&app, &headers, tls.is_some()).await?;
     let body: SignBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new("invalid_request", format!("the body is not a sign request: {e}")))?;
-    let name = body.credential;
-    let host = url::Url::parse(&body.request.url).ok().and_then(|u| u.host_str().map(str::to_string));
-    let record = |outcome: &str, layer| {
-        app.vault.record_use(UseEvent {
-            org: agent.org.clone(),
-            credential: name.clone(),
-            agent: Some(agent.name.clone()),
-            destination: host.clone(),
-            outcome: outcome.to_string(),
-            layer,
-        });
+    let ticket = match app.broker.open(&Caller::Agent(agent), &body.credential, &Overrides::new(), None).await {
+        Ok(t) => t,
+        Err(e) => {
+            app.metrics.call("sign", "-", "-", e.code, started.elapsed());
+            return Err(e.into());
+        }
     };
-    let mut layer = None;
-    let result = async {
-        let credential = app
-            .vault
-            .credential(&agent.org, &name)
-            .await?
-            .ok_or_else(|| ApiError::new("credential_not_found", format!("no credential named `{name}`")))?;
-        auth::check_attached(&agent, &credential)?;
-        let plugin = app.vault.runtime().get(&credential.scheme)?;
-        if plugin.reads_secrets {
-            return Err(secret_in_output(&name, &credential.scheme));
+    let host = url::Url::parse(&body.request.url).ok().and_then(|u| u.host_str().map(str::to_string));
+    let input = match input(&app, &ticket, body) {
+        Ok(i) => i,
+        Err(e) => {
+            app.broker.refused(&ticket, host.as_deref(), e.code);
+            app.metrics.call("sign", ticket.scheme(), "-", e.code, started.elapsed());
+            return Err(e);
         }
-        let (raw_body, digest) = match (&body.request.body_base64, &body.request.body_sha256) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::new("invalid_request", "give body_base64 or body_sha256, not both"));
-            }
-            (Some(b64), None) => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map_err(|e| ApiError::new("invalid_request", format!("body_base64: {e}")))?;
-                if bytes.len() > app.config.max_body {
-                    return Err(ApiError::new(
-                        "payload_too_large",
-                        format!(
-                            "the body is {} bytes; the limit is {} (send body_sha256 instead)",
-                            bytes.len(),
-                            app.config.max_body
-                        ),
-                    ));
-                }
-                (bytes, BodyDigest::Compute)
-            }
-            (None, Some(hex)) => (Vec::new(), BodyDigest::Given(hex.clone())),
-            (None, None) => (Vec::new(), BodyDigest::Compute),
-        };
-        let at = match &body.at {
-            None => None,
-            Some(t) => Some(
-                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                    .map_err(|e| ApiError::new("invalid_request", format!("`at` is not an RFC 3339 time: {e}")))?,
-            ),
-        };
-        let input = SignInput {
-            method: body.request.method.clone(),
-            url: body.request.url.clone(),
-            headers: body.request.headers.clone(),
-            body: raw_body,
-            at,
-            body_digest: digest,
-        };
-        let prepared = sign::prepare(&input)?;
-        let resolution = app.vault.resolve(&agent.org, &name, &Overrides::new()).await?;
-        layer = Some(resolution.resolved.layer);
-        resolution.check_destination(host.as_deref().unwrap_or_default())?;
-        let signed = app.apply_credential(&name, &credential, &plugin, &resolution, &prepared)?;
-        // Key ids and session tokens travel in every signed request by
-        // protocol and sign nothing without the key; any other secret value
-        // in the output means the agent would get the key itself.
-        let leaked = resolution
-            .resolved
-            .secrets
-            .iter()
-            .filter(|(field, _)| !WIRE_FIELDS.contains(&field.as_str()))
-            .map(|(_, s)| s.expose())
-            .filter(|s| s.len() >= 4)
-            .any(|s| signed.url.contains(s) || signed.headers.iter().any(|(_, v)| v.contains(s)));
-        if leaked {
-            return Err(secret_in_output(&name, &credential.scheme));
+    };
+    match app.broker.sign(&ticket, &input, Delivery::Caller).await {
+        Ok(signed) => {
+            app.metrics.observe_plugin(ticket.scheme(), signed.plugin_time);
+            app.metrics.call("sign", ticket.scheme(), "-", "ok", started.elapsed());
+            Ok(Json(signed.request).into_response())
         }
-        Ok::<_, ApiError>((signed, credential.scheme.clone()))
-    }
-    .await;
-    match result {
-        Ok((signed, scheme)) => {
-            record("ok", layer);
-            app.metrics.call("sign", &scheme, "-", "ok", started.elapsed());
-            Ok(Json(signed).into_response())
-        }
-        Err(error) => {
-            record(error.code, layer);
-            app.metrics.call("sign", "-", "-", error.code, started.elapsed());
-            Err(error)
+        Err(e) => {
+            app.metrics.call("sign", ticket.scheme(), "-", e.code, started.elapsed());
+            Err(e.into())
         }
     }
 }
 
-/// Secret fields that signing protocols put on the wire themselves: key ids
-/// and session tokens (useless without the signing key).
-const WIRE_FIELDS: &[&str] = &["access_key_id", "secret_id", "session_token", "security_token", "token"];
-
-fn secret_in_output(name: &str, scheme: &str) -> ApiError {
-    ApiError::new(
-        "secret_in_output",
-        format!(
-            "credential `{name}` uses scheme `{scheme}`, which puts the secret itself into the request; \
-             /v1/sign would hand it to the agent. Send the call through a proxy route instead"
+/// The sign request as the call path's input.
+fn input(app: &AppState, ticket: &crate::broker::Ticket, body: SignBody) -> Result<SignInput, ApiError> {
+    let request = body.request;
+    // The agent sends the body itself, so the broker cannot re-frame an
+    // aws-chunked upload or re-sign its chunk signatures for it.
+    if ticket.reads_body() && aws_chunked::is_streaming(&request.headers) {
+        return Err(ApiError::new(
+            "unsupported_payload",
+            format!(
+                "the request announces a streaming (aws-chunked / STREAMING-*) payload, which /v1/sign cannot sign \
+                 for scheme `{}`: send the decoded body (body_base64 or body_sha256, no aws-chunked encoding), \
+                 or send the upload through a proxy route, which decodes it",
+                ticket.scheme()
+            ),
+        ));
+    }
+    let (raw_body, digest) = match (request.body_base64, request.body_sha256) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new("invalid_request", "give body_base64 or body_sha256, not both"));
+        }
+        (Some(b64), None) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| ApiError::new("invalid_request", format!("body_base64: {e}")))?;
+            if bytes.len() > app.config.max_body {
+                return Err(ApiError::new(
+                    "payload_too_large",
+                    format!(
+                        "the body is {} bytes; the limit is {} (send body_sha256 instead)",
+                        bytes.len(),
+                        app.config.max_body
+                    ),
+                ));
+            }
+            (bytes, BodyDigest::Compute)
+        }
+        (None, Some(hex)) => (Vec::new(), BodyDigest::Given(hex)),
+        (None, None) => (Vec::new(), BodyDigest::Compute),
+    };
+    let at = match &body.at {
+        None => None,
+        Some(t) => Some(
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| ApiError::new("invalid_request", format!("`at` is not an RFC 3339 time: {e}")))?,
         ),
-    )
+    };
+    Ok(SignInput {
+        method: request.method,
+        url: request.url,
+        headers: request.headers,
+        body: raw_body,
+        at,
+        body_digest: digest,
+    })
 }

@@ -6,13 +6,20 @@
 //! Lifecycle events (create, update, enable, disable, delete, rotate, attach,
 //! detach, rewrap) are written in the transaction of the change they record,
 //! so there is never a change without its event or an event without its
-//! change. Use events are frequent and must not put a synchronous disk write
-//! on every call: they go through a bounded queue to a writer task that
-//! stores them in batches (up to [`BATCH`] events or [`BATCH_WINDOW`]) and
-//! updates `last_used_at` in the same transaction. A full queue drops events
-//! rather than slowing calls, and counts and logs what it dropped; a crash
-//! can lose the last window of use events, never a lifecycle event. Every
-//! use event is also in the log the moment it happens.
+//! change.
+//!
+//! Use events come in two kinds. A call that releases a credential (the
+//! proxy forwarding, `/v1/sign` answering) waits for its event to be
+//! committed **before** the credential leaves the process
+//! ([`UseRecorder::record_durable`]): if the store refuses the write, or the
+//! queue is full, or the commit does not come in time, the call fails with
+//! `audit_unavailable` and nothing is sent (fail closed). A refused call
+//! (no credential left) is queued without waiting. One writer task commits
+//! whatever is queued as one transaction (group commit, up to [`BATCH`]
+//! events), so under load many calls share one commit; it also updates
+//! `last_used_at`. Every use event is also in the log the moment it happens.
+//! Use events name the credential version and carry an HMAC fingerprint of
+//! its secret values under the installation's salt ([`fingerprint`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,10 +34,31 @@ use super::store::{Db, StoreError, from_micros, on_db, to_micros};
 
 /// Most use events written in one transaction.
 pub const BATCH: usize = 512;
-/// Longest a use event waits in the queue before its batch is written.
-pub const BATCH_WINDOW: Duration = Duration::from_millis(50);
-/// Use events queued before new ones are dropped.
+/// Use events queued before new ones are refused (durable) or dropped.
 pub const QUEUE: usize = 65_536;
+/// Longest a releasing call waits for its use event to commit.
+pub const DURABLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// HMAC-SHA256 fingerprint of a credential's secret values under the
+/// installation's audit salt: 32 hex digits. Equal secrets give equal
+/// fingerprints on every replica; the value cannot be recovered from it.
+pub fn fingerprint(salt: &[u8], secrets: &std::collections::BTreeMap<String, crate::secret::Secret>) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, salt);
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    for (field, value) in secrets {
+        // Length-prefixed, so ("ab","c") and ("a","bc") differ.
+        for part in [field.as_bytes(), value.expose().as_bytes()] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+    }
+    hex::encode(&ctx.sign().as_ref()[..16])
+}
+
+/// The use event of a call that releases a credential could not be stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the audit trail cannot record this use ({0}), so the credential was not released")]
+pub struct AuditUnavailable(pub String);
 
 /// What happened to a credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -151,6 +179,10 @@ pub struct UseEvent {
     pub outcome: String,
     /// The layer that supplied the secret, when one did.
     pub layer: Option<Layer>,
+    /// The credential version used, when the vault supplied it.
+    pub version: Option<u64>,
+    /// HMAC fingerprint of the secret values used ([`fingerprint`]).
+    pub fingerprint: Option<String>,
 }
 
 /// Which events [`super::Vault::audit`] returns.
@@ -270,8 +302,10 @@ pub(crate) async fn query(db: &Db, filter: &AuditFilter) -> Result<Vec<AuditEven
     Ok(events)
 }
 
+type Ack = oneshot::Sender<Result<(), String>>;
+
 enum Msg {
-    Use(UseEvent, OffsetDateTime),
+    Use(UseEvent, OffsetDateTime, Option<Ack>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -291,6 +325,35 @@ impl UseRecorder {
 
     /// Queue a use; never waits. The tracing event is emitted now.
     pub(crate) fn record(&self, event: UseEvent) {
+        let at = Self::log(&event);
+        if self.tx.try_send(Msg::Use(event, at, None)).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(dropped = n, "audit queue full: use events are being dropped from the store");
+            }
+        }
+    }
+
+    /// Store a use and wait until it is committed: the call may release
+    /// its credential only after this returns `Ok`.
+    pub(crate) async fn record_durable(&self, event: UseEvent) -> Result<(), AuditUnavailable> {
+        let at = Self::log(&event);
+        let (ack, committed) = oneshot::channel();
+        self.tx.try_send(Msg::Use(event, at, Some(ack))).map_err(|e| {
+            AuditUnavailable(match e {
+                mpsc::error::TrySendError::Full(_) => format!("the audit queue is full ({QUEUE} events)"),
+                mpsc::error::TrySendError::Closed(_) => "the audit writer has stopped".into(),
+            })
+        })?;
+        match tokio::time::timeout(DURABLE_TIMEOUT, committed).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(why))) => Err(AuditUnavailable(why)),
+            Ok(Err(_)) => Err(AuditUnavailable("the audit writer has stopped".into())),
+            Err(_) => Err(AuditUnavailable(format!("the audit store did not commit within {DURABLE_TIMEOUT:?}"))),
+        }
+    }
+
+    fn log(event: &UseEvent) -> OffsetDateTime {
         let at = OffsetDateTime::now_utc();
         tracing::info!(
             target: "latchkey::audit",
@@ -301,14 +364,11 @@ impl UseRecorder {
             destination = event.destination.as_deref(),
             outcome = %event.outcome,
             layer = event.layer.map(Layer::as_str),
+            version = event.version,
+            fingerprint = event.fingerprint.as_deref(),
             "audit"
         );
-        if self.tx.try_send(Msg::Use(event, at)).is_err() {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(dropped = n, "audit queue full: use events are being dropped from the store");
-            }
-        }
+        at
     }
 
     /// Wait until every use queued so far is stored.
@@ -327,30 +387,32 @@ impl UseRecorder {
 
 async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
     let mut batch: Vec<(UseEvent, OffsetDateTime)> = Vec::with_capacity(BATCH);
+    let mut acks: Vec<Ack> = Vec::new();
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     while let Some(first) = rx.recv().await {
-        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        // Group commit: everything already queued goes into this transaction;
+        // calls that arrive while it commits form the next one.
         let mut next = Some(first);
-        loop {
-            match next.take() {
-                Some(Msg::Use(e, at)) => batch.push((e, at)),
-                Some(Msg::Flush(done)) => {
-                    waiting.push(done);
-                    break;
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Use(e, at, ack) => {
+                    batch.push((e, at));
+                    acks.extend(ack);
                 }
-                None => {}
+                Msg::Flush(done) => waiting.push(done),
             }
             if batch.len() >= BATCH {
                 break;
             }
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(msg)) => next = Some(msg),
-                Ok(None) | Err(_) => break,
-            }
+            next = rx.try_recv().ok();
         }
         if !batch.is_empty() {
-            if let Err(e) = write_uses(&db, &batch).await {
-                tracing::error!(error = %e, events = batch.len(), "could not store use events; they are in the log only");
+            let result = write_uses(&db, &batch).await.map_err(|e| e.to_string());
+            if let Err(e) = &result {
+                tracing::error!(error = %e, events = batch.len(), "could not store use events; calls waiting on them fail closed");
+            }
+            for ack in acks.drain(..) {
+                let _ = ack.send(result.clone());
             }
             batch.clear();
         }
@@ -366,8 +428,9 @@ async fn write_uses(db: &Db, batch: &[(UseEvent, OffsetDateTime)]) -> Result<(),
         let mut tx = pool.begin_write().await?;
         for (e, at) in batch {
             sqlx::query(
-                "INSERT INTO audit_events (at, org, credential, action, agent, destination, outcome, layer) \
-                 VALUES ($1, $2, $3, 'use', $4, $5, $6, $7)",
+                "INSERT INTO audit_events \
+                 (at, org, credential, action, agent, destination, outcome, layer, version, fingerprint) \
+                 VALUES ($1, $2, $3, 'use', $4, $5, $6, $7, $8, $9)",
             )
             .bind(to_micros(*at))
             .bind(&e.org)
@@ -376,6 +439,8 @@ async fn write_uses(db: &Db, batch: &[(UseEvent, OffsetDateTime)]) -> Result<(),
             .bind(e.destination.as_deref())
             .bind(&e.outcome)
             .bind(e.layer.map(Layer::as_str))
+            .bind(e.version.map(super::store::db_int))
+            .bind(e.fingerprint.as_deref())
             .execute(&mut *tx)
             .await?;
         }

@@ -294,7 +294,7 @@ pub fn http_status_for(code: &str) -> u16 {
         | "vault_bad_blob"
         | "vault_unsupported_version"
         | "vault_crypto_failed" => 500,
-        "jwks_unavailable" => 503,
+        "jwks_unavailable" | "audit_unavailable" | "plugin_busy" => 503,
         "vault_unavailable" | "master_key_missing" | "master_key_wrong" | "master_key_invalid" | "master_key_file"
         | "keyring_invalid" | "vault_unknown_term" => 503,
         _ => 400,
@@ -1023,7 +1023,7 @@ pub struct Validated<T> {
 /// every required one present. Shared with `latchkey sign`.
 pub fn check_secret_fields(info: &SchemeInfo, fields: &[&str]) -> Result<(), ModelError> {
     for field in fields {
-        if !info.open_secret_fields && !info.secret_fields.iter().any(|f| f.name == *field) {
+        if info.open_secret_fields.is_none() && !info.secret_fields.iter().any(|f| f.name == *field) {
             return Err(ModelError::UnknownSecretField {
                 scheme: info.name.clone(),
                 field: sanitize_for_log(field, 80),
@@ -1031,7 +1031,7 @@ pub fn check_secret_fields(info: &SchemeInfo, fields: &[&str]) -> Result<(), Mod
             });
         }
     }
-    if !info.open_secret_fields {
+    if info.open_secret_fields.is_none() {
         for f in info.secret_fields.iter().filter(|f| f.required) {
             if !fields.contains(&f.name.as_str()) {
                 return Err(ModelError::MissingSecretField {
@@ -1240,7 +1240,7 @@ fn clean_secrets(
     }
     let names: Vec<&str> = secrets.keys().map(String::as_str).collect();
     check_secret_fields(info, &names)?;
-    if info.open_secret_fields && secrets.is_empty() {
+    if info.open_secret_fields.is_some() && secrets.is_empty() {
         let (field, description) = info
             .secret_fields
             .first()

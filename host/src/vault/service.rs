@@ -320,6 +320,8 @@ pub struct Vault {
     key_origin: KeyOrigin,
     cache: Arc<Cache>,
     uses: UseRecorder,
+    /// The installation's audit salt (every replica reads the same row).
+    audit_salt: zeroize::Zeroizing<Vec<u8>>,
     env_mapping: EnvMapping,
     env: EnvLookup,
     stop: watch::Sender<bool>,
@@ -406,8 +408,16 @@ impl Vault {
             db.close().await;
             return Err(e);
         }
+        let audit_salt = match load_audit_salt(&db).await {
+            Ok(s) => s,
+            Err(e) => {
+                db.close().await;
+                return Err(e);
+            }
+        };
         let (stop, _) = watch::channel(false);
         let vault = Vault {
+            audit_salt,
             uses: UseRecorder::start(db.clone()),
             db,
             location: options.location.clone(),
@@ -680,7 +690,30 @@ impl Vault {
     /// values are decrypted only here, for the call, and only when the vault
     /// layer is the one that can win.
     pub async fn resolve(&self, org: &str, name: &str, overrides: &Overrides) -> Result<Resolution, VaultError> {
-        let mut entry = self.lookup(org, name).await?;
+        let entry = self.lookup(org, name).await?;
+        self.resolve_entry(org, name, entry, overrides).await
+    }
+
+    /// Resolve from a record already read ([`Vault::credential`]): the
+    /// secrets are opened from that very row, so the record the caller
+    /// checked and the secrets it uses are one snapshot (same version).
+    pub async fn resolve_snapshot(
+        &self,
+        org: &str,
+        name: &str,
+        record: Option<&CredentialRef>,
+        overrides: &Overrides,
+    ) -> Result<Resolution, VaultError> {
+        self.resolve_entry(org, name, record.map(|r| r.0.clone()), overrides).await
+    }
+
+    async fn resolve_entry(
+        &self,
+        org: &str,
+        name: &str,
+        mut entry: Entry,
+        overrides: &Overrides,
+    ) -> Result<Resolution, VaultError> {
         let secrets = match &entry {
             Some(row) if row.credential.enabled && !overrides.is_empty() && has_override(overrides, name) => {
                 BTreeMap::new()
@@ -709,9 +742,22 @@ impl Vault {
         Ok(Resolution { entry, resolved })
     }
 
-    /// Record one use of a credential (queued; see `vault::audit`).
+    /// Record one use of a credential that released nothing (queued; see
+    /// `vault::audit`).
     pub fn record_use(&self, event: UseEvent) {
         self.uses.record(event);
+    }
+
+    /// Record a use that releases the credential, and wait until it is
+    /// committed; on `Err` the caller must not release it (fail closed).
+    pub async fn record_use_durable(&self, event: UseEvent) -> Result<(), super::audit::AuditUnavailable> {
+        self.uses.record_durable(event).await
+    }
+
+    /// The HMAC fingerprint of secret values under this installation's
+    /// audit salt (see [`super::audit::fingerprint`]).
+    pub fn fingerprint(&self, secrets: &BTreeMap<String, Secret>) -> String {
+        super::audit::fingerprint(&self.audit_salt, secrets)
     }
 
     // ------------------------------------------------------------------
@@ -1316,3 +1362,23 @@ const _: fn() = || {
     fn is<T: Send + Sync>() {}
     is::<Vault>();
 };
+
+/// The installation's audit salt: created once (32 random bytes) by the
+/// first process that opens the vault; every later process and replica
+/// reads the same row. Never logged.
+async fn load_audit_salt(db: &Db) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
+    let mut fresh = zeroize::Zeroizing::new(vec![0u8; 32]);
+    SystemRandom::new().fill(&mut fresh).map_err(|_| VaultCryptoError::Crypto("the random number generator failed"))?;
+    let salt: Vec<u8> = on_db!(db, pool => {
+        sqlx::query("INSERT INTO installation (key, value) VALUES ('audit_salt', $1) ON CONFLICT (key) DO NOTHING")
+            .bind(&fresh[..])
+            .execute(pool)
+            .await
+            .map_err(StoreError::from)?;
+        sqlx::query_scalar("SELECT value FROM installation WHERE key = 'audit_salt'")
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::from)?
+    });
+    Ok(zeroize::Zeroizing::new(salt))
+}

@@ -204,3 +204,61 @@ fn readme_example() {
     let edits = runtime().apply(&p, &cred(&[], &[("key", "k-9")]), at(), &get("https://h.test/")).unwrap();
     assert!(matches!(&edits[0], Checked::Set(n, v) if n == "x-api-key" && v.text == "k-9" && v.sensitive));
 }
+
+/// What one of the `declare-*` guests answers for a credential holding the
+/// given fields, in a mode.
+fn declared(path: &str, mode: &str, fields: &[(&str, &str)]) -> Result<Vec<Checked>, PluginError> {
+    let p = load(path);
+    runtime().apply(&p, &cred(&[("mode", mode)], fields), at(), &get("https://h.test/"))
+}
+
+/// Field names that a host-side list used to exempt, and arbitrary ones.
+const NAMES: &[&str] = &["token", "access_key_id", "secret_id", "session_token", "security_token", "X-Weird_Name.1"];
+
+fn fields() -> Vec<(&'static str, &'static str)> {
+    NAMES.iter().map(|n| (*n, "v4lue-of-a-field")).collect()
+}
+
+#[test]
+fn declare_host_only() {
+    // A field declared host-only never reaches the request, whatever its
+    // name, verbatim, base64-encoded or as a query parameter.
+    for mode in ["header", "base64", "query"] {
+        let msg = failed(declared(guests::DECLARE_HOST_ONLY, mode, &fields()));
+        assert!(msg.contains("host-only") && !msg.contains("v4lue"), "{mode}: {msg}");
+    }
+    // Used only as a key, it is fine: only the MAC leaves.
+    let edits = declared(guests::DECLARE_HOST_ONLY, "hmac", &fields()).unwrap();
+    assert_eq!(edits.len(), NAMES.len());
+    still_works();
+}
+
+#[test]
+fn declare_identifier() {
+    // Identifiers may be placed; they are not marked as secrets on the wire.
+    let edits = declared(guests::DECLARE_IDENTIFIER, "header", &fields()).unwrap();
+    assert_eq!(edits.len(), NAMES.len());
+    for e in &edits {
+        let Checked::Set(_, v) = e else { panic!("{e:?}") };
+        assert!(!v.sensitive && v.text == "v4lue-of-a-field" && v.scan == "\0", "{e:?}");
+    }
+    // A field the plugin used as a key is host-only for that call, whatever
+    // it declared: a plugin that lies about its key is caught.
+    let msg = failed(declared(guests::DECLARE_IDENTIFIER, "keyed", &fields()));
+    assert!(msg.contains("host-only"), "{msg}");
+    still_works();
+}
+
+#[test]
+fn declare_wire() {
+    // Wire secrets are spliced and marked, verbatim and inside base64.
+    for mode in ["header", "base64", "query"] {
+        let edits = declared(guests::DECLARE_WIRE, mode, &fields()).unwrap();
+        assert!(!edits.is_empty());
+        for e in &edits {
+            let (Checked::Set(_, v) | Checked::Query(_, v)) = e else { panic!("{e:?}") };
+            assert!(v.sensitive, "{mode}: {e:?}");
+        }
+    }
+    still_works();
+}

@@ -442,6 +442,8 @@ async fn use_audit_and_last_used(db: &TestDb) {
             destination: Some("api.openai.com".into()),
             outcome: outcome.into(),
             layer: Some(Layer::Vault),
+            version: Some(1),
+            fingerprint: None,
         });
     }
     let uses = vault.audit(&AuditFilter { action: Some(AuditAction::Use), ..AuditFilter::default() }).await.unwrap();

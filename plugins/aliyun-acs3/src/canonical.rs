@@ -278,6 +278,7 @@ pub fn render(parts: &[Part]) -> String {
         .map(|p| match p {
             Part::Text(t) => t.clone(),
             Part::Secret(field) => format!("<secret:{field}>"),
+            Part::Base64(_) => "<base64 of secrets>".to_string(),
         })
         .collect()
 }

@@ -63,12 +63,26 @@ impl Scheme for AliyunAcs3 {
             description: "Alibaba Cloud V3 request signature (ACS3-HMAC-SHA256)".into(),
             config_fields: vec![],
             secret_fields: vec![
-                FieldInfo::required("access_key_id", "The AccessKey ID (sent in the Authorization header)"),
-                FieldInfo::required("access_key_secret", "The AccessKey secret (only ever used as an HMAC key)"),
-                FieldInfo::optional("security_token", "An STS security token, sent and signed as x-acs-security-token"),
+                SecretFieldInfo::required(
+                    "access_key_id",
+                    "The AccessKey ID (sent in the Authorization header)",
+                    Exposure::Identifier,
+                ),
+                SecretFieldInfo::required(
+                    "access_key_secret",
+                    "The AccessKey secret (only ever used as an HMAC key)",
+                    Exposure::HostOnly,
+                ),
+                SecretFieldInfo::optional(
+                    "security_token",
+                    "An STS security token, sent and signed as x-acs-security-token",
+                    Exposure::Identifier,
+                ),
             ],
             writable_headers: canonical::WRITTEN_HEADERS.iter().map(|h| h.to_string()).collect(),
-            open_secret_fields: false,
+            open_secret_fields: None,
+            reads_body: true,
+            request_independent: false,
         }
     }
 

@@ -17,9 +17,15 @@ impl Scheme for ApiKey {
                 FieldInfo::optional("prefix", "Text before the key, e.g. `Bearer ` (include the space)"),
                 FieldInfo::optional("query", "Send the key in this query parameter instead of a header"),
             ],
-            secret_fields: vec![FieldInfo::required("key", "The API key, without any `Bearer ` prefix")],
+            secret_fields: vec![SecretFieldInfo::required(
+                "key",
+                "The API key, without any `Bearer ` prefix",
+                Exposure::Wire,
+            )],
             writable_headers: vec!["*".into()],
-            open_secret_fields: false,
+            open_secret_fields: None,
+            reads_body: false,
+            request_independent: true,
         }
     }
 

@@ -309,9 +309,9 @@ fn canonical_request(
 fn push_part(out: &mut Vec<Part>, text: &mut String, part: Part) {
     match part {
         Part::Text(t) => text.push_str(&t),
-        secret @ Part::Secret(_) => {
+        other @ (Part::Secret(_) | Part::Base64(_)) => {
             out.push(Part::Text(std::mem::take(text)));
-            out.push(secret);
+            out.push(other);
         }
     }
 }
@@ -450,6 +450,7 @@ pub fn display(parts: &[Part]) -> String {
         .map(|p| match p {
             Part::Text(t) => t.clone(),
             Part::Secret(f) => format!("<{f}>"),
+            Part::Base64(_) => "<base64 of secrets>".to_string(),
         })
         .collect()
 }

@@ -49,9 +49,17 @@ impl Scheme for AwsSigV4 {
             description: "AWS Signature Version 4 (AWS4-HMAC-SHA256), as a header or a presigned URL".into(),
             config_fields: settings::config_fields(),
             secret_fields: vec![
-                FieldInfo::required(ACCESS_KEY_ID, "The access key id, e.g. `AKIA...` or `ASIA...`"),
-                FieldInfo::required(SECRET_ACCESS_KEY, "The secret access key"),
-                FieldInfo::optional(SESSION_TOKEN, "The session token of temporary (STS) credentials"),
+                SecretFieldInfo::required(
+                    ACCESS_KEY_ID,
+                    "The access key id, e.g. `AKIA...` or `ASIA...`",
+                    Exposure::Identifier,
+                ),
+                SecretFieldInfo::required(SECRET_ACCESS_KEY, "The secret access key", Exposure::HostOnly),
+                SecretFieldInfo::optional(
+                    SESSION_TOKEN,
+                    "The session token of temporary (STS) credentials",
+                    Exposure::Identifier,
+                ),
             ],
             writable_headers: vec![
                 "authorization".into(),
@@ -59,7 +67,9 @@ impl Scheme for AwsSigV4 {
                 "x-amz-content-sha256".into(),
                 "x-amz-security-token".into(),
             ],
-            open_secret_fields: false,
+            open_secret_fields: None,
+            reads_body: true,
+            request_independent: false,
         }
     }
 

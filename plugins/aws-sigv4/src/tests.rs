@@ -81,6 +81,7 @@ fn render(parts: &[Part], secrets: &Secrets) -> String {
         .map(|p| match p {
             Part::Text(t) => t.clone(),
             Part::Secret(f) => secret(secrets, f).to_string(),
+            Part::Base64(_) => panic!("SigV4 never base64-encodes a secret"),
         })
         .collect()
 }

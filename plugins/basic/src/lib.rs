@@ -1,6 +1,5 @@
 //! The `basic` scheme: `Authorization: Basic base64(username:password)` (RFC 7617).
 
-use latchkey_plugin_sdk::encoding::base64;
 use latchkey_plugin_sdk::*;
 
 struct Basic;
@@ -13,11 +12,13 @@ impl Scheme for Basic {
             description: "HTTP Basic authentication (RFC 7617)".into(),
             config_fields: vec![],
             secret_fields: vec![
-                FieldInfo::required("username", "The user name; may not contain `:`"),
-                FieldInfo::required("password", "The password"),
+                SecretFieldInfo::required("username", "The user name; may not contain `:`", Exposure::Wire),
+                SecretFieldInfo::required("password", "The password", Exposure::Wire),
             ],
             writable_headers: vec!["authorization".into()],
-            open_secret_fields: false,
+            open_secret_fields: None,
+            reads_body: false,
+            request_independent: true,
         }
     }
 
@@ -31,15 +32,13 @@ impl Scheme for Basic {
     fn apply(call: &Call) -> Result<Vec<Edit>, Error> {
         call.require_secret("username")?;
         call.require_secret("password")?;
-        // Base64 over both values is the one thing the host cannot splice in, so
-        // this scheme reads its secrets through the granted `secrets` import.
-        let user = call.reveal("username")?;
-        let pass = call.reveal("password")?;
         if call.url.scheme != "https" {
             log(Level::Warn, "basic credentials sent over plain http: anyone on the path can read them");
         }
-        let token = base64(format!("{user}:{pass}").as_bytes());
-        Ok(vec![Edit::set_header_text("authorization", format!("Basic {token}"))])
+        // The host computes base64(username ":" password): this plugin never
+        // reads either value and needs no `secrets` grant.
+        let pair = [Segment::secret("username"), Segment::text(":"), Segment::secret("password")];
+        Ok(vec![Edit::set_header("authorization", [Part::text("Basic "), Part::base64(pair)])])
     }
 }
 

@@ -17,12 +17,16 @@ impl Scheme for CustomHeaders {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "One secret per header: field name = header name, value sent as-is".into(),
             config_fields: vec![],
-            secret_fields: vec![FieldInfo::optional(
+            secret_fields: vec![SecretFieldInfo::optional(
                 "<Header-Name>",
                 "Any header name (e.g. `X-Api-Key`); its value is the header's value",
+                Exposure::Wire,
             )],
             writable_headers: vec!["*".into()],
-            open_secret_fields: true,
+            // Every field, whatever its name, is a header value sent as is.
+            open_secret_fields: Some(Exposure::Wire),
+            reads_body: false,
+            request_independent: true,
         }
     }
 

@@ -38,16 +38,20 @@ impl Scheme for Jwt {
             description: "A freshly minted JWT (HS256, RS256, ES256 or EdDSA) in a header, cached until near expiry"
                 .into(),
             config_fields: settings::config_fields(),
-            secret_fields: vec![FieldInfo::required(
+            secret_fields: vec![SecretFieldInfo::required(
                 KEY,
                 "For HS256 an HMAC secret of at least 32 bytes; otherwise a PEM private key \
                  (PKCS#8, PKCS#1 for RSA of 2048+ bits, or SEC1 for EC P-256)",
+                Exposure::HostOnly,
             )],
             // The header name is configurable, so no fixed list can name it;
             // the host still refuses its deny-list (`Host`, hop-by-hop,
             // `Proxy-*`, `X-Forwarded-*`, framing headers) for every scheme.
             writable_headers: vec!["*".into()],
-            open_secret_fields: false,
+            open_secret_fields: None,
+            reads_body: false,
+            // A minted token depends on the time (its `iat` and `exp`).
+            request_independent: false,
         }
     }
 
@@ -158,4 +162,22 @@ impl Verifier for Jwt {
     }
 }
 
-export_verifier!(Jwt);
+/// Bindings for the `verifier-plugin` world, on the SDK's types.
+#[allow(missing_docs)]
+mod verifier_bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "verifier-plugin",
+        with: {
+            "latchkey:plugin/types@0.2.0": latchkey_plugin_sdk::bindings::latchkey::plugin::types,
+            "latchkey:plugin/credentials@0.2.0": latchkey_plugin_sdk::bindings::latchkey::plugin::credentials,
+            "latchkey:plugin/crypto@0.2.0": latchkey_plugin_sdk::bindings::latchkey::plugin::crypto,
+            "latchkey:plugin/secrets@0.2.0": latchkey_plugin_sdk::bindings::latchkey::plugin::secrets,
+            "latchkey:plugin/cache@0.2.0": latchkey_plugin_sdk::bindings::latchkey::plugin::cache,
+            "latchkey:plugin/log@0.2.0": latchkey_plugin_sdk::bindings::latchkey::plugin::log,
+            "latchkey:plugin/random@0.2.0": latchkey_plugin_sdk::bindings::latchkey::plugin::random,
+        },
+    });
+}
+
+export_verifier!(Jwt, verifier_bindings);

@@ -20,16 +20,16 @@ pub mod encoding;
 pub mod http;
 pub mod time;
 
-/// Generated bindings for the `verifier-plugin` world (the `scheme-plugin`
-/// world plus the `verifier` export). Plugins rarely need these directly:
-/// the SDK re-exports the types and wraps the host calls. Every SDK plugin
-/// exports `verifier`; [`export_scheme!`] answers it with a refusal, so one
-/// set of bindings serves schemes that verify and those that do not.
+/// Generated bindings for the `scheme-plugin` world: the imports every
+/// plugin may use and the `scheme` export. Plugins rarely need these
+/// directly: the SDK re-exports the types and wraps the host calls.
+/// [`export_scheme!`] exports this world, so a scheme that verifies nothing
+/// has no `verifier` export (the host finds verifiers by that export).
 #[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "verifier-plugin",
+        world: "scheme-plugin",
         pub_export_macro: true,
         export_macro_name: "__export_scheme_plugin",
         default_bindings_module: "latchkey_plugin_sdk::bindings",
@@ -39,7 +39,9 @@ pub mod bindings {
 pub use bindings::latchkey::plugin::credentials::Credential;
 pub use bindings::latchkey::plugin::crypto::SignatureAlgorithm;
 pub use bindings::latchkey::plugin::log::Level;
-pub use bindings::latchkey::plugin::types::{CallContext, Datetime, Edit, Error, FieldInfo, Part, Request, SchemeInfo};
+pub use bindings::latchkey::plugin::types::{
+    CallContext, Datetime, Edit, Error, Exposure, FieldInfo, Part, Request, SchemeInfo, SecretFieldInfo, Segment,
+};
 pub use encoding::{hex, uri_encode};
 pub use http::{Config, Url};
 
@@ -171,6 +173,24 @@ impl Part {
     pub fn secret(field: impl Into<String>) -> Part {
         Part::Secret(field.into())
     }
+
+    /// Standard base64 of the segments, computed in the host (Basic's
+    /// `base64(user ":" password)` without reading either).
+    pub fn base64(segments: impl IntoIterator<Item = Segment>) -> Part {
+        Part::Base64(segments.into_iter().collect())
+    }
+}
+
+impl Segment {
+    /// A literal piece of text.
+    pub fn text(s: impl Into<String>) -> Segment {
+        Segment::Text(s.into())
+    }
+
+    /// A reference to a secret field.
+    pub fn secret(field: impl Into<String>) -> Segment {
+        Segment::Secret(field.into())
+    }
 }
 
 impl Edit {
@@ -202,12 +222,25 @@ impl FieldInfo {
     }
 }
 
+impl SecretFieldInfo {
+    /// A required secret field with its exposure.
+    pub fn required(name: &str, description: &str, exposure: Exposure) -> SecretFieldInfo {
+        SecretFieldInfo { name: name.into(), description: description.into(), required: true, exposure }
+    }
+
+    /// An optional secret field with its exposure.
+    pub fn optional(name: &str, description: &str, exposure: Exposure) -> SecretFieldInfo {
+        SecretFieldInfo { name: name.into(), description: description.into(), required: false, exposure }
+    }
+}
+
 /// An auth scheme. Implement it and export it with [`export_scheme!`].
 ///
 /// Implementations keep no state between calls: the host runs every call in a
 /// fresh instance.
 pub trait Scheme {
-    /// Name, version, fields and writable headers.
+    /// Name, version, fields (secret ones with their exposure), writable
+    /// headers, and whether `apply` needs the body hash or the request at all.
     fn describe() -> SchemeInfo;
 
     /// Check a configuration before a credential is stored. The default
@@ -246,8 +279,8 @@ pub trait Verifier {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __impl_scheme_guest {
-    ($scheme:ty, $export:ident, $($module:ident)::+) => {
-        impl $crate::$($module)::+::exports::latchkey::plugin::scheme::Guest for $export {
+    ($scheme:ty, $export:ident, [$($bindings:tt)*]) => {
+        impl $($bindings)*::exports::latchkey::plugin::scheme::Guest for $export {
             fn describe() -> $crate::SchemeInfo {
                 <$scheme as $crate::Scheme>::describe()
             }
@@ -286,23 +319,14 @@ macro_rules! __impl_scheme_guest {
 }
 
 /// Export a [`Scheme`] implementation as the component's `scheme` interface
-/// (its `verifier` export refuses: the scheme verifies no tokens).
+/// (the `scheme-plugin` world: no `verifier` export).
 #[macro_export]
 macro_rules! export_scheme {
     ($scheme:ty) => {
         #[allow(dead_code)]
         struct __LatchkeyExport;
 
-        $crate::__impl_scheme_guest!($scheme, __LatchkeyExport, bindings);
-
-        impl $crate::bindings::exports::latchkey::plugin::verifier::Guest for __LatchkeyExport {
-            fn verify(_ctx: $crate::CallContext, _jwks: String, _token: String) -> Result<String, $crate::Error> {
-                Err($crate::Error::Denied(format!(
-                    "scheme `{}` does not verify tokens",
-                    <$scheme as $crate::Scheme>::describe().name
-                )))
-            }
-        }
+        $crate::__impl_scheme_guest!($scheme, __LatchkeyExport, [$crate::bindings]);
 
         // The export names contain `:`, which native linkers refuse; the
         // export exists only in the wasm build, so plugin crates can still run
@@ -312,23 +336,47 @@ macro_rules! export_scheme {
     };
 }
 
-/// Export a type implementing both [`Scheme`] and [`Verifier`]: the
-/// component's `verifier` export runs [`Verifier::verify`].
+/// Export a type implementing both [`Scheme`] and [`Verifier`] (the
+/// `verifier-plugin` world): the component's `verifier` export runs
+/// [`Verifier::verify`], and the host finds it by that export.
+///
+/// The crate generates the world's bindings itself, reusing the SDK's types
+/// for every imported interface (one `generate!` per crate may define the
+/// world's export macros), and names that module here:
+///
+/// ```ignore
+/// mod verifier_bindings {
+///     wit_bindgen::generate!({
+///         path: "wit", // the WIT of latchkey:plugin@0.2.0
+///         world: "verifier-plugin",
+///         with: {
+///             "latchkey:plugin/types@0.2.0": latchkey_plugin_sdk::bindings::latchkey::plugin::types,
+///             "latchkey:plugin/credentials@0.2.0": latchkey_plugin_sdk::bindings::latchkey::plugin::credentials,
+///             "latchkey:plugin/crypto@0.2.0": latchkey_plugin_sdk::bindings::latchkey::plugin::crypto,
+///             "latchkey:plugin/secrets@0.2.0": latchkey_plugin_sdk::bindings::latchkey::plugin::secrets,
+///             "latchkey:plugin/cache@0.2.0": latchkey_plugin_sdk::bindings::latchkey::plugin::cache,
+///             "latchkey:plugin/log@0.2.0": latchkey_plugin_sdk::bindings::latchkey::plugin::log,
+///             "latchkey:plugin/random@0.2.0": latchkey_plugin_sdk::bindings::latchkey::plugin::random,
+///         },
+///     });
+/// }
+/// latchkey_plugin_sdk::export_verifier!(MyScheme, verifier_bindings);
+/// ```
 #[macro_export]
 macro_rules! export_verifier {
-    ($scheme:ty) => {
+    ($scheme:ty, $($bindings:ident)::+) => {
         #[allow(dead_code)]
         struct __LatchkeyExport;
 
-        $crate::__impl_scheme_guest!($scheme, __LatchkeyExport, bindings);
+        $crate::__impl_scheme_guest!($scheme, __LatchkeyExport, [$($bindings)::+]);
 
-        impl $crate::bindings::exports::latchkey::plugin::verifier::Guest for __LatchkeyExport {
+        impl $($bindings)::+::exports::latchkey::plugin::verifier::Guest for __LatchkeyExport {
             fn verify(ctx: $crate::CallContext, jwks: String, token: String) -> Result<String, $crate::Error> {
                 <$scheme as $crate::Verifier>::verify(ctx.now, &$crate::Config::new(ctx.config), &jwks, &token)
             }
         }
 
         #[cfg(target_arch = "wasm32")]
-        $crate::bindings::__export_scheme_plugin!(__LatchkeyExport with_types_in $crate::bindings);
+        $($bindings)::+::export!(__LatchkeyExport with_types_in $($bindings)::+);
     };
 }

@@ -68,12 +68,26 @@ impl Scheme for TencentTc3 {
                 ),
             ],
             secret_fields: vec![
-                FieldInfo::required("secret_id", "The SecretId (sent in the Authorization header)"),
-                FieldInfo::required("secret_key", "The SecretKey (only ever used as an HMAC key)"),
-                FieldInfo::optional("token", "A temporary credential's token, sent as X-TC-Token"),
+                SecretFieldInfo::required(
+                    "secret_id",
+                    "The SecretId (sent in the Authorization header)",
+                    Exposure::Identifier,
+                ),
+                SecretFieldInfo::required(
+                    "secret_key",
+                    "The SecretKey (only ever used as an HMAC key)",
+                    Exposure::HostOnly,
+                ),
+                SecretFieldInfo::optional(
+                    "token",
+                    "A temporary credential's token, sent as X-TC-Token",
+                    Exposure::Identifier,
+                ),
             ],
             writable_headers: canonical::WRITTEN_HEADERS.iter().map(|h| h.to_string()).collect(),
-            open_secret_fields: false,
+            open_secret_fields: None,
+            reads_body: true,
+            request_independent: false,
         }
     }
 

@@ -12,9 +12,11 @@ impl Scheme for Guest {
             version: "0.0.0".into(),
             description: "allocates without bound".into(),
             config_fields: vec![FieldInfo::optional("mode", "which misbehaviour")],
-            secret_fields: vec![FieldInfo::optional("key", "a key")],
+            secret_fields: vec![SecretFieldInfo::optional("key", "a key", Exposure::HostOnly)],
             writable_headers: vec!["x-test".into(), "authorization".into()],
-            open_secret_fields: false,
+            open_secret_fields: None,
+            reads_body: false,
+            request_independent: false,
         }
     }
 

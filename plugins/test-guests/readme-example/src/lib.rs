@@ -11,9 +11,11 @@ impl Scheme for XApiKey {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "The key in X-Api-Key".into(),
             config_fields: vec![],
-            secret_fields: vec![FieldInfo::required("key", "The API key")],
+            secret_fields: vec![SecretFieldInfo::required("key", "The API key", Exposure::Wire)],
             writable_headers: vec!["x-api-key".into()],
-            open_secret_fields: false,
+            open_secret_fields: None,
+            reads_body: false,
+            request_independent: true,
         }
     }
 

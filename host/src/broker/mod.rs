@@ -1,0 +1,406 @@
+//! The one call path from vault to wire. Every surface — the sidecar proxy,
+//! `POST /v1/sign`, provider checks and `latchkey sign --credential` — only
+//! adapts its input and output to these steps:
+//!
+//! 1. **Caller**: the surface authenticates the caller (an agent, or the
+//!    operator at the CLI) and names a credential ([`Caller`]).
+//! 2. **Snapshot** ([`Broker::open`]): one read of the credential — the
+//!    record and the secrets opened from that same row, so config, secrets
+//!    and version belong together — then the attachment check and the
+//!    scheme plugin's declaration (does it read the body?).
+//! 3. **Request** ([`Broker::sign`]): input hygiene (`sign::prepare`) and
+//!    the destination check on the URL's host.
+//! 4. **Plugin**: `apply` on the plugin call pool ([`crate::plugin::CallPool`]),
+//!    never on a server worker, within the plugin's and organisation's share.
+//! 5. **Edits**: checked against the scheme's declaration (writable headers,
+//!    each secret field's exposure, fields used as keys) and applied.
+//! 6. **Release check**: an answer going back to an agent must carry no
+//!    secret: refused when the declaration says it does, when the plugin
+//!    reads raw secrets, or when [`leak::find`] finds a secret value in what
+//!    the plugin produced (`secret_in_output`).
+//! 7. **Audit**: the use (credential version, secret fingerprint) is
+//!    committed before the signed request leaves the process; if it cannot
+//!    be, the call fails with `audit_unavailable` (fail closed).
+//!
+//! A refusal at any step is recorded too (queued, since nothing left).
+
+pub mod aws_chunked;
+pub mod leak;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::plugin::{CallCredential, Plugin, PluginError, PoolError};
+use crate::sign::{self, SignError, SignInput, SignedRequest};
+use crate::vault::agents::Agent;
+use crate::vault::audit::AuditUnavailable;
+use crate::vault::model::{Layer, Overrides};
+use crate::vault::{Resolution, UseEvent, Vault, VaultError};
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// An authenticated agent: only credentials attached to it, only from
+    /// the vault.
+    Agent(Agent),
+    /// The operator (the CLI, or the broker's own provider checks): any
+    /// credential of the organisation, through every resolution layer.
+    Operator {
+        /// The organisation.
+        org: String,
+        /// Who, for the audit trail (`cli:user@host`, `check`).
+        actor: String,
+    },
+}
+
+impl Caller {
+    fn org(&self) -> &str {
+        match self {
+            Caller::Agent(a) => &a.org,
+            Caller::Operator { org, .. } => org,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Caller::Agent(a) => a.name.clone(),
+            Caller::Operator { actor, .. } => actor.clone(),
+        }
+    }
+}
+
+/// Where the signed request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The broker sends it (proxy, provider checks): it may carry `wire`
+    /// secrets.
+    Upstream,
+    /// It is handed to the caller (`/v1/sign`, the CLI). For an agent it
+    /// must carry no secret.
+    Caller,
+}
+
+/// Why a call was refused: a stable code and one sentence with no secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CallError {
+    /// The stable code.
+    pub code: &'static str,
+    /// What happened and what to do.
+    pub message: String,
+}
+
+impl CallError {
+    /// An error with a code.
+    pub fn new(code: &'static str, message: impl Into<String>) -> CallError {
+        CallError { code, message: message.into() }
+    }
+}
+
+macro_rules! call_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CallError {
+            fn from(e: $t) -> CallError {
+                CallError { code: e.code(), message: e.to_string() }
+            }
+        }
+    )*};
+}
+call_error_from!(VaultError, SignError, PluginError, aws_chunked::PayloadError);
+
+impl From<PoolError> for CallError {
+    fn from(e: PoolError) -> CallError {
+        CallError::new("plugin_busy", e.to_string())
+    }
+}
+
+impl From<AuditUnavailable> for CallError {
+    fn from(e: AuditUnavailable) -> CallError {
+        CallError::new("audit_unavailable", e.to_string())
+    }
+}
+
+/// Steps 1–2 done: who, which credential (one snapshot), which plugin.
+pub struct Ticket {
+    caller: Caller,
+    name: String,
+    resolution: Resolution,
+    plugin: Arc<Plugin>,
+    config: Vec<(String, String)>,
+    version: u64,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket").field("name", &self.name).field("version", &self.version).finish_non_exhaustive()
+    }
+}
+
+impl Ticket {
+    /// The scheme plugin (its declaration decides how the body travels).
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// Whether the scheme needs the body's hash, so the body must be
+    /// buffered (the plugin's declaration, never its name).
+    pub fn reads_body(&self) -> bool {
+        self.plugin.info.reads_body
+    }
+
+    /// Whether the vault holds the credential (else an override or the
+    /// environment supplied it).
+    pub fn in_vault(&self) -> bool {
+        self.resolution.credential().is_some()
+    }
+
+    /// The scheme's name.
+    pub fn scheme(&self) -> &str {
+        &self.plugin.info.name
+    }
+
+    /// The credential's name.
+    pub fn credential(&self) -> &str {
+        &self.name
+    }
+
+    /// The layer that supplied the secrets.
+    pub fn layer(&self) -> Layer {
+        self.resolution.resolved.layer
+    }
+
+    /// Where in that layer (for `--explain`; never a value).
+    pub fn source(&self) -> &str {
+        &self.resolution.resolved.source
+    }
+
+    /// Refuse `host` unless the credential may be sent there.
+    pub fn check_destination(&self, host: &str) -> Result<(), CallError> {
+        Ok(self.resolution.check_destination(host)?)
+    }
+
+    /// The secret values, for redacting mock answers.
+    pub(crate) fn secrets(&self) -> &std::collections::BTreeMap<String, crate::Secret> {
+        &self.resolution.resolved.secrets
+    }
+
+    /// The credential as a plugin call sees it.
+    pub fn call_credential(&self) -> Arc<CallCredential> {
+        Arc::new(CallCredential::new(
+            self.name.clone(),
+            self.version,
+            self.config.clone(),
+            self.resolution.resolved.secrets.clone(),
+        ))
+    }
+}
+
+/// The outgoing request and how long the plugin took.
+#[derive(Debug)]
+pub struct Signed {
+    /// The request after the scheme was applied.
+    pub request: SignedRequest,
+    /// Time spent in the plugin call (queueing for a share included).
+    pub plugin_time: Duration,
+}
+
+/// The call path. Cheap to share.
+pub struct Broker {
+    vault: Arc<Vault>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// A broker over `vault` (whose runtime runs the plugins).
+    pub fn new(vault: Arc<Vault>) -> Broker {
+        Broker { vault }
+    }
+
+    /// The vault.
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// Step 2: take one snapshot of credential `name` for `caller` and check
+    /// that the caller may use it. `scheme` and `config` describe a
+    /// credential that only an override or the environment supplies (the
+    /// CLI's `--scheme`/`--config`); agents get vault credentials only.
+    pub async fn open(
+        &self,
+        caller: &Caller,
+        name: &str,
+        overrides: &Overrides,
+        scheme: Option<(&str, Vec<(String, String)>)>,
+    ) -> Result<Ticket, CallError> {
+        let result = self.open_inner(caller, name, overrides, scheme).await;
+        if let Err(e) = &result {
+            self.record_refusal(caller, name, None, None, None, e.code);
+        }
+        result
+    }
+
+    async fn open_inner(
+        &self,
+        caller: &Caller,
+        name: &str,
+        overrides: &Overrides,
+        scheme: Option<(&str, Vec<(String, String)>)>,
+    ) -> Result<Ticket, CallError> {
+        let org = caller.org();
+        let record = self.vault.credential(org, name).await?;
+        if let Caller::Agent(agent) = caller {
+            let Some(record) = &record else {
+                return Err(CallError::new("credential_not_found", format!("no credential named `{name}`")));
+            };
+            if !record.attachments.agents.contains(&agent.name) {
+                return Err(CallError::new(
+                    "credential_not_attached",
+                    format!(
+                        "agent `{}` may not use credential `{name}`: it is not attached \
+                         (latchkey credential attach {name} --agent {})",
+                        agent.name, agent.name
+                    ),
+                ));
+            }
+        }
+        // The secrets come from the record just checked: one snapshot.
+        let resolution = self.vault.resolve_snapshot(org, name, record.as_ref(), overrides).await?;
+        let (scheme, config, version) = match (resolution.credential(), scheme) {
+            (Some(c), _) => (c.scheme.clone(), c.config.clone(), c.version),
+            (None, Some((s, config))) => (s.to_string(), config, 0),
+            (None, None) => {
+                return Err(CallError::new(
+                    "invalid_argument",
+                    format!("`{name}` is not in the vault, so its scheme is unknown: give --scheme"),
+                ));
+            }
+        };
+        let plugin = self.vault.runtime().get(&scheme)?;
+        if resolution.resolved.layer != Layer::Vault {
+            // Vault secrets were validated when stored; others are checked now.
+            sign::check_credential(self.vault.runtime(), &plugin, &config, &resolution.resolved.secrets)?;
+        }
+        Ok(Ticket { caller: caller.clone(), name: name.to_string(), resolution, plugin, config, version })
+    }
+
+    /// Steps 3–7: sign `input` with the ticket's credential for `delivery`,
+    /// and commit the use before returning.
+    pub async fn sign(&self, ticket: &Ticket, input: &SignInput, delivery: Delivery) -> Result<Signed, CallError> {
+        let host = url::Url::parse(&input.url).ok().and_then(|u| u.host_str().map(str::to_string));
+        let result = self.sign_inner(ticket, input, delivery, host.as_deref()).await;
+        if let Err(e) = &result {
+            self.refused(ticket, host.as_deref(), e.code);
+        }
+        result
+    }
+
+    async fn sign_inner(
+        &self,
+        ticket: &Ticket,
+        input: &SignInput,
+        delivery: Delivery,
+        host: Option<&str>,
+    ) -> Result<Signed, CallError> {
+        let prepared = sign::prepare(input)?;
+        ticket.check_destination(host.unwrap_or_default())?;
+
+        let runtime = self.vault.runtime().clone();
+        let (plugin, cred) = (ticket.plugin.clone(), ticket.call_credential());
+        let (request, now) = (prepared.request().clone(), prepared.now());
+        let started = Instant::now();
+        let checked = self
+            .vault
+            .runtime()
+            .pool()
+            .run(ticket.plugin.name(), ticket.caller.org(), move || runtime.apply(&plugin, &cred, now, &request))
+            .await??;
+        let plugin_time = started.elapsed();
+        let signed = sign::finish(&prepared, checked);
+
+        if delivery == Delivery::Caller && matches!(ticket.caller, Caller::Agent(_)) {
+            release_check(ticket, &signed)?;
+        }
+
+        self.vault
+            .record_use_durable(UseEvent {
+                org: ticket.caller.org().to_string(),
+                credential: ticket.name.clone(),
+                agent: Some(ticket.caller.name()),
+                destination: host.map(str::to_string),
+                outcome: "ok".into(),
+                layer: Some(ticket.layer()),
+                version: (ticket.layer() == Layer::Vault).then_some(ticket.version),
+                fingerprint: Some(self.vault.fingerprint(ticket.secrets())),
+            })
+            .await?;
+        Ok(Signed { request: signed, plugin_time })
+    }
+
+    /// Record that a call with this ticket was refused after step 2 (by a
+    /// surface's own check between steps, or by a later step).
+    pub fn refused(&self, ticket: &Ticket, host: Option<&str>, code: &str) {
+        let version = (ticket.layer() == Layer::Vault).then_some(ticket.version);
+        self.record_refusal(&ticket.caller, &ticket.name, host, Some(ticket.layer()), version, code);
+    }
+
+    fn record_refusal(
+        &self,
+        caller: &Caller,
+        name: &str,
+        host: Option<&str>,
+        layer: Option<Layer>,
+        version: Option<u64>,
+        code: &str,
+    ) {
+        self.vault.record_use(UseEvent {
+            org: caller.org().to_string(),
+            credential: name.to_string(),
+            agent: Some(caller.name()),
+            destination: host.map(str::to_string),
+            outcome: code.to_string(),
+            layer,
+            version,
+            fingerprint: None,
+        });
+    }
+}
+
+/// Step 6: an answer handed to an agent must not carry a secret.
+fn release_check(ticket: &Ticket, signed: &SignedRequest) -> Result<(), CallError> {
+    let (name, scheme) = (&ticket.name, ticket.scheme());
+    if ticket.plugin.reads_secrets {
+        return Err(CallError::new(
+            "secret_in_output",
+            format!(
+                "credential `{name}` uses scheme `{scheme}`, which reads raw secret values (it is granted \
+                 latchkey:plugin/secrets), so no answer of it can be shown to hold no secret; /v1/sign would \
+                 hand it to the agent. Send the call through a proxy route instead"
+            ),
+        ));
+    }
+    if signed.carries_secret {
+        return Err(CallError::new(
+            "secret_in_output",
+            format!(
+                "credential `{name}` uses scheme `{scheme}`, which puts the secret itself into the request; \
+                 /v1/sign would hand it to the agent. Send the call through a proxy route instead"
+            ),
+        ));
+    }
+    if let Some(field) = leak::find(&signed.produced, ticket.secrets()) {
+        tracing::warn!(credential = %name, scheme, field, "plugin answer holds an undeclared secret value; refused");
+        return Err(CallError::new(
+            "secret_in_output",
+            format!(
+                "the answer of scheme `{scheme}` for credential `{name}` contains the value of secret field \
+                 `{field}` (its declaration says it may not leave the host this way); refused"
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! Plugin calls run here, never on the async server's worker threads: a
+//! fixed set of threads of their own, and caps on how many of them one
+//! plugin and one organisation may hold at once.
+//!
+//! A plugin that loops until its time budget, or is just slow, therefore
+//! spends only its own share: its excess calls wait (asynchronously, holding
+//! no thread) for one of its own permits, while every other plugin and
+//! organisation finds free threads. A call that cannot get a permit within
+//! [`PoolConfig::queue_timeout`] fails with `plugin_busy`.
+//!
+//! Written by hand rather than with a general thread pool crate: what is
+//! needed is admission by (plugin, organisation) *before* a thread is taken,
+//! which tokio's semaphores give, plus a plain job queue.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+/// Sizes of the call pool.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Threads that run plugin calls.
+    pub threads: usize,
+    /// Calls of one plugin that may run at once.
+    pub per_plugin: usize,
+    /// Calls of one organisation that may run at once (all its plugins).
+    pub per_org: usize,
+    /// How long a call may wait for its permits before `plugin_busy`.
+    pub queue_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> PoolConfig {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let threads = (cores * 2).max(4);
+        PoolConfig {
+            threads,
+            per_plugin: (cores / 2).max(1),
+            per_org: (threads * 3 / 4).max(1),
+            queue_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Why a call did not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// The plugin's or the organisation's share stayed taken for the whole
+    /// wait (a slow or looping plugin is using it).
+    #[error("{0}")]
+    Busy(String),
+    /// The pool has stopped (the broker is shutting down).
+    #[error("the plugin call pool has stopped")]
+    Stopped,
+}
+
+/// The pool: threads, a job queue, and the permits.
+pub struct CallPool {
+    config: PoolConfig,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    plugins: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
+    orgs: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl std::fmt::Debug for CallPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallPool").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl CallPool {
+    /// Start the threads.
+    pub fn start(config: PoolConfig) -> CallPool {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..config.threads.max(1) {
+            let rx = rx.clone();
+            let _ = std::thread::Builder::new().name(format!("latchkey-plugin-{i}")).spawn(move || {
+                loop {
+                    // The lock is held only while taking one job.
+                    let job = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(poisoned) => poisoned.into_inner().recv(),
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+        CallPool { config, jobs: Mutex::new(Some(tx)), plugins: Mutex::default(), orgs: Mutex::default() }
+    }
+
+    /// The sizes in force.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    fn semaphore<K: std::hash::Hash + Eq>(
+        map: &Mutex<HashMap<K, Arc<Semaphore>>>,
+        key: K,
+        size: usize,
+    ) -> Arc<Semaphore> {
+        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key).or_insert_with(|| Arc::new(Semaphore::new(size.max(1)))).clone()
+    }
+
+    async fn permit(
+        &self,
+        semaphore: Arc<Semaphore>,
+        what: impl Fn() -> String,
+    ) -> Result<OwnedSemaphorePermit, PoolError> {
+        match tokio::time::timeout(self.config.queue_timeout, semaphore.acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(PoolError::Stopped),
+            Err(_) => Err(PoolError::Busy(what())),
+        }
+    }
+
+    /// Run `f` on a pool thread under `plugin`'s and `org`'s caps, and wait
+    /// for its result without holding an async worker. The permits go with
+    /// the job, so a caller that gives up (a client that disconnects) does
+    /// not free a share that is still in use.
+    pub async fn run<R: Send + 'static>(
+        &self,
+        plugin: &Arc<str>,
+        org: &str,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, PoolError> {
+        let waited = self.config.queue_timeout;
+        let org_permit = self
+            .permit(Self::semaphore(&self.orgs, org.to_string(), self.config.per_org), || {
+                format!(
+                    "organisation `{org}` already has {} plugin calls running and none finished within {waited:?}",
+                    self.config.per_org
+                )
+            })
+            .await?;
+        let plugin_permit = self
+            .permit(Self::semaphore(&self.plugins, plugin.clone(), self.config.per_plugin), || {
+                format!(
+                    "plugin `{plugin}` already has {} calls running and none finished within {waited:?} \
+                     (a slow or looping plugin uses only its own share)",
+                    self.config.per_plugin
+                )
+            })
+            .await?;
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let out = f();
+            drop((plugin_permit, org_permit));
+            let _ = tx.send(out);
+        });
+        {
+            let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(sender) = jobs.as_ref() else { return Err(PoolError::Stopped) };
+            sender.send(job).map_err(|_| PoolError::Stopped)?;
+        }
+        rx.await.map_err(|_| PoolError::Stopped)
+    }
+}
+
+impl Drop for CallPool {
+    fn drop(&mut self) {
+        // Closing the queue ends every thread once it finishes its job.
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_plugin_never_holds_more_than_its_share() {
+        let pool = Arc::new(CallPool::start(PoolConfig {
+            threads: 4,
+            per_plugin: 2,
+            per_org: 4,
+            queue_timeout: Duration::from_secs(30),
+        }));
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let slow: Arc<str> = Arc::from("slow");
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Arc::new(Mutex::new(release_rx));
+        let mut calls = Vec::new();
+        for _ in 0..6 {
+            let (pool, running, peak, slow, rx) =
+                (pool.clone(), running.clone(), peak.clone(), slow.clone(), release_rx.clone());
+            calls.push(tokio::spawn(async move {
+                pool.run(&slow, "acme", move || {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    let _ = rx.lock().unwrap().recv();
+                    running.fetch_sub(1, Ordering::SeqCst);
+                })
+                .await
+            }));
+        }
+        // While the slow plugin holds its two permits, another plugin runs at once.
+        while running.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        let fast: Arc<str> = Arc::from("fast");
+        assert_eq!(pool.run(&fast, "acme", || 7).await, Ok(7));
+        for _ in 0..6 {
+            release_tx.send(()).unwrap();
+        }
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        assert_eq!(peak.load(Ordering::SeqCst), 2, "the slow plugin ran more calls at once than its share");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_share_answers_busy_after_the_wait() {
+        let pool = CallPool::start(PoolConfig {
+            threads: 2,
+            per_plugin: 1,
+            per_org: 2,
+            queue_timeout: Duration::from_millis(50),
+        });
+        let p: Arc<str> = Arc::from("p");
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let pool = Arc::new(pool);
+        let held = {
+            let (pool, p) = (pool.clone(), p.clone());
+            tokio::spawn(async move {
+                pool.run(&p, "o", move || {
+                    let _ = rx.recv();
+                })
+                .await
+            })
+        };
+        // Wait until the first call holds the permit.
+        loop {
+            let sem = CallPool::semaphore(&pool.plugins, p.clone(), 1);
+            if sem.available_permits() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let err = pool.run(&p, "o", || ()).await.unwrap_err();
+        assert!(matches!(err, PoolError::Busy(ref m) if m.contains("`p`")), "{err:?}");
+        tx.send(()).unwrap();
+        held.await.unwrap().unwrap();
+    }
+}
