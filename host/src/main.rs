@@ -40,6 +40,16 @@ struct RuntimeArgs {
     /// Time budget of one plugin call, in milliseconds.
     #[arg(long, global = true, default_value_t = 100, value_name = "MS")]
     plugin_timeout_ms: u64,
+    /// Threads that run plugin calls (never the server's workers) [default: twice the cores, at least 4].
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    plugin_threads: Option<u16>,
+    /// Calls of one plugin that may run at once, so a slow or looping plugin spends only its own share
+    /// [default: half the cores, at least 1].
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    plugin_concurrency: Option<u16>,
+    /// Plugin calls of one organisation that may run at once [default: three quarters of the plugin threads].
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    org_plugin_concurrency: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -193,6 +203,16 @@ fn runtime(args: &RuntimeArgs) -> Result<Runtime, Failure> {
     };
     if let Some(dir) = &args.cache_dir {
         config.cache_dir = Some(dir.clone());
+    }
+    if let Some(n) = args.plugin_threads {
+        config.pool.threads = n.into();
+        config.pool.per_org = (usize::from(n) * 3 / 4).max(1);
+    }
+    if let Some(n) = args.plugin_concurrency {
+        config.pool.per_plugin = n.into();
+    }
+    if let Some(n) = args.org_plugin_concurrency {
+        config.pool.per_org = n.into();
     }
     Ok(Runtime::new(config)?)
 }

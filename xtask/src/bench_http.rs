@@ -192,13 +192,15 @@ fn install_tools() -> Result<PathBuf> {
 struct Lab {
     dir: PathBuf,
     children: Vec<Child>,
+    /// `--plugin-dir` for every broker command.
+    plugin_dir: Option<PathBuf>,
 }
 
 impl Lab {
     fn new() -> Result<Lab> {
         let dir = std::env::temp_dir().join(format!("latchkey-bench-http-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        Ok(Lab { dir, children: Vec::new() })
+        Ok(Lab { dir, children: Vec::new(), plugin_dir: None })
     }
 
     /// Start an nginx instance (its own config, pid and logs in the temp dir) and wait for its port.
@@ -225,18 +227,7 @@ impl Lab {
     /// Set the broker up with the CLI as a user would, start it and wait for `/healthz`.
     /// Returns the agent token.
     fn broker(&mut self, bin: &Path, key: &str, upstream: u16, port: u16) -> Result<String> {
-        let data = self.dir.join("broker-data");
-        let latchkey = |args: &[&str]| {
-            let mut cmd = Command::new(bin);
-            // Nothing from the caller's environment (master key, database, config file) but the plugin cache.
-            for (k, _) in std::env::vars_os() {
-                if k.to_string_lossy().starts_with("LATCHKEY_") && k != "LATCHKEY_CACHE_DIR" {
-                    cmd.env_remove(k);
-                }
-            }
-            cmd.args(args).env("LATCHKEY_DATA_DIR", &data).env("LATCHKEY_LOG", "warn");
-            cmd
-        };
+        let latchkey = |args: &[&str]| self.latchkey(bin, args);
         // Secret values go through files (`field=@file`), as an operator
         // would pass them, so the echoed commands never show them.
         let secret_file = |name: &str, value: &str| -> Result<String> {
@@ -302,6 +293,22 @@ impl Lab {
         self.children.push(child);
         self.wait("latchkey serve", &log, || http(port, "GET", "/healthz", None, "").is_ok_and(|(s, _)| s == 200))?;
         Ok(token)
+    }
+
+    /// A `latchkey` command on the lab's data folder.
+    fn latchkey(&self, bin: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin);
+        // Nothing from the caller's environment (master key, database, config file) but the plugin cache.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("LATCHKEY_") && k != "LATCHKEY_CACHE_DIR" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(args).env("LATCHKEY_DATA_DIR", self.dir.join("broker-data")).env("LATCHKEY_LOG", "warn");
+        if let Some(dir) = &self.plugin_dir {
+            cmd.env("LATCHKEY_PLUGIN_DIR", dir);
+        }
+        cmd
     }
 
     /// Wait until `ready`, failing with the log if the last process started exits or takes over 2 minutes.
@@ -398,8 +405,12 @@ fn ms(us: f64) -> String {
 
 /// Run wrk and read Requests/sec and the 50% and 99% latencies; any non-2xx answer fails the run.
 fn wrk(url: &str, extra: &[String], duration: &str) -> Result<Sample> {
+    wrk_with(&WRK, url, extra, duration)
+}
+
+fn wrk_with(shape: &[&str], url: &str, extra: &[String], duration: &str) -> Result<Sample> {
     let mut cmd = Command::new("wrk");
-    cmd.args(WRK).arg(format!("-d{duration}")).args(extra).arg(url);
+    cmd.args(shape).arg(format!("-d{duration}")).args(extra).arg(url);
     let out = cmd.output().with_context(|| format!("running wrk on {url}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || text.contains("Non-2xx") {
@@ -428,4 +439,88 @@ fn micros(s: &str) -> Result<f64> {
         "m" => 60e6,
         unit => bail!("unknown wrk unit `{unit}`"),
     })
+}
+
+/// `cargo xtask bench-isolation`: another route's latency while a
+/// third-party plugin that loops until its time budget is hammered by 8
+/// clients (the `spin` test guest), against the same route alone, in one
+/// run. The goal: p99 grows by at most 20 ms.
+pub fn bench_isolation(root: &Path) -> Result<()> {
+    const LOOPING_CLIENTS: &str = "-c8";
+    const MEASURING: [&str; 3] = ["-t1", "-c2", "--latency"];
+    let nginx_bin = install_tools()?;
+    run(cargo().args(["build", "--release", "-p", "latchkey"]))?;
+    let bin = root.join("target/release/latchkey");
+    // Built by the host's build script with the other plugins.
+    let spin = root.join("target/wasm-plugins/wasm32-wasip2/release/test_guest_spin.wasm");
+    if !spin.exists() {
+        bail!("{} is missing (the release build should have made it)", spin.display());
+    }
+    let mut lab = Lab::new()?;
+    let plugins = lab.dir.join("plugins");
+    std::fs::create_dir_all(&plugins)?;
+    std::fs::copy(&spin, plugins.join("spin.wasm"))?;
+    lab.plugin_dir = Some(plugins);
+    let key = random_hex(16)?;
+    let (upstream, broker) = (free_port()?, free_port()?);
+    let upstream_conf = UPSTREAM_SERVER.replace("@PORT@", &upstream.to_string()).replace("@KEY@", &key);
+    lab.nginx(&nginx_bin, "upstream", upstream, &upstream_conf)?;
+    let token = lab.broker(&bin, &key, upstream, broker)?;
+    let upstream_url = format!("http://127.0.0.1:{upstream}");
+    let setup: [&[&str]; 3] = [
+        &["credential", "add", "loop", "--scheme", "test-spin", "--destination", "127.0.0.1"],
+        &["route", "add", "loop", "--upstream", &upstream_url, "--credential", "loop"],
+        &["credential", "attach", "loop", "--agent", "bench-agent"],
+    ];
+    for args in setup {
+        run(lab.latchkey(&bin, args).stdout(Stdio::null()))?;
+    }
+    let auth = format!("Bearer {token}");
+    // The looping route fails each call with plugin_failed after its budget.
+    let (status, text) = http(broker, "GET", "/proxy/loop/x", Some(&auth), "")?;
+    if status != 500 || !text.contains("plugin_failed") {
+        bail!("the looping route answered {status}: {}", text.trim());
+    }
+    let fast = format!("http://127.0.0.1:{broker}/proxy/bench/x");
+    let looping = format!("http://127.0.0.1:{broker}/proxy/loop/x");
+    let (mut alone, mut loaded) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        eprintln!("xtask: round {}/{ROUNDS}", round + 1);
+        alone.push(wrk_with(&MEASURING, &fast, &header(&auth), MEASURE)?);
+        let mut background = Command::new("wrk")
+            .args(["-t1", LOOPING_CLIENTS, "-d16s"])
+            .args(header(&auth))
+            .arg(&looping)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the looping clients")?;
+        std::thread::sleep(Duration::from_secs(2));
+        let sample = wrk_with(&MEASURING, &fast, &header(&auth), MEASURE);
+        let _ = background.wait();
+        loaded.push(sample?);
+    }
+    let (a, l) = (Sample::median(&alone), Sample::median(&loaded));
+    let growth = (l.p99 - a.p99) / 1e3;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let date = Command::new("date").arg("+%F").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let table = format!(
+        "| api-key route `GET /proxy/bench/x` | requests/s | p50 | p99 |\n|---|---|---|---|\n\
+         | alone | {:.0} | {} | {} |\n\
+         | while 8 clients hammer a route whose plugin loops until its 100 ms budget | {:.0} | {} | {} |\n\
+         \n| ratio | measured | goal |\n|---|---|---|\n\
+         | p99 growth under the looping load | **{growth:+.2} ms** | ≤ +20 ms: {} |\n\
+         \nMeasured {} on a {cores}-core machine, wrk, nginx and the broker sharing the cores; medians of \
+         {ROUNDS} interleaved rounds of `wrk {} -d{MEASURE}`; the looping load is `wrk -t1 {LOOPING_CLIENTS}`.\n",
+        a.rps,
+        ms(a.p50),
+        ms(a.p99),
+        l.rps,
+        ms(l.p50),
+        ms(l.p99),
+        if growth <= 20.0 { "met" } else { "**not met**" },
+        date.unwrap_or_default(),
+        MEASURING.join(" "),
+    );
+    write_table(root, "isolation-bench", &table)
 }

@@ -24,6 +24,9 @@ tasks:
             HTTP load on loopback with wrk (installs nginx and wrk if missing): the
             broker's proxy against an nginx proxy, /v1/sign against /healthz;
             writes the measured ratios to BENCHMARKS.md
+  bench-isolation
+            another route's p50/p99 alone and while 8 clients hammer a route whose
+            plugin loops until its time budget (same run); writes BENCHMARKS.md
 ";
 
 fn main() -> Result<()> {
@@ -36,6 +39,7 @@ fn main() -> Result<()> {
         "test" => test(&root),
         "bench" => bench(&root, std::env::args().nth(2).as_deref()),
         "bench-http" => bench_http::bench_http(&root),
+        "bench-isolation" => bench_http::bench_isolation(&root),
         _ => {
             eprint!("{USAGE}");
             if task.is_empty() || task == "help" || task == "--help" { Ok(()) } else { bail!("unknown task `{task}`") }

@@ -101,6 +101,12 @@ impl CallPool {
         &self.config
     }
 
+    /// How many calls of `plugin` hold a share right now (for metrics and tests).
+    pub fn running(&self, plugin: &Arc<str>) -> usize {
+        let map = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(plugin).map_or(0, |s| self.config.per_plugin.max(1) - s.available_permits())
+    }
+
     fn semaphore<K: std::hash::Hash + Eq>(
         map: &Mutex<HashMap<K, Arc<Semaphore>>>,
         key: K,
@@ -133,20 +139,22 @@ impl CallPool {
         f: impl FnOnce() -> R + Send + 'static,
     ) -> Result<R, PoolError> {
         let waited = self.config.queue_timeout;
-        let org_permit = self
-            .permit(Self::semaphore(&self.orgs, org.to_string(), self.config.per_org), || {
-                format!(
-                    "organisation `{org}` already has {} plugin calls running and none finished within {waited:?}",
-                    self.config.per_org
-                )
-            })
-            .await?;
+        // The plugin's own share first: calls waiting behind a slow plugin
+        // then hold nothing the rest of the organisation needs.
         let plugin_permit = self
             .permit(Self::semaphore(&self.plugins, plugin.clone(), self.config.per_plugin), || {
                 format!(
                     "plugin `{plugin}` already has {} calls running and none finished within {waited:?} \
                      (a slow or looping plugin uses only its own share)",
                     self.config.per_plugin
+                )
+            })
+            .await?;
+        let org_permit = self
+            .permit(Self::semaphore(&self.orgs, org.to_string(), self.config.per_org), || {
+                format!(
+                    "organisation `{org}` already has {} plugin calls running and none finished within {waited:?}",
+                    self.config.per_org
                 )
             })
             .await?;

@@ -38,9 +38,20 @@ use crate::broker::{Caller, Delivery, Ticket, aws_chunked};
 use crate::sign::{self, BodyDigest, SignInput};
 use crate::vault::model::Overrides;
 
-/// Hop-by-hop and framing headers, never forwarded either way.
-const HOP_BY_HOP: &[&str] =
-    &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host"];
+/// Hop-by-hop and framing headers, never forwarded either way. `Expect`
+/// belongs to this hop too: the broker has already answered it (or buffered
+/// the body), and the upstream gets the body at once.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "expect",
+];
 
 /// Headers of the agent's own SigV4 signature, replaced by the real one.
 const AGENT_SIGV4: &[&str] = &["x-amz-date", "x-amz-content-sha256", "x-amz-security-token"];
