@@ -468,7 +468,7 @@ pub fn bench_isolation(root: &Path) -> Result<()> {
     let token = lab.broker(&bin, &key, upstream, broker)?;
     let upstream_url = format!("http://127.0.0.1:{upstream}");
     let setup: [&[&str]; 3] = [
-        &["credential", "add", "loop", "--scheme", "test-spin", "--destination", "127.0.0.1"],
+        &["credential", "add", "loop", "--scheme", "test-spin", "--secret", "key=unused", "--destination", "127.0.0.1"],
         &["route", "add", "loop", "--upstream", &upstream_url, "--credential", "loop"],
         &["credential", "attach", "loop", "--agent", "bench-agent"],
     ];

@@ -285,8 +285,8 @@ fn upstream_error(host: &str, e: &hyper_util::client::legacy::Error) -> ApiError
 }
 
 /// What the mock upstream answers: the request as it would have been sent,
-/// with every header that carries a `wire` secret, and every secret value
-/// anywhere else, replaced by `[redacted]`.
+/// with every secret value replaced by `[redacted]`, and the whole value of a
+/// header that carries a `wire` secret in a form not found verbatim.
 fn mock_answer(
     signed: &sign::SignedRequest,
     secrets: &std::collections::BTreeMap<String, crate::secret::Secret>,
@@ -302,7 +302,12 @@ fn mock_answer(
         .headers
         .iter()
         .zip(signed.sensitive.iter().copied().chain(std::iter::repeat(false)))
-        .map(|((n, v), sensitive)| (n.clone(), if sensitive { "[redacted]".to_string() } else { redact(v) }))
+        .map(|((n, v), sensitive)| {
+            let shown = redact(v);
+            // A secret the host encoded (Basic's base64) is not found verbatim:
+            // the whole value goes.
+            (n.clone(), if sensitive && shown == *v { "[redacted]".to_string() } else { shown })
+        })
         .collect();
     let body = serde_json::json!({
         "mock": true,

@@ -378,7 +378,7 @@ async fn the_call_fails_closed_when_the_audit_store_refuses_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_looping_plugin_spends_only_its_own_share() {
     let Some(b) = bench(Backend::Sqlite, &[guests::SPIN], RuntimeConfig::default()).await else { return };
-    b.credential("loop", "test-spin", &[], &[]).await;
+    b.credential("loop", "test-spin", &[], &[("key", &canary("spin"))]).await;
     b.credential("key", "api-key", &[("prefix", "Bearer ")], &[("key", &canary("k"))]).await;
     b.route("loop", "loop").await;
     b.route("fast", "key").await;
@@ -392,8 +392,13 @@ async fn a_looping_plugin_spends_only_its_own_share() {
         .collect();
     // Wait until the looping plugin holds its share of the pool.
     let share = latchkey::plugin::PoolConfig::default().per_plugin;
+    let waiting = std::time::Instant::now();
     while b.vault.runtime().pool().running(&Arc::from("test-spin")) < share {
-        tokio::task::yield_now().await;
+        if waiting.elapsed() > std::time::Duration::from_secs(20) {
+            let (status, json) = proxied(&b, "loop").await;
+            panic!("the looping plugin never held its share; a looping call answers {status} {json}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
     // Meanwhile another route's calls go through, one after another.
     for _ in 0..20 {

@@ -49,11 +49,12 @@ fn basic_matches_rfc7617_example() {
     // RFC 7617 §2: Aladdin / open sesame.
     let rt = runtime();
     let p = rt.get("basic").unwrap();
-    assert!(p.reads_secrets);
+    // The host computes the base64 (`part.base64`): the plugin reads no secret.
+    assert!(!p.reads_secrets);
     let e = rt
         .apply(&p, &cred(&[], &[("username", "Aladdin"), ("password", "open sesame")]), at(), &get("https://a.test/"))
         .unwrap();
-    assert_eq!(set(&e), vec![("authorization".into(), "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==".into(), false)]);
+    assert_eq!(set(&e), vec![("authorization".into(), "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==".into(), true)]);
     let err = rt.validate_secret(&p, &[], "username", &latchkey::Secret::new("a:b")).unwrap_err();
     assert!(err.to_string().contains("`:`"), "{err}");
 }
