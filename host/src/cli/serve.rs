@@ -67,6 +67,17 @@ pub async fn serve(vault: Arc<Vault>, args: ServeArgs, listen: &str) -> Result<(
         }
         _ => None,
     };
+    // Compile (or load from the cache) every scheme before the first call,
+    // so no call waits for a compiler.
+    let rt = vault.runtime().clone();
+    tokio::task::spawn_blocking(move || {
+        for name in rt.scheme_names() {
+            rt.get(&name)?;
+        }
+        Ok::<_, latchkey::PluginError>(())
+    })
+    .await
+    .map_err(|e| Failure::new("plugin_load_failed", e.to_string()))??;
     let state = server::state(vault.clone(), config).map_err(|e| Failure::new("invalid_config", e))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -58,10 +58,8 @@ pub async fn check_credential(app: &Arc<AppState>, org: &str, name: &str) -> Res
     let url = format!("{}{}", route.upstream, route.check_path.as_deref().unwrap_or("/"));
     // The same address rule as the proxy, for literal addresses (names are
     // checked after resolution by the upstream client).
-    if let Ok(parsed) = url::Url::parse(&url) {
-        if let Some(why) = app.config.address_policy.literal_refusal(&parsed) {
-            return Err(ApiError::new("upstream_address_refused", format!("upstream {why}")));
-        }
+    if let Some(why) = url::Url::parse(&url).ok().and_then(|u| app.config.address_policy.literal_refusal(&u)) {
+        return Err(ApiError::new("upstream_address_refused", format!("upstream {why}")));
     }
     let input = SignInput {
         method: "GET".into(),

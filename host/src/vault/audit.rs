@@ -147,10 +147,13 @@ pub struct AuditEvent {
     pub outcome: String,
     /// For a use, the resolution layer that supplied the secret.
     pub layer: Option<String>,
-    /// The credential's version after a change.
+    /// The credential's version after a change, or the version a use used.
     pub version: Option<u64>,
     /// A short, secret-free detail (which parts changed, what was attached).
     pub detail: Option<String>,
+    /// For a use that released the credential, the HMAC fingerprint of the
+    /// secret values used ([`fingerprint`]).
+    pub fingerprint: Option<String>,
 }
 
 /// A lifecycle event to write with its change.
@@ -254,6 +257,7 @@ impl Change<'_> {
             layer: None,
             version: self.version,
             detail: self.detail.clone(),
+            fingerprint: None,
         }
     }
 }
@@ -265,8 +269,8 @@ pub(crate) async fn query(db: &Db, filter: &AuditFilter) -> Result<Vec<AuditEven
     let action = filter.action.map(AuditAction::as_str);
     let mut events = on_db!(db, pool => {
         let rows = sqlx::query(
-            "SELECT seq, at, org, credential, action, actor, agent, destination, outcome, layer, version, detail \
-             FROM audit_events \
+            "SELECT seq, at, org, credential, action, actor, agent, destination, outcome, layer, version, detail, \
+             fingerprint FROM audit_events \
              WHERE ($1 IS NULL OR org = $1) AND ($2 IS NULL OR credential = $2) \
                AND ($3 IS NULL OR action = $3) AND ($4 IS NULL OR at >= $4) \
              ORDER BY seq DESC LIMIT $5",
@@ -294,6 +298,7 @@ pub(crate) async fn query(db: &Db, filter: &AuditFilter) -> Result<Vec<AuditEven
                     layer: r.try_get(9)?,
                     version: r.try_get::<Option<i64>, _>(10)?.and_then(|v| u64::try_from(v).ok()),
                     detail: r.try_get(11)?,
+                    fingerprint: r.try_get(12)?,
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?

@@ -298,6 +298,20 @@ async fn sign_never_returns_a_secret(backend: Backend) {
         assert!(!rendered.contains(value), "the audit trail holds a secret value");
     }
     assert!(uses.iter().any(|u| u.outcome == "secret_in_output" && u.credential == "ak"));
+    // Released uses name the version and a fingerprint; every process on the
+    // store (a replica) derives the same one: one salt per installation.
+    let aws_uses: Vec<_> = ok.iter().filter(|u| u.credential == "aws").collect();
+    assert!(aws_uses.len() >= 2, "{aws_uses:?}");
+    let fp = aws_uses[0].fingerprint.clone().expect("a released use carries a fingerprint");
+    assert!(fp.len() == 32 && fp.bytes().all(|c| c.is_ascii_hexdigit()), "{fp}");
+    assert!(aws_uses.iter().all(|u| u.fingerprint.as_deref() == Some(fp.as_str()) && u.version == Some(1)));
+    let aws_secrets = BTreeMap::from([
+        ("access_key_id".to_string(), Secret::new("AKIDLATCHKEYTEST")),
+        ("secret_access_key".to_string(), Secret::new(aws_secret.as_str())),
+        ("session_token".to_string(), Secret::new("IQoJsessiontoken")),
+    ]);
+    assert_eq!(vault.fingerprint(&aws_secrets), fp);
+    assert!(uses.iter().filter(|u| u.outcome != "ok").all(|u| u.fingerprint.is_none()));
     vault.close().await;
     b.db.cleanup().await;
 }

@@ -45,6 +45,17 @@ fn api_key_refuses_bearer_prefixed_keys_and_bad_config() {
 }
 
 #[test]
+fn the_verifier_is_found_by_its_export() {
+    let rt = runtime();
+    for name in rt.scheme_names() {
+        let p = rt.get(&name).unwrap();
+        assert_eq!(p.exports_verifier(), name == "jwt", "{name}: only jwt exports `verifier`");
+        assert!(!p.reads_secrets, "{name}: no built-in scheme reads raw secrets");
+    }
+    assert_eq!(rt.verifier().unwrap().info.name, "jwt");
+}
+
+#[test]
 fn basic_matches_rfc7617_example() {
     // RFC 7617 §2: Aladdin / open sesame.
     let rt = runtime();
