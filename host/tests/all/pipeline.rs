@@ -304,7 +304,11 @@ async fn sign_never_returns_a_secret(backend: Backend) {
     assert!(aws_uses.len() >= 2, "{aws_uses:?}");
     let fp = aws_uses[0].fingerprint.clone().expect("a released use carries a fingerprint");
     assert!(fp.len() == 32 && fp.bytes().all(|c| c.is_ascii_hexdigit()), "{fp}");
-    assert!(aws_uses.iter().all(|u| u.fingerprint.as_deref() == Some(fp.as_str()) && u.version == Some(1)));
+    let version = vault.get("default", "aws").await.unwrap().credential.version;
+    assert!(
+        aws_uses.iter().all(|u| u.fingerprint.as_deref() == Some(fp.as_str()) && u.version == Some(version)),
+        "{aws_uses:?}"
+    );
     let aws_secrets = BTreeMap::from([
         ("access_key_id".to_string(), Secret::new("AKIDLATCHKEYTEST")),
         ("secret_access_key".to_string(), Secret::new(aws_secret.as_str())),
