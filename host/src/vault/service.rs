@@ -890,7 +890,7 @@ impl Vault {
     /// Create a credential. The scheme plugin validates its config and
     /// secrets first; the notices say what was trimmed or looks wrong.
     pub async fn create(&self, raw: RawCredential, actor: &str) -> Result<Validated<CredentialInfo>, VaultError> {
-        let Validated { value, notices } = model::validate_new(&self.runtime, raw)?;
+        let Validated { value, notices } = off_worker(|| model::validate_new(&self.runtime, raw))?;
         let (credential, secrets) = value.into_credential(OffsetDateTime::now_utc());
         let id = new_id()?;
         let keyring = self.keyring();
@@ -938,10 +938,11 @@ impl Vault {
         for attempt in 0..WRITE_ATTEMPTS {
             backoff(attempt).await;
             let current = self.fetch(org, name).await?.ok_or_else(|| not_found(name))?;
-            let Validated { value: update, notices } =
+            let Validated { value: update, notices } = off_worker(|| {
                 model::validate_update(&self.runtime, &current.credential, raw.clone(), || {
                     self.open_secrets(&current).map_err(VaultError::from)
-                })?;
+                })
+            })?;
             let mut next = current.clone();
             if !next.credential.apply_update(&update, OffsetDateTime::now_utc())? {
                 return Ok(Validated { value: CredentialInfo::from(&current), notices });
@@ -1381,4 +1382,15 @@ async fn load_audit_salt(db: &Db) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultEr
             .map_err(StoreError::from)?
     });
     Ok(zeroize::Zeroizing::new(salt))
+}
+
+/// Run `f` (plugin validation calls) without holding an async worker: on a
+/// multi-threaded runtime the worker's other tasks move to another thread
+/// while `f` runs (`block_in_place`); elsewhere (the CLI's single-threaded
+/// runtime, tests) there are no other tasks to keep waiting.
+fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
