@@ -36,6 +36,9 @@ fn main() {
                 if g.join("Cargo.toml").exists() {
                     println!("cargo:rerun-if-changed={}", g.display());
                     guests.push(g.file_name().unwrap().to_string_lossy().to_string());
+                } else if g.is_file() {
+                    // Source shared by several guests (`include!`d).
+                    println!("cargo:rerun-if-changed={}", g.display());
                 }
             }
         } else {

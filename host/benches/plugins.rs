@@ -139,6 +139,7 @@ fn bench(c: &mut Criterion) {
                     text: format!("Bearer {}", black_box("sk-bench-0123456789")),
                     sensitive: true,
                     scan: String::new(),
+                    shown: String::new(),
                 },
             });
             black_box(hs)

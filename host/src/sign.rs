@@ -93,6 +93,11 @@ pub struct SignedRequest {
     /// values), identifier splices masked: what `broker::leak` scans.
     #[serde(skip)]
     pub produced: Vec<String>,
+    /// The URL and headers as a mock answer shows them: every `wire` or
+    /// host-only secret the plugin placed (query parameters included)
+    /// replaced by `[redacted]` before encoding.
+    #[serde(skip)]
+    pub shown: (String, Vec<(String, String)>),
 }
 
 /// A checked request, ready for a plugin.
@@ -219,6 +224,23 @@ pub fn finish(prepared: &Prepared, checked: Vec<edits::Checked>) -> SignedReques
             edits::Checked::Remove(_) => {}
         }
     }
+    let shown_edits: Vec<edits::Checked> = checked
+        .iter()
+        .map(|e| {
+            let show = |v: &Value| Value::plain(v.shown.clone());
+            match e {
+                edits::Checked::Set(n, v) => edits::Checked::Set(n.clone(), show(v)),
+                edits::Checked::Append(n, v) => edits::Checked::Append(n.clone(), show(v)),
+                edits::Checked::Query(n, v) => edits::Checked::Query(n.clone(), show(v)),
+                edits::Checked::Remove(n) => edits::Checked::Remove(n.clone()),
+            }
+        })
+        .collect();
+    let (mut shown_url, mut shown_headers) = (prepared.url.clone(), prepared.headers.clone());
+    edits::apply(&mut shown_url, &mut shown_headers, shown_edits);
+    // The marker reads as itself, not percent-encoded, in a query.
+    let shown_url = shown_url.replace("%5Bredacted%5D", "[redacted]");
+    let shown = (shown_url, shown_headers.into_iter().map(|h| (h.name, h.value.text)).collect());
     let (mut url, mut headers) = (prepared.url.clone(), prepared.headers.clone());
     edits::apply(&mut url, &mut headers, checked);
     let sensitive = headers.iter().map(|h| h.value.sensitive).collect();
@@ -229,6 +251,7 @@ pub fn finish(prepared: &Prepared, checked: Vec<edits::Checked>) -> SignedReques
         carries_secret,
         sensitive,
         produced,
+        shown,
     }
 }
 

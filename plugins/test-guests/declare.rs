@@ -13,7 +13,7 @@ impl Scheme for Guest {
             name: NAME.into(),
             version: "0.0.0".into(),
             description: "declares every secret field with one exposure".into(),
-            config_fields: vec![FieldInfo::optional("mode", "header, base64, query, keyed, hmac")],
+            config_fields: vec![FieldInfo::optional("mode", "header, base64, query, keyed, hmac, digest")],
             secret_fields: vec![],
             writable_headers: vec!["*".into()],
             open_secret_fields: Some(EXPOSURE),
@@ -55,6 +55,15 @@ impl Scheme for Guest {
                 for n in &names {
                     let mac = call.hmac_sha256(n, b"", &[], b"message")?;
                     edits.push(Edit::set_header_text(format!("x-mac-{}", n.to_ascii_lowercase()), hex(&mac)));
+                }
+                Ok(edits)
+            }
+            // A bare SHA-256 of each field, computed by the host.
+            "digest" => {
+                let mut edits = Vec::new();
+                for n in &names {
+                    let h = call.sha256_parts(&[Part::secret(n.clone())])?;
+                    edits.push(Edit::set_header_text(format!("x-digest-{}", n.to_ascii_lowercase()), hex(&h)));
                 }
                 Ok(edits)
             }

@@ -308,22 +308,46 @@ impl Broker {
     ) -> Result<Signed, CallError> {
         let prepared = sign::prepare(input)?;
         ticket.check_destination(host.unwrap_or_default())?;
+        let for_agent = delivery == Delivery::Caller && matches!(ticket.caller, Caller::Agent(_));
+        if for_agent && ticket.plugin.reads_secrets {
+            // Refused before the call: not even its error text reaches the agent.
+            return Err(granted_refusal(ticket));
+        }
 
         let runtime = self.vault.runtime().clone();
         let (plugin, cred) = (ticket.plugin.clone(), ticket.call_credential());
         let (request, now) = (prepared.request().clone(), prepared.now());
         let started = Instant::now();
-        let checked = self
+        let applied = self
             .vault
             .runtime()
             .pool()
-            .run(ticket.plugin.name(), ticket.caller.org(), move || runtime.apply(&plugin, &cred, now, &request))
-            .await??;
+            .run(ticket.plugin.name(), ticket.caller.org(), move || runtime.apply_call(&plugin, &cred, now, &request))
+            .await?;
+        let applied = match applied {
+            Ok(a) => a,
+            Err(e) if ticket.plugin.reads_secrets => {
+                // A plugin that reads raw secrets may quote one in its error.
+                let text = e.to_string();
+                if leak::find(&[text], ticket.secrets()).is_some() {
+                    return Err(CallError::new(
+                        e.code(),
+                        format!(
+                            "scheme `{}` failed (its message held a secret value and was withheld)",
+                            ticket.scheme()
+                        ),
+                    ));
+                }
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let plugin_time = started.elapsed();
-        let signed = sign::finish(&prepared, checked);
+        let digested = applied.digested;
+        let signed = sign::finish(&prepared, applied.edits);
 
-        if delivery == Delivery::Caller && matches!(ticket.caller, Caller::Agent(_)) {
-            release_check(ticket, &signed)?;
+        if for_agent {
+            release_check(ticket, &signed, input, digested)?;
         }
 
         self.vault
@@ -371,17 +395,10 @@ impl Broker {
 }
 
 /// Step 6: an answer handed to an agent must not carry a secret.
-fn release_check(ticket: &Ticket, signed: &SignedRequest) -> Result<(), CallError> {
+fn release_check(ticket: &Ticket, signed: &SignedRequest, input: &SignInput, digested: bool) -> Result<(), CallError> {
     let (name, scheme) = (&ticket.name, ticket.scheme());
     if ticket.plugin.reads_secrets {
-        return Err(CallError::new(
-            "secret_in_output",
-            format!(
-                "credential `{name}` uses scheme `{scheme}`, which reads raw secret values (it is granted \
-                 latchkey:plugin/secrets), so no answer of it can be shown to hold no secret; /v1/sign would \
-                 hand it to the agent. Send the call through a proxy route instead"
-            ),
-        ));
+        return Err(granted_refusal(ticket));
     }
     if signed.carries_secret {
         return Err(CallError::new(
@@ -392,15 +409,55 @@ fn release_check(ticket: &Ticket, signed: &SignedRequest) -> Result<(), CallErro
             ),
         ));
     }
-    if let Some(field) = leak::find(&signed.produced, ticket.secrets()) {
+    if digested {
+        return Err(CallError::new(
+            "secret_in_output",
+            format!(
+                "scheme `{scheme}` hashed a secret field of credential `{name}` that is not an identifier \
+                 (crypto.sha256-parts); a bare hash of a secret can be guessed offline, so /v1/sign does not \
+                 hand it to the agent. Send the call through a proxy route instead"
+            ),
+        ));
+    }
+    // What the caller sent and the plugin echoes (a body hash, header names)
+    // is masked first, so the scan cannot be used to test guesses.
+    let mut caller: Vec<&str> = vec![input.url.as_str()];
+    for (n, v) in &input.headers {
+        caller.extend([n.as_str(), v.as_str()]);
+    }
+    caller.extend(input.url.split(['/', '?', '&', '=', ';', ',', ':']));
+    if let sign::BodyDigest::Given(hex) = &input.body_digest {
+        caller.push(hex);
+    }
+    caller.retain(|c| c.len() >= leak::MIN_SCANNED);
+    caller.sort_by_key(|c| std::cmp::Reverse(c.len()));
+    let produced: Vec<String> = signed
+        .produced
+        .iter()
+        .map(|p| caller.iter().fold(p.clone(), |acc, c| if acc.contains(c) { acc.replace(c, "\0") } else { acc }))
+        .collect();
+    if let Some(field) = leak::find(&produced, ticket.secrets()) {
         tracing::warn!(credential = %name, scheme, field, "plugin answer holds an undeclared secret value; refused");
         return Err(CallError::new(
             "secret_in_output",
             format!(
-                "the answer of scheme `{scheme}` for credential `{name}` contains the value of secret field \
-                 `{field}` (its declaration says it may not leave the host this way); refused"
+                "the answer of scheme `{scheme}` for credential `{name}` contains a secret value in a form its \
+                 declaration does not allow; refused (the broker's log names the field)"
             ),
         ));
     }
     Ok(())
+}
+
+fn granted_refusal(ticket: &Ticket) -> CallError {
+    CallError::new(
+        "secret_in_output",
+        format!(
+            "credential `{}` uses scheme `{}`, which reads raw secret values (it is granted \
+             latchkey:plugin/secrets), so no answer of it can be shown to hold no secret; /v1/sign would hand \
+             it to the agent. Send the call through a proxy route instead",
+            ticket.name,
+            ticket.scheme()
+        ),
+    )
 }

@@ -70,12 +70,17 @@ pub struct Value {
     /// declare (see `broker::leak`). Empty for values the host did not take
     /// from a plugin.
     pub scan: String,
+    /// `text` as a mock answer may show it: every `wire` or host-only secret
+    /// (and any `base64` holding one) as `[redacted]`; all of it for a
+    /// plugin granted raw secrets.
+    pub shown: String,
 }
 
 impl Value {
     /// A value that came from the caller, not from a plugin.
     pub fn plain(text: impl Into<String>) -> Value {
-        Value { text: text.into(), sensitive: false, scan: String::new() }
+        let text = text.into();
+        Value { shown: text.clone(), text, sensitive: false, scan: String::new() }
     }
 }
 
@@ -87,6 +92,8 @@ pub struct Exposures<'a> {
     pub info: &'a SchemeInfo,
     /// Fields the call used as a key.
     pub keyed: &'a [String],
+    /// Whether the plugin is granted raw secrets (so its text may hold them).
+    pub granted: bool,
 }
 
 impl Exposures<'_> {
@@ -124,7 +131,8 @@ pub enum Checked {
 
 fn splice(cred: &CallCredential, exposures: Exposures<'_>, parts: &[Part]) -> Result<Value, String> {
     use base64::Engine as _;
-    let mut value = Value { text: String::new(), sensitive: false, scan: String::new() };
+    let mut value = Value { text: String::new(), sensitive: false, scan: String::new(), shown: String::new() };
+    const REDACTED: &str = "[redacted]";
     // One secret field's value, refused when its exposure keeps it in the host.
     let take = |f: &str, value: &mut Value| -> Result<(Exposure, &crate::secret::Secret), String> {
         let s = cred.secret(f).ok_or_else(|| format!("refers to secret field `{f}`, which the credential lacks"))?;
@@ -146,14 +154,17 @@ fn splice(cred: &CallCredential, exposures: Exposures<'_>, parts: &[Part]) -> Re
             Part::Text(t) => {
                 value.text.push_str(t);
                 value.scan.push_str(t);
+                value.shown.push_str(t);
             }
             Part::Secret(f) => {
                 let (exposure, s) = take(f, &mut value)?;
                 value.text.push_str(s.expose());
                 if exposure == Exposure::Identifier {
                     value.scan.push('\0');
+                    value.shown.push_str(s.expose());
                 } else {
                     value.scan.push_str(s.expose());
+                    value.shown.push_str(REDACTED);
                 }
             }
             Part::Base64(segments) => {
@@ -175,6 +186,7 @@ fn splice(cred: &CallCredential, exposures: Exposures<'_>, parts: &[Part]) -> Re
                 }
                 let encoded = base64::engine::general_purpose::STANDARD.encode(inner.as_bytes());
                 value.text.push_str(&encoded);
+                value.shown.push_str(if wire { REDACTED } else { &encoded });
                 // Identifiers may be encoded; what else is there is scanned.
                 if identifiers && !wire {
                     value.scan.push('\0');
@@ -186,6 +198,9 @@ fn splice(cred: &CallCredential, exposures: Exposures<'_>, parts: &[Part]) -> Re
         if value.text.len() > MAX_VALUE_LEN {
             return Err(format!("a value longer than {MAX_VALUE_LEN} bytes"));
         }
+    }
+    if exposures.granted {
+        value.shown = REDACTED.to_string();
     }
     Ok(value)
 }
@@ -342,7 +357,7 @@ mod tests {
         keyed: &[String],
     ) -> Result<Vec<Checked>, String> {
         let info = info(writable, exposure);
-        super::check(edits, Exposures { info: &info, keyed }, &cred())
+        super::check(edits, Exposures { info: &info, keyed, granted: false }, &cred())
     }
 
     fn check(edits: Vec<Edit>, writable: &[String], _cred: &CallCredential) -> Result<Vec<Checked>, String> {

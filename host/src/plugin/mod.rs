@@ -615,13 +615,28 @@ impl Runtime {
         now: Datetime,
         request: &Request,
     ) -> Result<Vec<edits::Checked>, PluginError> {
+        self.apply_call(plugin, cred, now, request).map(|a| a.edits)
+    }
+
+    /// [`Runtime::apply`], and whether the call hashed a secret field that
+    /// is not an identifier (a bare hash of it must not reach an agent).
+    pub fn apply_call(
+        &self,
+        plugin: &Plugin,
+        cred: &Arc<CallCredential>,
+        now: Datetime,
+        request: &Request,
+    ) -> Result<Applied, PluginError> {
         let ctx = CallContext { now, config: cred.config.clone() };
-        let (answer, keyed) = self.call(plugin, cred, now, |p, store, handle| {
+        let (answer, touched) = self.call(plugin, cred, now, |p, store, handle| {
             p.latchkey_plugin_scheme().call_apply(store, &ctx, handle, request)
         })?;
         let edits = answer.map_err(|e| PluginError::Scheme { plugin: plugin.info.name.clone(), error: e.into() })?;
-        edits::check(edits, edits::Exposures { info: &plugin.info, keyed: &keyed }, cred)
-            .map_err(|reason| PluginError::Failed { plugin: plugin.info.name.clone(), reason })
+        let exposures = edits::Exposures { info: &plugin.info, keyed: &touched.keyed, granted: plugin.reads_secrets };
+        let digested = touched.digested.iter().any(|f| exposures.of(f) != Exposure::Identifier);
+        let edits = edits::check(edits, exposures, cred)
+            .map_err(|reason| PluginError::Failed { plugin: plugin.info.name.clone(), reason })?;
+        Ok(Applied { edits, digested })
     }
 
     /// What a scheme signs for this request (canonical request, string to sign).
@@ -699,6 +714,7 @@ impl Runtime {
             stderr: MemoryOutputPipe::new(wasi::STDERR_CAPACITY),
             log_lines: 0,
             keyed: Vec::new(),
+            digested: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -723,7 +739,7 @@ impl Runtime {
             &mut Store<State>,
             wasmtime::component::Resource<CredentialHandle>,
         ) -> wasmtime::Result<R>,
-    ) -> Result<(R, Vec<String>), PluginError> {
+    ) -> Result<(R, Touched), PluginError> {
         let mut store = self.store(plugin, cred, now);
         let fail = |store: &Store<State>, e: wasmtime::Error| PluginError::Failed {
             plugin: plugin.name.to_string(),
@@ -740,7 +756,13 @@ impl Runtime {
         };
         let out = f(&instance, &mut store, handle);
         match out {
-            Ok(r) => Ok((r, std::mem::take(&mut store.data_mut().keyed))),
+            Ok(r) => {
+                let data = store.data_mut();
+                Ok((
+                    r,
+                    Touched { keyed: std::mem::take(&mut data.keyed), digested: std::mem::take(&mut data.digested) },
+                ))
+            }
             Err(e) => {
                 let err = fail(&store, e);
                 tracing::warn!(plugin = %plugin.name, credential = %cred.name, error = %err, "plugin call failed");
@@ -793,6 +815,21 @@ impl Runtime {
     }
 }
 
+/// What one `apply` produced.
+#[derive(Debug)]
+pub struct Applied {
+    /// The checked edits, secrets spliced in.
+    pub edits: Vec<edits::Checked>,
+    /// Whether the call hashed a secret field that is not an identifier.
+    pub digested: bool,
+}
+
+/// The secret fields a call used as keys or hashed.
+struct Touched {
+    keyed: Vec<String>,
+    digested: Vec<String>,
+}
+
 /// One instance reused across calls (see [`Runtime::warm_instance`]).
 pub struct WarmInstance<'a> {
     runtime: &'a Runtime,
@@ -818,8 +855,12 @@ impl WarmInstance<'_> {
             .map_err(|e| PluginError::Failed { plugin: name.clone(), reason: format!("{e:#}") })?;
         let edits = answer.map_err(|e| PluginError::Scheme { plugin: name.clone(), error: e.into() })?;
         let keyed = std::mem::take(&mut self.store.data_mut().keyed);
-        edits::check(edits, edits::Exposures { info: &self.plugin.info, keyed: &keyed }, &cred)
-            .map_err(|reason| PluginError::Failed { plugin: name, reason })
+        edits::check(
+            edits,
+            edits::Exposures { info: &self.plugin.info, keyed: &keyed, granted: self.plugin.reads_secrets },
+            &cred,
+        )
+        .map_err(|reason| PluginError::Failed { plugin: name, reason })
     }
 }
 

@@ -125,6 +125,8 @@ pub struct State {
     /// Secret fields this call used as a key (`crypto.hmac-sha256`,
     /// `crypto.sign`): host-only for this call, whatever was declared.
     pub(crate) keyed: Vec<String>,
+    /// Secret fields this call hashed (`crypto.sha256-parts`).
+    pub(crate) digested: Vec<String>,
 }
 
 impl State {
@@ -233,6 +235,18 @@ impl crypto::Host for State {
         parts: Vec<Part>,
     ) -> WtResult<Result<Vec<u8>, WitError>> {
         self.check_handle(&handle)?;
+        for p in &parts {
+            match p {
+                Part::Text(_) => {}
+                Part::Secret(f) => self.digested.push(f.clone()),
+                Part::Base64(segs) => self.digested.extend(segs.iter().filter_map(|s| match s {
+                    Segment::Secret(f) => Some(f.clone()),
+                    Segment::Text(_) => None,
+                })),
+            }
+        }
+        self.digested.sort();
+        self.digested.dedup();
         Ok(self.resolve_parts(&parts).map(|data| digest::digest(&digest::SHA256, &data).as_ref().to_vec()))
     }
 

@@ -285,8 +285,9 @@ fn upstream_error(host: &str, e: &hyper_util::client::legacy::Error) -> ApiError
 }
 
 /// What the mock upstream answers: the request as it would have been sent,
-/// with every secret value replaced by `[redacted]`, and the whole value of a
-/// header that carries a `wire` secret in a form not found verbatim.
+/// with every secret the plugin placed replaced by `[redacted]` before it was
+/// encoded (query parameters and `base64` values included; all of a granted
+/// plugin's values), and any secret value left anywhere redacted too.
 fn mock_answer(
     signed: &sign::SignedRequest,
     secrets: &std::collections::BTreeMap<String, crate::secret::Secret>,
@@ -298,20 +299,11 @@ fn mock_answer(
         }
         out
     };
-    let headers: Vec<(String, String)> = signed
-        .headers
-        .iter()
-        .zip(signed.sensitive.iter().copied().chain(std::iter::repeat(false)))
-        .map(|((n, v), sensitive)| {
-            let shown = redact(v);
-            // A secret the host encoded (Basic's base64) is not found verbatim:
-            // the whole value goes.
-            (n.clone(), if sensitive && shown == *v { "[redacted]".to_string() } else { shown })
-        })
-        .collect();
+    let (url, headers) = &signed.shown;
+    let headers: Vec<(String, String)> = headers.iter().map(|(n, v)| (n.clone(), redact(v))).collect();
     let body = serde_json::json!({
         "mock": true,
-        "would_send": {"method": signed.method, "url": redact(&signed.url), "headers": headers},
+        "would_send": {"method": signed.method, "url": redact(url), "headers": headers},
     });
     (StatusCode::OK, [("x-latchkey-mock", "1")], Json(body)).into_response()
 }

@@ -101,12 +101,17 @@ impl Bench {
 
     /// A route `name` to the counting upstream with credential `credential`.
     pub(crate) async fn route(&self, name: &str, credential: &str) {
+        self.route_as(name, credential, false).await;
+    }
+
+    /// A route, answered by the built-in mock upstream when `mock`.
+    pub(crate) async fn route_as(&self, name: &str, credential: &str, mock: bool) {
         let r = Route {
             name: name.into(),
             org: "default".into(),
             upstream: self.upstream.clone(),
             credential: credential.into(),
-            mock: false,
+            mock,
             check_path: None,
         };
         self.vault.put_route(&r, "t").await.unwrap();
@@ -328,6 +333,57 @@ async fn sign_never_returns_a_secret_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_never_returns_a_secret_postgres() {
     sign_never_returns_a_secret(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_answers_and_echoes_show_no_secret() {
+    let guest_paths = [guests::DECLARE_WIRE, guests::DECLARE_IDENTIFIER];
+    let Some(b) = bench(Backend::Sqlite, &guest_paths, RuntimeConfig::default()).await else { return };
+    // Secrets that percent-encoding changes, and a one-letter user name
+    // that occurs inside the Basic value's base64 by chance.
+    let key = format!("ab+c/d=e:{}", canary("q"));
+    let (user, pass) = ("a", canary("pass"));
+    b.credential("akq", "api-key", &[("query", "api_key")], &[("key", &key)]).await;
+    b.credential("basic", "basic", &[], &[("username", user), ("password", &pass)]).await;
+    b.credential("dwq", "test-declare-wire", &[("mode", "base64")], &[("token", &canary("t"))]).await;
+    for (route, cred) in [("m-akq", "akq"), ("m-basic", "basic"), ("m-dwq", "dwq")] {
+        b.route_as(route, cred, true).await;
+        let (status, json) = proxied(&b, route).await;
+        assert_eq!(status, 200, "{json}");
+        let text = json.to_string();
+        assert!(text.contains("[redacted]"), "{route}: {text}");
+        let secrets: Vec<(&str, &str)> = vec![("key", key.as_str()), ("password", pass.as_str())];
+        assert_holds_none(&text, &secrets, route);
+        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        assert!(!text.contains(&pair), "{route}: the Basic value went out: {text}");
+    }
+    assert_eq!(b.hits.load(Ordering::SeqCst), 0, "mock routes reached the upstream");
+
+    // A scheme that echoes what the caller sent (the body hash) cannot be
+    // used to test a guess of a secret: the echo is not scanned.
+    let secret32 = "0123456789abcdefghijklmnopqrstuv";
+    b.credential("acs", "aliyun-acs3", &[], &[("access_key_id", "LTAIoracletest"), ("access_key_secret", secret32)])
+        .await;
+    let body = serde_json::json!({
+        "credential": "acs",
+        "request": {"method": "GET", "url": "https://ecs.cn-hangzhou.aliyuncs.com/", "headers": [],
+                    "body_sha256": hex::encode(secret32)},
+    });
+    let auth = format!("Bearer {}", b.token);
+    let (status, json, _) = http("POST", &format!("{}/v1/sign", b.base), &[("authorization", &auth)], Some(body)).await;
+    assert_eq!(status, 200, "a correct guess answered differently from a wrong one: {json}");
+    assert!(json.to_string().contains(&hex::encode(secret32)), "the scheme echoes the given hash: {json}");
+
+    // A bare hash of a wire secret is not handed to an agent; upstream it may go.
+    b.credential("dig", "test-declare-wire", &[("mode", "digest")], &[("token", &canary("d"))]).await;
+    let (status, answer, code) = b.sign("dig", "https://127.0.0.1/").await;
+    assert_eq!((status, code.as_str()), (403, "secret_in_output"), "{answer}");
+    b.credential("dig-id", "test-declare-identifier", &[("mode", "digest")], &[("token", "an-identifier")]).await;
+    let (status, answer, _) = b.sign("dig-id", "https://127.0.0.1/").await;
+    assert_eq!(status, 200, "hashing an identifier is fine: {answer}");
+    b.route("dig", "dig").await;
+    assert_eq!(proxied(&b, "dig").await.0, 200);
+    b.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
