@@ -43,8 +43,8 @@ struct RuntimeArgs {
     /// Threads that run plugin calls (never the server's workers) [default: twice the cores, at least 4].
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     plugin_threads: Option<u16>,
-    /// Calls of one plugin that may run at once, so a slow or looping plugin spends only its own share
-    /// [default: half the cores, at least 1].
+    /// Calls of one plugin that one organisation may run at once, so a slow or looping plugin spends only its
+    /// own share [default: half the cores, at least 1; all organisations together: half the plugin threads].
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     plugin_concurrency: Option<u16>,
     /// Plugin calls of one organisation that may run at once [default: three quarters of the plugin threads].
@@ -206,6 +206,7 @@ fn runtime(args: &RuntimeArgs) -> Result<Runtime, Failure> {
     }
     if let Some(n) = args.plugin_threads {
         config.pool.threads = n.into();
+        config.pool.per_plugin_total = (usize::from(n) / 2).max(1);
         config.pool.per_org = (usize::from(n) * 3 / 4).max(1);
     }
     if let Some(n) = args.plugin_concurrency {

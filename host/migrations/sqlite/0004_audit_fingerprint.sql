@@ -6,7 +6,8 @@
 ALTER TABLE audit_events ADD COLUMN fingerprint TEXT;
 
 -- Installation-wide values every replica shares: `audit_salt` (32 random
--- bytes, created by the first broker that opens the vault).
+-- bytes created by the first process that opens the vault, sealed under the
+-- master keyring like a credential's secrets, re-wrapped on rotation).
 CREATE TABLE installation (
     key   TEXT NOT NULL PRIMARY KEY,
     value BLOB NOT NULL

@@ -350,6 +350,13 @@ impl Broker {
             release_check(ticket, &signed, input, digested)?;
         }
 
+        // Without the salt no use can be recorded as it must be: fail closed.
+        let fingerprint = self.vault.fingerprint(ticket.secrets()).await.map_err(|e| {
+            CallError::new(
+                "audit_unavailable",
+                format!("the audit fingerprint cannot be computed ({e}); nothing was sent"),
+            )
+        })?;
         self.vault
             .record_use_durable(UseEvent {
                 org: ticket.caller.org().to_string(),
@@ -359,7 +366,7 @@ impl Broker {
                 outcome: "ok".into(),
                 layer: Some(ticket.layer()),
                 version: (ticket.layer() == Layer::Vault).then_some(ticket.version),
-                fingerprint: Some(self.vault.fingerprint(ticket.secrets())),
+                fingerprint: Some(fingerprint),
             })
             .await?;
         Ok(Signed { request: signed, plugin_time })
@@ -383,7 +390,9 @@ impl Broker {
     ) {
         self.vault.record_use(UseEvent {
             org: caller.org().to_string(),
-            credential: name.to_string(),
+            // The name as asked for, escaped: a NUL or a control character
+            // must not make the audit store refuse the row.
+            credential: crate::plugin::sanitize_for_log(name, 200),
             agent: Some(caller.name()),
             destination: host.map(str::to_string),
             outcome: code.to_string(),

@@ -2,10 +2,13 @@
 //! fixed set of threads of their own, and caps on how many of them one
 //! plugin and one organisation may hold at once.
 //!
-//! A plugin that loops until its time budget, or is just slow, therefore
-//! spends only its own share: its excess calls wait (asynchronously, holding
-//! no thread) for one of its own permits, while every other plugin and
-//! organisation finds free threads. A call that cannot get a permit within
+//! Three shares, taken in this order: one organisation's calls of one
+//! plugin ([`PoolConfig::per_plugin`]), one plugin's calls across
+//! organisations ([`PoolConfig::per_plugin_total`]), and one organisation's
+//! calls of all plugins ([`PoolConfig::per_org`]). A plugin that loops until
+//! its time budget, or is just slow, therefore spends only its own share: its
+//! excess calls wait (asynchronously, holding no thread) for one of its own
+//! permits, while every other plugin and organisation finds free threads. A call that cannot get a permit within
 //! [`PoolConfig::queue_timeout`] fails with `plugin_busy`.
 //!
 //! Written by hand rather than with a general thread pool crate: what is
@@ -23,8 +26,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 pub struct PoolConfig {
     /// Threads that run plugin calls.
     pub threads: usize,
-    /// Calls of one plugin that may run at once.
+    /// Calls of one plugin that one organisation may run at once.
     pub per_plugin: usize,
+    /// Calls of one plugin that may run at once across all organisations
+    /// (so one plugin never takes the whole pool).
+    pub per_plugin_total: usize,
     /// Calls of one organisation that may run at once (all its plugins).
     pub per_org: usize,
     /// How long a call may wait for its permits before `plugin_busy`.
@@ -38,6 +44,7 @@ impl Default for PoolConfig {
         PoolConfig {
             threads,
             per_plugin: (cores / 2).max(1),
+            per_plugin_total: (threads / 2).max(1),
             per_org: (threads * 3 / 4).max(1),
             queue_timeout: Duration::from_secs(2),
         }
@@ -63,6 +70,7 @@ pub struct CallPool {
     config: PoolConfig,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     plugins: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
+    org_plugins: Mutex<HashMap<(String, Arc<str>), Arc<Semaphore>>>,
     orgs: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
@@ -87,13 +95,23 @@ impl CallPool {
                         Err(poisoned) => poisoned.into_inner().recv(),
                     };
                     match job {
-                        Ok(job) => job(),
+                        // A job that panics (a host bug) fails its own call
+                        // (its result sender drops) and the thread goes on.
+                        Ok(job) => {
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        }
                         Err(_) => return,
                     }
                 }
             });
         }
-        CallPool { config, jobs: Mutex::new(Some(tx)), plugins: Mutex::default(), orgs: Mutex::default() }
+        CallPool {
+            config,
+            jobs: Mutex::new(Some(tx)),
+            plugins: Mutex::default(),
+            org_plugins: Mutex::default(),
+            orgs: Mutex::default(),
+        }
     }
 
     /// The sizes in force.
@@ -101,10 +119,11 @@ impl CallPool {
         &self.config
     }
 
-    /// How many calls of `plugin` hold a share right now (for metrics and tests).
+    /// How many calls of `plugin` hold a share right now, all organisations
+    /// together (for metrics and tests).
     pub fn running(&self, plugin: &Arc<str>) -> usize {
         let map = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(plugin).map_or(0, |s| self.config.per_plugin.max(1) - s.available_permits())
+        map.get(plugin).map_or(0, |s| self.config.per_plugin_total.max(1) - s.available_permits())
     }
 
     fn semaphore<K: std::hash::Hash + Eq>(
@@ -139,14 +158,27 @@ impl CallPool {
         f: impl FnOnce() -> R + Send + 'static,
     ) -> Result<R, PoolError> {
         let waited = self.config.queue_timeout;
-        // The plugin's own share first: calls waiting behind a slow plugin
-        // then hold nothing the rest of the organisation needs.
+        // The narrowest share first — this organisation's calls of this
+        // plugin — so calls waiting behind a slow plugin hold nothing another
+        // organisation, or another plugin, needs.
+        let own_permit = self
+            .permit(
+                Self::semaphore(&self.org_plugins, (org.to_string(), plugin.clone()), self.config.per_plugin),
+                || {
+                    format!(
+                        "organisation `{org}` already has {} calls of plugin `{plugin}` running and none finished \
+                         within {waited:?} (a slow or looping plugin uses only its own share)",
+                        self.config.per_plugin
+                    )
+                },
+            )
+            .await?;
         let plugin_permit = self
-            .permit(Self::semaphore(&self.plugins, plugin.clone(), self.config.per_plugin), || {
+            .permit(Self::semaphore(&self.plugins, plugin.clone(), self.config.per_plugin_total), || {
                 format!(
-                    "plugin `{plugin}` already has {} calls running and none finished within {waited:?} \
-                     (a slow or looping plugin uses only its own share)",
-                    self.config.per_plugin
+                    "plugin `{plugin}` already has {} calls running across organisations and none finished \
+                     within {waited:?}",
+                    self.config.per_plugin_total
                 )
             })
             .await?;
@@ -161,7 +193,7 @@ impl CallPool {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
             let out = f();
-            drop((plugin_permit, org_permit));
+            drop((own_permit, plugin_permit, org_permit));
             let _ = tx.send(out);
         });
         {
@@ -190,6 +222,7 @@ mod tests {
         let pool = Arc::new(CallPool::start(PoolConfig {
             threads: 4,
             per_plugin: 2,
+            per_plugin_total: 2,
             per_org: 4,
             queue_timeout: Duration::from_secs(30),
         }));
@@ -232,6 +265,7 @@ mod tests {
         let pool = CallPool::start(PoolConfig {
             threads: 2,
             per_plugin: 1,
+            per_plugin_total: 2,
             per_org: 2,
             queue_timeout: Duration::from_millis(50),
         });
@@ -249,7 +283,7 @@ mod tests {
         };
         // Wait until the first call holds the permit.
         loop {
-            let sem = CallPool::semaphore(&pool.plugins, p.clone(), 1);
+            let sem = CallPool::semaphore(&pool.org_plugins, ("o".to_string(), p.clone()), 1);
             if sem.available_permits() == 0 {
                 break;
             }
@@ -257,6 +291,8 @@ mod tests {
         }
         let err = pool.run(&p, "o", || ()).await.unwrap_err();
         assert!(matches!(err, PoolError::Busy(ref m) if m.contains("`p`")), "{err:?}");
+        // Another organisation's calls of the same plugin are not held up.
+        assert_eq!(pool.run(&p, "other", || 5).await, Ok(5));
         tx.send(()).unwrap();
         held.await.unwrap().unwrap();
     }

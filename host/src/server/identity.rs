@@ -271,14 +271,16 @@ pub async fn authenticate(app: &Arc<AppState>, token: &str) -> Result<Agent, Api
     for p in trusting {
         let jwks = app.jwks.keys_for(app, p, kid.as_deref()).await?;
         let started = Instant::now();
-        // On the plugin call pool, like every plugin call.
+        // On the plugin call pool, like every plugin call, under a share of
+        // its own: a flood of tokens cannot take the signing scheme's share.
+        let verify_key: std::sync::Arc<str> = format!("{}#verify", plugin.name()).into();
         let (runtime, verifier, policy, token_owned) =
             (app.vault.runtime().clone(), plugin.clone(), p.policy(), token.to_string());
         let verified = match app
             .vault
             .runtime()
             .pool()
-            .run(plugin.name(), &p.org, move || runtime.verify(&verifier, &policy, now, &jwks, &token_owned))
+            .run(&verify_key, &p.org, move || runtime.verify(&verifier, &policy, now, &jwks, &token_owned))
             .await
         {
             Ok(v) => v,

@@ -314,9 +314,15 @@ enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
-/// The queue of use events and its writer task.
+/// Refusal events queued before new ones are dropped. They have a queue of
+/// their own, written after the releasing uses, so a flood of refusals
+/// cannot hold up (or fail) the calls that wait for their record.
+pub const REFUSAL_QUEUE: usize = 8_192;
+
+/// The queues of use events and their writer task.
 pub(crate) struct UseRecorder {
     tx: mpsc::Sender<Msg>,
+    refusals: mpsc::Sender<Msg>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -324,14 +330,16 @@ impl UseRecorder {
     /// Start the writer task on the current tokio runtime.
     pub(crate) fn start(db: Db) -> UseRecorder {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(db, rx));
-        UseRecorder { tx, dropped: Arc::new(AtomicU64::new(0)) }
+        let (refusals, refusals_rx) = mpsc::channel(REFUSAL_QUEUE);
+        tokio::spawn(writer(db, rx, refusals_rx));
+        UseRecorder { tx, refusals, dropped: Arc::new(AtomicU64::new(0)) }
     }
 
-    /// Queue a use; never waits. The tracing event is emitted now.
+    /// Queue a use that released nothing; never waits. The tracing event is
+    /// emitted now.
     pub(crate) fn record(&self, event: UseEvent) {
         let at = Self::log(&event);
-        if self.tx.try_send(Msg::Use(event, at, None)).is_err() {
+        if self.refusals.try_send(Msg::Use(event, at, None)).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::warn!(dropped = n, "audit queue full: use events are being dropped from the store");
@@ -390,34 +398,70 @@ impl UseRecorder {
     }
 }
 
-async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
+async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>, mut refusals: mpsc::Receiver<Msg>) {
     let mut batch: Vec<(UseEvent, OffsetDateTime)> = Vec::with_capacity(BATCH);
-    let mut acks: Vec<Ack> = Vec::new();
+    let mut acks: Vec<Option<Ack>> = Vec::with_capacity(BATCH);
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
-    while let Some(first) = rx.recv().await {
+    loop {
+        // Releasing uses first; refusals when none wait.
+        let first = tokio::select! {
+            biased;
+            m = rx.recv() => m,
+            Some(m) = refusals.recv() => Some(m),
+        };
+        let Some(first) = first else { break };
+        let mut flush = false;
+        let mut take = |msg: Msg, batch: &mut Vec<_>, acks: &mut Vec<Option<Ack>>, flush: &mut bool| match msg {
+            // A caller that gave up waiting has already failed closed: its
+            // use must not be recorded as a release.
+            Msg::Use(_, _, Some(ack)) if ack.is_closed() => {}
+            Msg::Use(e, at, ack) => {
+                batch.push((e, at));
+                acks.push(ack);
+            }
+            Msg::Flush(done) => {
+                waiting.push(done);
+                *flush = true;
+            }
+        };
         // Group commit: everything already queued goes into this transaction;
         // calls that arrive while it commits form the next one.
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Use(e, at, ack) => {
-                    batch.push((e, at));
-                    acks.extend(ack);
-                }
-                Msg::Flush(done) => waiting.push(done),
-            }
-            if batch.len() >= BATCH {
-                break;
-            }
-            next = rx.try_recv().ok();
+        take(first, &mut batch, &mut acks, &mut flush);
+        while batch.len() < BATCH {
+            let Ok(msg) = rx.try_recv() else { break };
+            take(msg, &mut batch, &mut acks, &mut flush);
+        }
+        while batch.len() < BATCH || flush {
+            let Ok(msg) = refusals.try_recv() else { break };
+            take(msg, &mut batch, &mut acks, &mut flush);
         }
         if !batch.is_empty() {
             let result = write_uses(&db, &batch).await.map_err(|e| e.to_string());
-            if let Err(e) = &result {
-                tracing::error!(error = %e, events = batch.len(), "could not store use events; calls waiting on them fail closed");
-            }
-            for ack in acks.drain(..) {
-                let _ = ack.send(result.clone());
+            match result {
+                Ok(()) => {
+                    for ack in acks.drain(..).flatten() {
+                        let _ = ack.send(Ok(()));
+                    }
+                }
+                Err(e) if batch.len() > 1 => {
+                    // One bad row must not fail the others: write each alone.
+                    tracing::warn!(error = %e, events = batch.len(), "a batch of use events failed; writing them one by one");
+                    for (event, ack) in batch.iter().zip(acks.drain(..)) {
+                        let one = write_uses(&db, std::slice::from_ref(event)).await.map_err(|e| e.to_string());
+                        if let Err(e) = &one {
+                            tracing::error!(error = %e, "could not store a use event; a call waiting on it fails closed");
+                        }
+                        if let Some(ack) = ack {
+                            let _ = ack.send(one);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not store a use event; a call waiting on it fails closed");
+                    for ack in acks.drain(..).flatten() {
+                        let _ = ack.send(Err(e.clone()));
+                    }
+                }
             }
             batch.clear();
         }

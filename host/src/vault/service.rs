@@ -320,8 +320,9 @@ pub struct Vault {
     key_origin: KeyOrigin,
     cache: Arc<Cache>,
     uses: UseRecorder,
-    /// The installation's audit salt (every replica reads the same row).
-    audit_salt: zeroize::Zeroizing<Vec<u8>>,
+    /// The installation's audit salt (every replica reads the same row),
+    /// opened on first use.
+    audit_salt: tokio::sync::OnceCell<zeroize::Zeroizing<Vec<u8>>>,
     env_mapping: EnvMapping,
     env: EnvLookup,
     stop: watch::Sender<bool>,
@@ -408,16 +409,9 @@ impl Vault {
             db.close().await;
             return Err(e);
         }
-        let audit_salt = match load_audit_salt(&db).await {
-            Ok(s) => s,
-            Err(e) => {
-                db.close().await;
-                return Err(e);
-            }
-        };
         let (stop, _) = watch::channel(false);
         let vault = Vault {
-            audit_salt,
+            audit_salt: tokio::sync::OnceCell::new(),
             uses: UseRecorder::start(db.clone()),
             db,
             location: options.location.clone(),
@@ -726,10 +720,22 @@ impl Vault {
                     tracing::info!(term, "vault blob under an unknown master key term; reloading the keyring");
                     self.reload_keyring()?;
                     self.cache.invalidate(org, name);
+                    let (id, version) = (row.id.clone(), row.credential.version);
                     entry = self.lookup(org, name).await?;
                     match &entry {
-                        Some(row) => self.open_secrets(row)?,
-                        None => BTreeMap::new(),
+                        // Only a re-wrap of the same version may continue: the
+                        // caller checked this record, not a changed one.
+                        Some(again) if again.id == id && again.credential.version == version => {
+                            self.open_secrets(again)?
+                        }
+                        _ => {
+                            return Err(ModelError::VersionConflict {
+                                name: sanitize_for_log(name, 80),
+                                expected: version,
+                                actual: entry.as_ref().map_or(0, |e| e.credential.version),
+                            }
+                            .into());
+                        }
                     }
                 }
                 Err(e) => return Err(e.into()),
@@ -755,9 +761,23 @@ impl Vault {
     }
 
     /// The HMAC fingerprint of secret values under this installation's
-    /// audit salt (see [`super::audit::fingerprint`]).
-    pub fn fingerprint(&self, secrets: &BTreeMap<String, Secret>) -> String {
-        super::audit::fingerprint(&self.audit_salt, secrets)
+    /// audit salt (see [`super::audit::fingerprint`]). The first call opens
+    /// (or creates) the sealed salt, reloading the keyring once if another
+    /// process rotated the master key.
+    pub async fn fingerprint(&self, secrets: &BTreeMap<String, Secret>) -> Result<String, VaultError> {
+        let salt = self
+            .audit_salt
+            .get_or_try_init(|| async {
+                match load_audit_salt(&self.db, &self.keyring()).await {
+                    Err(VaultError::Crypto(VaultCryptoError::UnknownTerm(_))) => {
+                        self.reload_keyring()?;
+                        load_audit_salt(&self.db, &self.keyring()).await
+                    }
+                    other => other,
+                }
+            })
+            .await?;
+        Ok(super::audit::fingerprint(salt, secrets))
     }
 
     // ------------------------------------------------------------------
@@ -1204,6 +1224,7 @@ impl Vault {
             });
             rewrapped += done;
         }
+        rewrap_audit_salt(&self.db, &keyring).await?;
         let by_term = self.credentials_by_term().await?;
         let change = Change {
             org: KEY_CHECK_ORG,
@@ -1364,15 +1385,23 @@ const _: fn() = || {
     is::<Vault>();
 };
 
+/// The associated data the audit salt is sealed under.
+const AUDIT_SALT_AAD: CredentialAad<'static> =
+    CredentialAad { org: KEY_CHECK_ORG, credential_id: "audit-salt", secret_version: 1 };
+
 /// The installation's audit salt: created once (32 random bytes) by the
-/// first process that opens the vault; every later process and replica
-/// reads the same row. Never logged.
-async fn load_audit_salt(db: &Db) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
+/// first process that opens the vault, sealed under the master keyring like
+/// a credential (so a copy of the database alone cannot test guesses against
+/// fingerprints); every later process and replica opens the same row. Never
+/// logged.
+async fn load_audit_salt(db: &Db, keyring: &Keyring) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
     let mut fresh = zeroize::Zeroizing::new(vec![0u8; 32]);
     SystemRandom::new().fill(&mut fresh).map_err(|_| VaultCryptoError::Crypto("the random number generator failed"))?;
-    let salt: Vec<u8> = on_db!(db, pool => {
+    let fields = BTreeMap::from([("salt".to_string(), Secret::new(hex::encode(&fresh[..])))]);
+    let sealed = crypto::seal(keyring, &fields, &AUDIT_SALT_AAD)?;
+    let blob: Vec<u8> = on_db!(db, pool => {
         sqlx::query("INSERT INTO installation (key, value) VALUES ('audit_salt', $1) ON CONFLICT (key) DO NOTHING")
-            .bind(&fresh[..])
+            .bind(&sealed)
             .execute(pool)
             .await
             .map_err(StoreError::from)?;
@@ -1381,7 +1410,31 @@ async fn load_audit_salt(db: &Db) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultEr
             .await
             .map_err(StoreError::from)?
     });
+    let opened = crypto::open(keyring, &blob, &AUDIT_SALT_AAD)?;
+    let hex_salt = opened.get("salt").ok_or(VaultCryptoError::Crypto("the audit salt row holds no salt"))?;
+    let salt = hex::decode(hex_salt.expose()).map_err(|_| VaultCryptoError::Crypto("the audit salt is not hex"))?;
     Ok(zeroize::Zeroizing::new(salt))
+}
+
+/// Re-wrap the audit salt under the keyring's current term (master key
+/// rotation), so it opens once the old term is retired.
+async fn rewrap_audit_salt(db: &Db, keyring: &Keyring) -> Result<(), VaultError> {
+    let blob: Vec<u8> = on_db!(db, pool => {
+        sqlx::query_scalar("SELECT value FROM installation WHERE key = 'audit_salt'")
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::from)?
+    });
+    let new = crypto::rewrap(keyring, &blob, &AUDIT_SALT_AAD)?;
+    on_db!(db, pool => {
+        sqlx::query("UPDATE installation SET value = $1 WHERE key = 'audit_salt' AND value = $2")
+            .bind(&new)
+            .bind(&blob)
+            .execute(pool)
+            .await
+            .map_err(StoreError::from)?;
+    });
+    Ok(())
 }
 
 /// Run `f` (plugin validation calls) without holding an async worker: on a

@@ -319,7 +319,7 @@ async fn sign_never_returns_a_secret(backend: Backend) {
         ("secret_access_key".to_string(), Secret::new(aws_secret.as_str())),
         ("session_token".to_string(), Secret::new("IQoJsessiontoken")),
     ]);
-    assert_eq!(vault.fingerprint(&aws_secrets), fp);
+    assert_eq!(vault.fingerprint(&aws_secrets).await.unwrap(), fp);
     assert!(uses.iter().filter(|u| u.outcome != "ok").all(|u| u.fingerprint.is_none()));
     vault.close().await;
     b.db.cleanup().await;

@@ -297,7 +297,14 @@ async fn master_key_rotation(db: &TestDb) {
     let b = Vault::open(options.clone(), runtime()).await.unwrap();
     assert_eq!(key_of(&b, "k00").await.unwrap(), expected["k00"]);
 
+    let probe = BTreeMap::from([("key".to_string(), latchkey::Secret::new("probe-value"))]);
+    let fingerprint = a.fingerprint(&probe).await.unwrap();
     let report = a.rotate_master_key(true, "test").await.unwrap();
+    // The audit salt is re-wrapped with the credentials: a process opening
+    // the vault after the rotation derives the same fingerprints.
+    let c = Vault::open(options.clone(), runtime()).await.unwrap();
+    assert_eq!(c.fingerprint(&probe).await.unwrap(), fingerprint);
+    c.close().await;
     assert_eq!((report.term, report.generated, report.rewrapped), (2, true, 40));
     assert_eq!(report.by_term, BTreeMap::from([(2, 40)]));
     assert!(report.failed.is_empty());
