@@ -40,8 +40,9 @@ use crate::vault::{Resolution, UseEvent, Vault, VaultError};
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub enum Caller {
-    /// An authenticated agent: only credentials attached to it, only from
-    /// the vault.
+    /// An authenticated agent: only credentials the vault holds and has
+    /// attached to it (their secrets resolved through the layers, as the
+    /// operator configured them).
     Agent(Agent),
     /// The operator (the CLI, or the broker's own provider checks): any
     /// credential of the organisation, through every resolution layer.
