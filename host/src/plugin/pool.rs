@@ -53,6 +53,9 @@ impl Default for PoolConfig {
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// Permits by key (a plugin, an organisation, or both).
+type Shares<K> = Mutex<HashMap<K, Arc<Semaphore>>>;
+
 /// Why a call did not run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PoolError {
@@ -69,9 +72,9 @@ pub enum PoolError {
 pub struct CallPool {
     config: PoolConfig,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    plugins: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
-    org_plugins: Mutex<HashMap<(String, Arc<str>), Arc<Semaphore>>>,
-    orgs: Mutex<HashMap<String, Arc<Semaphore>>>,
+    plugins: Shares<Arc<str>>,
+    org_plugins: Shares<(String, Arc<str>)>,
+    orgs: Shares<String>,
 }
 
 impl std::fmt::Debug for CallPool {
