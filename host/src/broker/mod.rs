@@ -253,6 +253,11 @@ impl Broker {
         scheme: Option<(&str, Vec<(String, String)>)>,
     ) -> Result<Ticket, CallError> {
         let org = caller.org();
+        if matches!(caller, Caller::Agent(_)) {
+            // Agents name vault credentials only: refuse what no credential
+            // can be called before it reaches the store.
+            crate::vault::model::CredentialName::parse(name).map_err(VaultError::from)?;
+        }
         let record = self.vault.credential(org, name).await?;
         if let Caller::Agent(agent) = caller {
             let Some(record) = &record else {

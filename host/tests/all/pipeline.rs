@@ -283,6 +283,16 @@ async fn sign_never_returns_a_secret(backend: Backend) {
         "{aws_answer}"
     );
 
+    // A name no credential can have (a NUL, a newline) is refused as such,
+    // and its refusal row (escaped) does not break the audit trail for the
+    // calls around it.
+    for bad in ["a\u{0}b", "line\nbreak", ""] {
+        let (status, answer, code) = b.sign(bad, url).await;
+        assert_eq!((status, code.as_str()), (400, "invalid_name"), "{bad:?}: {answer}");
+    }
+    let (status, answer, _) = b.sign("aws", "https://bucket.s3.amazonaws.com/key").await;
+    assert_eq!(status, 200, "a call after refused names: {answer}");
+
     // Identifiers may be returned: that is what the declaration says.
     b.credential("di-header", "test-declare-identifier", &[("mode", "header")], &[("token", "public-id-123")]).await;
     let (status, answer, _) = b.sign("di-header", url).await;
