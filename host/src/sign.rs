@@ -85,19 +85,6 @@ pub struct SignedRequest {
     /// upstream, never back to an agent.
     #[serde(skip)]
     pub carries_secret: bool,
-    /// Per header: whether its value carries a `wire` secret (mock answers
-    /// redact these).
-    #[serde(skip)]
-    pub sensitive: Vec<bool>,
-    /// What the plugin produced (header names and values, query names and
-    /// values), identifier splices masked: what `broker::leak` scans.
-    #[serde(skip)]
-    pub produced: Vec<String>,
-    /// The URL and headers as a mock answer shows them: every `wire` or
-    /// host-only secret the plugin placed (query parameters included)
-    /// replaced by `[redacted]` before encoding.
-    #[serde(skip)]
-    pub shown: (String, Vec<(String, String)>),
 }
 
 /// A checked request, ready for a plugin.
@@ -212,47 +199,49 @@ pub fn sign(
 
 /// Apply checked edits to a prepared request: the outgoing request.
 pub fn finish(prepared: &Prepared, checked: Vec<edits::Checked>) -> SignedRequest {
-    let mut produced = Vec::with_capacity(checked.len() * 2);
-    let mut carries_secret = false;
-    for e in &checked {
-        match e {
-            edits::Checked::Set(n, v) | edits::Checked::Append(n, v) | edits::Checked::Query(n, v) => {
-                produced.push(n.clone());
-                produced.push(v.scan.clone());
-                carries_secret |= v.sensitive;
-            }
-            edits::Checked::Remove(_) => {}
-        }
-    }
-    let shown_edits: Vec<edits::Checked> = checked
-        .iter()
-        .map(|e| {
-            let show = |v: &Value| Value::plain(v.shown.clone());
-            match e {
-                edits::Checked::Set(n, v) => edits::Checked::Set(n.clone(), show(v)),
-                edits::Checked::Append(n, v) => edits::Checked::Append(n.clone(), show(v)),
-                edits::Checked::Query(n, v) => edits::Checked::Query(n.clone(), show(v)),
-                edits::Checked::Remove(n) => edits::Checked::Remove(n.clone()),
-            }
-        })
-        .collect();
-    let (mut shown_url, mut shown_headers) = (prepared.url.clone(), prepared.headers.clone());
-    edits::apply(&mut shown_url, &mut shown_headers, shown_edits);
-    // The marker reads as itself, not percent-encoded, in a query.
-    let shown_url = shown_url.replace("%5Bredacted%5D", "[redacted]");
-    let shown = (shown_url, shown_headers.into_iter().map(|h| (h.name, h.value.text)).collect());
+    let carries_secret = checked.iter().any(|e| edit_value(e).is_some_and(|(_, v)| v.sensitive));
     let (mut url, mut headers) = (prepared.url.clone(), prepared.headers.clone());
     edits::apply(&mut url, &mut headers, checked);
-    let sensitive = headers.iter().map(|h| h.value.sensitive).collect();
     SignedRequest {
         method: prepared.request.method.clone(),
         url,
         headers: headers.into_iter().map(|h| (h.name, h.value.text)).collect(),
         carries_secret,
-        sensitive,
-        produced,
-        shown,
     }
+}
+
+/// The name and value an edit writes, if it writes one.
+fn edit_value(e: &edits::Checked) -> Option<(&str, &Value)> {
+    match e {
+        edits::Checked::Set(n, v) | edits::Checked::Append(n, v) | edits::Checked::Query(n, v) => Some((n, v)),
+        edits::Checked::Remove(_) => None,
+    }
+}
+
+/// What the plugin produced (header names and values, query names and
+/// values), identifier splices masked: what `broker::leak` scans.
+pub fn produced(checked: &[edits::Checked]) -> Vec<String> {
+    checked.iter().filter_map(edit_value).flat_map(|(n, v)| [n.to_string(), v.scan.clone()]).collect()
+}
+
+/// The URL and headers as a mock answer shows them: every `wire` or
+/// host-only secret the plugin placed (query parameters included) replaced
+/// by `[redacted]` before encoding.
+pub fn shown(prepared: &Prepared, checked: &[edits::Checked]) -> (String, Vec<(String, String)>) {
+    let show = |v: &Value| Value::plain(v.shown.clone());
+    let shown_edits = checked
+        .iter()
+        .map(|e| match e {
+            edits::Checked::Set(n, v) => edits::Checked::Set(n.clone(), show(v)),
+            edits::Checked::Append(n, v) => edits::Checked::Append(n.clone(), show(v)),
+            edits::Checked::Query(n, v) => edits::Checked::Query(n.clone(), show(v)),
+            edits::Checked::Remove(n) => edits::Checked::Remove(n.clone()),
+        })
+        .collect();
+    let (mut url, mut headers) = (prepared.url.clone(), prepared.headers.clone());
+    edits::apply(&mut url, &mut headers, shown_edits);
+    // The marker reads as itself, not percent-encoded, in a query.
+    (url.replace("%5Bredacted%5D", "[redacted]"), headers.into_iter().map(|h| (h.name, h.value.text)).collect())
 }
 
 impl Prepared {

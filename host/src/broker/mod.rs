@@ -79,6 +79,9 @@ pub enum Delivery {
     /// It is handed to the caller (`/v1/sign`, the CLI). For an agent it
     /// must carry no secret.
     Caller,
+    /// A mock route answers with it: shown to the caller with every secret
+    /// the plugin placed redacted ([`Signed::shown`]).
+    Mock,
 }
 
 /// Why a call was refused: a stable code and one sentence with no secret.
@@ -175,6 +178,12 @@ impl Ticket {
         &self.resolution.resolved.source
     }
 
+    /// The version an audit row names: the vault's, when the vault supplied
+    /// the secrets.
+    fn audit_version(&self) -> Option<u64> {
+        (self.layer() == Layer::Vault).then_some(self.version)
+    }
+
     /// Refuse `host` unless the credential may be sent there.
     pub fn check_destination(&self, host: &str) -> Result<(), CallError> {
         Ok(self.resolution.check_destination(host)?)
@@ -203,6 +212,9 @@ pub struct Signed {
     pub request: SignedRequest,
     /// Time spent in the plugin call (queueing for a share included).
     pub plugin_time: Duration,
+    /// For [`Delivery::Mock`]: the URL and headers with the secrets the
+    /// plugin placed redacted (see [`sign::shown`]).
+    pub shown: Option<(String, Vec<(String, String)>)>,
 }
 
 /// The call path. Cheap to share.
@@ -349,11 +361,14 @@ impl Broker {
             Err(e) => return Err(e.into()),
         };
         let plugin_time = started.elapsed();
-        let digested = applied.digested;
+        // Derived only where they are used: the scan text for an answer to an
+        // agent, the redacted view for a mock answer.
+        let produced = for_agent.then(|| sign::produced(&applied.edits));
+        let shown = (delivery == Delivery::Mock).then(|| sign::shown(&prepared, &applied.edits));
         let signed = sign::finish(&prepared, applied.edits);
 
-        if for_agent {
-            release_check(ticket, &signed, input, digested)?;
+        if let Some(produced) = &produced {
+            release_check(ticket, &signed, produced, input, applied.digested)?;
         }
 
         // Without the salt no use can be recorded as it must be: fail closed.
@@ -371,18 +386,17 @@ impl Broker {
                 destination: host.map(str::to_string),
                 outcome: "ok".into(),
                 layer: Some(ticket.layer()),
-                version: (ticket.layer() == Layer::Vault).then_some(ticket.version),
+                version: ticket.audit_version(),
                 fingerprint: Some(fingerprint),
             })
             .await?;
-        Ok(Signed { request: signed, plugin_time })
+        Ok(Signed { request: signed, plugin_time, shown })
     }
 
     /// Record that a call with this ticket was refused after step 2 (by a
     /// surface's own check between steps, or by a later step).
     pub fn refused(&self, ticket: &Ticket, host: Option<&str>, code: &str) {
-        let version = (ticket.layer() == Layer::Vault).then_some(ticket.version);
-        self.record_refusal(&ticket.caller, &ticket.name, host, Some(ticket.layer()), version, code);
+        self.record_refusal(&ticket.caller, &ticket.name, host, Some(ticket.layer()), ticket.audit_version(), code);
     }
 
     fn record_refusal(
@@ -410,7 +424,13 @@ impl Broker {
 }
 
 /// Step 6: an answer handed to an agent must not carry a secret.
-fn release_check(ticket: &Ticket, signed: &SignedRequest, input: &SignInput, digested: bool) -> Result<(), CallError> {
+fn release_check(
+    ticket: &Ticket,
+    signed: &SignedRequest,
+    produced: &[String],
+    input: &SignInput,
+    digested: bool,
+) -> Result<(), CallError> {
     let (name, scheme) = (&ticket.name, ticket.scheme());
     if ticket.plugin.reads_secrets {
         return Err(granted_refusal(ticket));
@@ -446,8 +466,7 @@ fn release_check(ticket: &Ticket, signed: &SignedRequest, input: &SignInput, dig
     }
     caller.retain(|c| c.len() >= leak::MIN_SCANNED);
     caller.sort_by_key(|c| std::cmp::Reverse(c.len()));
-    let produced: Vec<String> = signed
-        .produced
+    let produced: Vec<String> = produced
         .iter()
         .map(|p| caller.iter().fold(p.clone(), |acc, c| if acc.contains(c) { acc.replace(c, "\0") } else { acc }))
         .collect();

@@ -35,7 +35,7 @@ use http_body_util::BodyExt as _;
 use super::auth::{self, TokenSource};
 use super::{ApiError, AppState};
 use crate::broker::{Caller, Delivery, Ticket, aws_chunked};
-use crate::sign::{self, BodyDigest, SignInput};
+use crate::sign::{BodyDigest, SignInput};
 use crate::vault::model::Overrides;
 
 /// Hop-by-hop and framing headers, never forwarded either way. `Expect`
@@ -123,13 +123,13 @@ async fn forward(
         }
     };
     let host = host.unwrap_or_default();
-    let signed = app.broker.sign(&ticket, &input, Delivery::Upstream).await?;
+    let delivery = if route.mock { Delivery::Mock } else { Delivery::Upstream };
+    let signed = app.broker.sign(&ticket, &input, delivery).await?;
     app.metrics.observe_plugin(ticket.scheme(), signed.plugin_time);
-    let signed = signed.request;
-
-    if route.mock {
-        return Ok(mock_answer(&signed, ticket.secrets()));
+    if let Some(shown) = &signed.shown {
+        return Ok(mock_answer(&signed.request.method, shown, ticket.secrets()));
     }
+    let signed = signed.request;
 
     let method = Method::from_bytes(signed.method.as_bytes())
         .map_err(|_| ApiError::new("invalid_request", "method is not valid"))?;
@@ -289,7 +289,8 @@ fn upstream_error(host: &str, e: &hyper_util::client::legacy::Error) -> ApiError
 /// encoded (query parameters and `base64` values included; all of a granted
 /// plugin's values), and any secret value left anywhere redacted too.
 fn mock_answer(
-    signed: &sign::SignedRequest,
+    method: &str,
+    (url, headers): &(String, Vec<(String, String)>),
     secrets: &std::collections::BTreeMap<String, crate::secret::Secret>,
 ) -> Response {
     let redact = |text: &str| -> String {
@@ -299,11 +300,10 @@ fn mock_answer(
         }
         out
     };
-    let (url, headers) = &signed.shown;
     let headers: Vec<(String, String)> = headers.iter().map(|(n, v)| (n.clone(), redact(v))).collect();
     let body = serde_json::json!({
         "mock": true,
-        "would_send": {"method": signed.method, "url": redact(url), "headers": headers},
+        "would_send": {"method": method, "url": redact(url), "headers": headers},
     });
     (StatusCode::OK, [("x-latchkey-mock", "1")], Json(body)).into_response()
 }
