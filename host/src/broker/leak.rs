@@ -113,28 +113,16 @@ fn runs(bytes: &[u8], member: impl Fn(u8) -> bool, min: usize) -> Vec<&[u8]> {
 }
 
 fn percent_decode(bytes: &[u8], plus_is_space: bool) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(Vec::with_capacity(bytes.len()));
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex_val(bytes[i + 1]), hex_val(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' if plus_is_space => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
-}
-
-fn hex_val(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
+    // `percent-encoding` keeps malformed `%` sequences as they are, as a
+    // lenient scan wants; form encoding adds `+` for a space.
+    let decoded: Vec<u8> = if plus_is_space {
+        let spaced: Zeroizing<Vec<u8>> =
+            Zeroizing::new(bytes.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect());
+        percent_encoding::percent_decode(&spaced).collect()
+    } else {
+        percent_encoding::percent_decode(bytes).collect()
+    };
+    Zeroizing::new(decoded)
 }
 
 #[cfg(test)]
