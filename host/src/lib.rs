@@ -2,6 +2,7 @@
 //! WebAssembly components over credentials the agents never hold.
 
 pub mod broker;
+pub mod error;
 pub mod plugin;
 pub mod secret;
 pub mod server;

@@ -1,5 +1,6 @@
 //! The `latchkey` command line.
 
+use latchkey::error::ErrorCode;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -142,12 +143,12 @@ enum PluginCmd {
 
 /// A failure for the command line: one line, with a stable code.
 pub(crate) struct Failure {
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
 impl Failure {
-    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Failure {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
         Failure { code, message: message.into() }
     }
 }
@@ -268,7 +269,7 @@ pub(crate) fn split_kv<'a>(s: &'a str, what: &str) -> Result<(&'a str, &'a str),
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k, v)),
         _ => {
-            Err(Failure::new("invalid_argument", format!("{what} `{}` is not of the form name=value", redact_value(s))))
+            Err(Failure::new(ErrorCode::InvalidArgument, format!("{what} `{}` is not of the form name=value", redact_value(s))))
         }
     }
 }
@@ -279,7 +280,7 @@ pub(crate) fn read_secrets(items: &[String]) -> Result<BTreeMap<String, Secret>,
     for s in items {
         let (k, v) = split_kv(s, "--secret")?;
         if secrets.insert(k.to_string(), read_secret(k, v)?).is_some() {
-            return Err(Failure::new("invalid_argument", format!("secret `{k}` given twice")));
+            return Err(Failure::new(ErrorCode::InvalidArgument, format!("secret `{k}` given twice")));
         }
     }
     Ok(secrets)
@@ -304,7 +305,7 @@ fn read_secret(field: &str, v: &str) -> Result<Secret, Failure> {
     } else {
         std::fs::File::open(src).and_then(|mut f| f.read_to_string(&mut text)).map(|_| ())
     };
-    res.map_err(|e| Failure::new("invalid_argument", format!("cannot read secret `{field}` from {src}: {e}")))?;
+    res.map_err(|e| Failure::new(ErrorCode::InvalidArgument, format!("cannot read secret `{field}` from {src}: {e}")))?;
     if text.ends_with('\n') {
         text.pop();
         if text.ends_with('\r') {
@@ -332,7 +333,7 @@ fn sign_parts(args: &SignArgs) -> Result<SignParts, Failure> {
     for h in &args.headers {
         let Some((name, value)) = h.split_once(':') else {
             return Err(Failure::new(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 format!("header {:?} is not of the form `Name: value`", latchkey::plugin::sanitize_for_log(h, 80)),
             ));
         };
@@ -342,13 +343,13 @@ fn sign_parts(args: &SignArgs) -> Result<SignParts, Failure> {
         None => None,
         Some(t) => Some(
             time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| Failure::new("invalid_argument", format!("--at `{t}` is not an RFC 3339 time: {e}")))?,
+                .map_err(|e| Failure::new(ErrorCode::InvalidArgument, format!("--at `{t}` is not an RFC 3339 time: {e}")))?,
         ),
     };
     let body = match &args.body_file {
         None => Vec::new(),
         Some(p) => std::fs::read(p)
-            .map_err(|e| Failure::new("invalid_argument", format!("cannot read body file {}: {e}", p.display())))?,
+            .map_err(|e| Failure::new(ErrorCode::InvalidArgument, format!("cannot read body file {}: {e}", p.display())))?,
     };
     let input = SignInput {
         method: args.method.clone(),
@@ -397,7 +398,7 @@ async fn cmd_sign_vault(vault: &Arc<Vault>, args: SignArgs) -> Result<(), Failur
         };
         if let Some(message) = refusal {
             broker.refused(&ticket, None, "invalid_argument");
-            return Err(Failure::new("invalid_argument", message));
+            return Err(Failure::new(ErrorCode::InvalidArgument, message));
         }
     }
     if args.explain {

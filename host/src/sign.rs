@@ -3,6 +3,7 @@
 //! vault-backed surface reaches it through the one call path in
 //! [`crate::broker`].
 
+use crate::error::ErrorCode;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -32,9 +33,9 @@ pub enum SignError {
 
 impl SignError {
     /// The stable error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            SignError::InvalidRequest(_) => "invalid_request",
+            SignError::InvalidRequest(_) => ErrorCode::InvalidRequest,
             SignError::Secret(_, code) => code,
             SignError::Plugin(e) => e.code(),
         }
@@ -175,7 +176,7 @@ pub fn check_credential(
         // Offline signing has no other layer to fall back on, so a missing
         // field is the call's missing key, as a scheme would report it.
         let code = match e.code() {
-            "missing_secret_field" => "provider_key_missing",
+            "missing_secret_field" => ErrorCode::ProviderKeyMissing,
             code => code,
         };
         SignError::Secret(e.to_string(), code)

@@ -15,6 +15,8 @@
 //! The framing headers `Content-Length` and `Transfer-Encoding` describe the encoded body and are left to the
 //! caller, which drops them and sets the length of the decoded payload.
 
+use crate::error::ErrorCode;
+
 /// Why a streaming upload was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
@@ -28,10 +30,10 @@ pub enum PayloadError {
 
 impl PayloadError {
     /// The API error code for this refusal: `invalid_request` or `unsupported_payload`.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            PayloadError::Invalid(_) => "invalid_request",
-            PayloadError::Unsupported(_) => "unsupported_payload",
+            PayloadError::Invalid(_) => ErrorCode::InvalidRequest,
+            PayloadError::Unsupported(_) => ErrorCode::UnsupportedPayload,
         }
     }
 }

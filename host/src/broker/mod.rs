@@ -27,6 +27,7 @@
 pub mod aws_chunked;
 pub mod leak;
 
+use crate::error::ErrorCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,14 +90,14 @@ pub enum Delivery {
 #[error("{message}")]
 pub struct CallError {
     /// The stable code.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// What happened and what to do.
     pub message: String,
 }
 
 impl CallError {
     /// An error with a code.
-    pub fn new(code: &'static str, message: impl Into<String>) -> CallError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> CallError {
         CallError { code, message: message.into() }
     }
 }
@@ -114,13 +115,13 @@ call_error_from!(VaultError, SignError, PluginError, aws_chunked::PayloadError);
 
 impl From<PoolError> for CallError {
     fn from(e: PoolError) -> CallError {
-        CallError::new("plugin_busy", e.to_string())
+        CallError::new(ErrorCode::PluginBusy, e.to_string())
     }
 }
 
 impl From<AuditUnavailable> for CallError {
     fn from(e: AuditUnavailable) -> CallError {
-        CallError::new("audit_unavailable", e.to_string())
+        CallError::new(ErrorCode::AuditUnavailable, e.to_string())
     }
 }
 
@@ -273,11 +274,11 @@ impl Broker {
         let record = self.vault.credential(org, name).await?;
         if let Caller::Agent(agent) = caller {
             let Some(record) = &record else {
-                return Err(CallError::new("credential_not_found", format!("no credential named `{name}`")));
+                return Err(CallError::new(ErrorCode::CredentialNotFound, format!("no credential named `{name}`")));
             };
             if !record.attachments.agents.contains(&agent.name) {
                 return Err(CallError::new(
-                    "credential_not_attached",
+                    ErrorCode::CredentialNotAttached,
                     format!(
                         "agent `{}` may not use credential `{name}`: it is not attached \
                          (latchkey credential attach {name} --agent {})",
@@ -293,7 +294,7 @@ impl Broker {
             (None, Some((s, config))) => (s.to_string(), config, 0),
             (None, None) => {
                 return Err(CallError::new(
-                    "invalid_argument",
+                    ErrorCode::InvalidArgument,
                     format!("`{name}` is not in the vault, so its scheme is unknown: give --scheme"),
                 ));
             }
@@ -374,7 +375,7 @@ impl Broker {
         // Without the salt no use can be recorded as it must be: fail closed.
         let fingerprint = self.vault.fingerprint(ticket.secrets()).await.map_err(|e| {
             CallError::new(
-                "audit_unavailable",
+                ErrorCode::AuditUnavailable,
                 format!("the audit fingerprint cannot be computed ({e}); nothing was sent"),
             )
         })?;
@@ -437,7 +438,7 @@ fn release_check(
     }
     if signed.carries_secret {
         return Err(CallError::new(
-            "secret_in_output",
+            ErrorCode::SecretInOutput,
             format!(
                 "credential `{name}` uses scheme `{scheme}`, which puts the secret itself into the request; \
                  /v1/sign would hand it to the agent. Send the call through a proxy route instead"
@@ -446,7 +447,7 @@ fn release_check(
     }
     if digested {
         return Err(CallError::new(
-            "secret_in_output",
+            ErrorCode::SecretInOutput,
             format!(
                 "scheme `{scheme}` hashed a secret field of credential `{name}` that is not an identifier \
                  (crypto.sha256-parts); a bare hash of a secret can be guessed offline, so /v1/sign does not \
@@ -473,7 +474,7 @@ fn release_check(
     if let Some(field) = leak::find(&produced, ticket.secrets()) {
         tracing::warn!(credential = %name, scheme, field, "plugin answer holds an undeclared secret value; refused");
         return Err(CallError::new(
-            "secret_in_output",
+            ErrorCode::SecretInOutput,
             format!(
                 "the answer of scheme `{scheme}` for credential `{name}` contains a secret value in a form its \
                  declaration does not allow; refused (the broker's log names the field)"
@@ -485,7 +486,7 @@ fn release_check(
 
 fn granted_refusal(ticket: &Ticket) -> CallError {
     CallError::new(
-        "secret_in_output",
+        ErrorCode::SecretInOutput,
         format!(
             "credential `{}` uses scheme `{}`, which reads raw secret values (it is granted \
              latchkey:plugin/secrets), so no answer of it can be shown to hold no secret; /v1/sign would hand \

@@ -1,5 +1,6 @@
 //! `latchkey token …`, `latchkey agent …` and `latchkey route …`.
 
+use latchkey::error::ErrorCode;
 use clap::Subcommand;
 use latchkey::vault::agents::{DEFAULT_REGISTRATION_TTL, Route};
 use latchkey::vault::{Vault, parse_org};
@@ -178,7 +179,7 @@ pub fn parse_duration(s: &str) -> Option<time::Duration> {
 /// `--ttl`: a [`parse_duration`].
 pub fn parse_ttl(s: &str) -> Result<time::Duration, Failure> {
     parse_duration(s).ok_or_else(|| {
-        Failure::new("invalid_argument", format!("--ttl `{s}`: give a duration like 90s, 15m, 1h or 2d"))
+        Failure::new(ErrorCode::InvalidArgument, format!("--ttl `{s}`: give a duration like 90s, 15m, 1h or 2d"))
     })
 }
 
@@ -240,7 +241,7 @@ pub async fn agent(vault: &Vault, cmd: AgentCmd) -> Result<(), Failure> {
 
 async fn set_disabled(vault: &Vault, name: &str, org: &Option<String>, disabled: bool) -> Result<(), Failure> {
     if !vault.set_agent_disabled(&org_of(org)?, name, disabled, &cli_actor()).await? {
-        return Err(Failure::new("agent_not_found", format!("no agent named `{name}`")));
+        return Err(Failure::new(ErrorCode::AgentNotFound, format!("no agent named `{name}`")));
     }
     println!("agent `{name}` is {}", if disabled { "disabled" } else { "enabled" });
     Ok(())
@@ -281,7 +282,7 @@ pub async fn route(vault: &Vault, cmd: RouteCmd) -> Result<(), Failure> {
         RouteCmd::Delete { name, org } => {
             let org = org_of(&org)?;
             if !vault.delete_route(&org, &name, &cli_actor()).await? {
-                return Err(Failure::new("route_not_found", format!("no route named `{name}`")));
+                return Err(Failure::new(ErrorCode::RouteNotFound, format!("no route named `{name}`")));
             }
             println!("deleted route `{name}`");
         }
@@ -297,15 +298,15 @@ pub async fn idp(vault: &Vault, cmd: IdpCmd) -> Result<(), Failure> {
                 match (jwks_url, jwks_file) {
                     (Some(url), _) => JwksSource::Url(url),
                     (None, Some(file)) => JwksSource::Static(std::fs::read_to_string(&file).map_err(|e| {
-                        Failure::new("invalid_argument", format!("--jwks-file {}: {e}", file.display()))
+                        Failure::new(ErrorCode::InvalidArgument, format!("--jwks-file {}: {e}", file.display()))
                     })?),
-                    (None, None) => return Err(Failure::new("invalid_argument", "give --jwks-url or --jwks-file")),
+                    (None, None) => return Err(Failure::new(ErrorCode::InvalidArgument, "give --jwks-url or --jwks-file")),
                 };
             let refresh_seconds = match refresh {
                 None => DEFAULT_REFRESH_SECONDS,
                 Some(r) => parse_duration(&r)
                     .map(|d| d.whole_seconds())
-                    .ok_or_else(|| Failure::new("invalid_argument", format!("--refresh `{r}`: give 90s, 5m or 1h")))?,
+                    .ok_or_else(|| Failure::new(ErrorCode::InvalidArgument, format!("--refresh `{r}`: give 90s, 5m or 1h")))?,
             };
             let p = IdentityProvider {
                 org: org_of(&org)?,
@@ -339,7 +340,7 @@ pub async fn idp(vault: &Vault, cmd: IdpCmd) -> Result<(), Failure> {
         }
         IdpCmd::Delete { name, org } => {
             if !vault.delete_identity_provider(&org_of(&org)?, &name, &cli_actor()).await? {
-                return Err(Failure::new("not_found", format!("no identity provider named `{name}`")));
+                return Err(Failure::new(ErrorCode::NotFound, format!("no identity provider named `{name}`")));
             }
             println!("deleted identity provider `{name}`");
         }

@@ -15,6 +15,7 @@
 //! aws = "access_key_id:AWS_ACCESS_KEY_ID,secret_access_key:AWS_SECRET_ACCESS_KEY,session_token:AWS_SESSION_TOKEN?"
 //! ```
 
+use latchkey::error::ErrorCode;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -60,9 +61,9 @@ impl FileConfig {
     pub fn load(path: Option<&Path>) -> Result<FileConfig, Failure> {
         let Some(path) = path else { return Ok(FileConfig::default()) };
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Failure::new("invalid_config_file", format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|e| Failure::new(ErrorCode::InvalidConfigFile, format!("cannot read {}: {e}", path.display())))?;
         toml::from_str(&text)
-            .map_err(|e| Failure::new("invalid_config_file", format!("{}: {}", path.display(), e.message().trim_end())))
+            .map_err(|e| Failure::new(ErrorCode::InvalidConfigFile, format!("{}: {}", path.display(), e.message().trim_end())))
     }
 }
 
@@ -96,7 +97,7 @@ impl VaultArgs {
             Ok(v) => Some(Zeroizing::new(v)),
             Err(std::env::VarError::NotPresent) => None,
             Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(Failure::new("master_key_invalid", format!("{MASTER_KEY_ENV} is not valid UTF-8")));
+                return Err(Failure::new(ErrorCode::MasterKeyInvalid, format!("{MASTER_KEY_ENV} is not valid UTF-8")));
             }
         };
         let keyring_file = std::env::var_os(KEYRING_FILE_ENV)

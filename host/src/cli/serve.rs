@@ -2,6 +2,7 @@
 //! embedded vault when none is configured), starts its change feed, and
 //! serves the broker until SIGINT or SIGTERM, finishing in-flight calls.
 
+use latchkey::error::ErrorCode;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -43,7 +44,7 @@ pub async fn serve(vault: Arc<Vault>, args: ServeArgs, listen: &str) -> Result<(
     let mut allow = Vec::new();
     for n in &args.allow_networks {
         allow.push(n.parse().map_err(|_| {
-            Failure::new("invalid_argument", format!("--allow-upstream-network `{n}` is not a CIDR like 10.0.0.0/8"))
+            Failure::new(ErrorCode::InvalidArgument, format!("--allow-upstream-network `{n}` is not a CIDR like 10.0.0.0/8"))
         })?);
     }
     let config = ServerConfig {
@@ -57,13 +58,13 @@ pub async fn serve(vault: Arc<Vault>, args: ServeArgs, listen: &str) -> Result<(
     let config = match std::env::var("LATCHKEY_ADMIN_TOKEN") {
         Ok(token) if token.trim().len() >= 16 => config.with_admin_token(token.trim()),
         Ok(_) => {
-            return Err(Failure::new("invalid_config", "LATCHKEY_ADMIN_TOKEN must be at least 16 characters"));
+            return Err(Failure::new(ErrorCode::InvalidConfig, "LATCHKEY_ADMIN_TOKEN must be at least 16 characters"));
         }
         Err(_) => config,
     };
     let acceptor = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
-            Some(server::tls_acceptor(cert, key).map_err(|e| Failure::new("invalid_config", e))?)
+            Some(server::tls_acceptor(cert, key).map_err(|e| Failure::new(ErrorCode::InvalidConfig, e))?)
         }
         _ => None,
     };
@@ -77,12 +78,12 @@ pub async fn serve(vault: Arc<Vault>, args: ServeArgs, listen: &str) -> Result<(
         Ok::<_, latchkey::PluginError>(())
     })
     .await
-    .map_err(|e| Failure::new("plugin_load_failed", e.to_string()))??;
-    let state = server::state(vault.clone(), config).map_err(|e| Failure::new("invalid_config", e))?;
+    .map_err(|e| Failure::new(ErrorCode::PluginLoadFailed, e.to_string()))??;
+    let state = server::state(vault.clone(), config).map_err(|e| Failure::new(ErrorCode::InvalidConfig, e))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| Failure::new("listen_failed", format!("cannot listen on {listen}: {e}")))?;
-    let local = listener.local_addr().map_err(|e| Failure::new("listen_failed", e.to_string()))?;
+        .map_err(|e| Failure::new(ErrorCode::ListenFailed, format!("cannot listen on {listen}: {e}")))?;
+    let local = listener.local_addr().map_err(|e| Failure::new(ErrorCode::ListenFailed, e.to_string()))?;
     match vault.key_origin() {
         KeyOrigin::DevKeyCreated(path) | KeyOrigin::DevKey(path) => eprintln!(
             "latchkey: WARNING: the vault is encrypted with a DEVELOPMENT master key ({}). Set LATCHKEY_MASTER_KEY \
@@ -103,7 +104,7 @@ pub async fn serve(vault: Arc<Vault>, args: ServeArgs, listen: &str) -> Result<(
         Some(acceptor) => server::serve_tls(listener, acceptor, state, shutdown_signal()).await,
         None => server::serve(listener, state, shutdown_signal()).await,
     };
-    served.map_err(|e| Failure::new("serve_failed", e.to_string()))?;
+    served.map_err(|e| Failure::new(ErrorCode::ServeFailed, e.to_string()))?;
     eprintln!("latchkey: shut down after finishing in-flight calls");
     Ok(())
 }

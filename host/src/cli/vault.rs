@@ -4,6 +4,7 @@
 //! `field=@-` (standard input) and are never printed: every output shows
 //! field names only.
 
+use latchkey::error::ErrorCode;
 use std::collections::{BTreeMap, BTreeSet};
 
 use clap::{Args, Subcommand};
@@ -320,7 +321,7 @@ fn secrets_of(args: &SecretArgs) -> Result<(BTreeMap<String, latchkey::secret::S
     let verbatim: BTreeSet<String> = args.verbatim.iter().cloned().collect();
     for v in &verbatim {
         if !secrets.contains_key(v) {
-            return Err(Failure::new("invalid_argument", format!("--verbatim {v}: no --secret {v}=… was given")));
+            return Err(Failure::new(ErrorCode::InvalidArgument, format!("--verbatim {v}: no --secret {v}=… was given")));
         }
     }
     Ok((secrets, verbatim))
@@ -423,7 +424,7 @@ pub async fn credential(vault: &std::sync::Arc<Vault>, cmd: CredentialCmd) -> Re
                     config.retain(|(ck, _)| ck != k);
                     if config.len() == before {
                         return Err(Failure::new(
-                            "invalid_argument",
+                            ErrorCode::InvalidArgument,
                             format!("--unset-config {k}: no such config field"),
                         ));
                     }
@@ -435,7 +436,7 @@ pub async fn credential(vault: &std::sync::Arc<Vault>, cmd: CredentialCmd) -> Re
                 raw.secrets = Some(secrets);
                 raw.verbatim = verbatim;
             } else if !a.secrets.verbatim.is_empty() {
-                return Err(Failure::new("invalid_argument", "--verbatim needs --secret"));
+                return Err(Failure::new(ErrorCode::InvalidArgument, "--verbatim needs --secret"));
             }
             if !a.destinations.is_empty() || !a.add_destinations.is_empty() || !a.remove_destinations.is_empty() {
                 let mut list: Vec<String> = if a.destinations.is_empty() {
@@ -449,7 +450,7 @@ pub async fn credential(vault: &std::sync::Arc<Vault>, cmd: CredentialCmd) -> Re
                     list.retain(|d| !d.eq_ignore_ascii_case(r));
                     if list.len() == before {
                         return Err(Failure::new(
-                            "invalid_argument",
+                            ErrorCode::InvalidArgument,
                             format!("--remove-destination {r}: not among the credential's destinations"),
                         ));
                     }
@@ -458,7 +459,7 @@ pub async fn credential(vault: &std::sync::Arc<Vault>, cmd: CredentialCmd) -> Re
             }
             if raw.config.is_none() && raw.secrets.is_none() && raw.destinations.is_none() {
                 return Err(Failure::new(
-                    "invalid_argument",
+                    ErrorCode::InvalidArgument,
                     "nothing to update: give --config, --unset-config, --secret or a destination option",
                 ));
             }
@@ -506,14 +507,14 @@ async fn check(vault: &std::sync::Arc<Vault>, a: CheckArgs) -> Result<(), Failur
     use latchkey::server::{self, ServerConfig, net};
     let mut allow = Vec::new();
     for n in &a.allow_networks {
-        allow.push(n.parse().map_err(|_| Failure::new("invalid_argument", format!("`{n}` is not a CIDR")))?);
+        allow.push(n.parse().map_err(|_| Failure::new(ErrorCode::InvalidArgument, format!("`{n}` is not a CIDR")))?);
     }
     let config = ServerConfig {
         address_policy: net::AddressPolicy { allow },
         tls: net::TlsOptions { extra_ca_files: a.ca_files.clone(), no_system_roots: false },
         ..ServerConfig::default()
     };
-    let state = server::state(vault.clone(), config).map_err(|e| Failure::new("invalid_config", e))?;
+    let state = server::state(vault.clone(), config).map_err(|e| Failure::new(ErrorCode::InvalidConfig, e))?;
     let org = org_str(&a.org)?;
     let outcome =
         server::check::check_credential(&state, &org, &a.name).await.map_err(|e| Failure::new(e.code, e.message))?;
@@ -528,7 +529,7 @@ async fn check(vault: &std::sync::Arc<Vault>, a: CheckArgs) -> Result<(), Failur
     if outcome.state == "valid" {
         Ok(())
     } else {
-        Err(Failure::new("credential_check_failed", format!("credential `{}` is {}", a.name, outcome.state)))
+        Err(Failure::new(ErrorCode::CredentialCheckFailed, format!("credential `{}` is {}", a.name, outcome.state)))
     }
 }
 
@@ -547,7 +548,7 @@ async fn attach(vault: &Vault, a: AttachArgs, on: bool, actor: &str) -> Result<(
     let (kind, target) = match (&a.agent, &a.route) {
         (Some(agent), _) => (AttachmentKind::Agent, agent.as_str()),
         (None, Some(route)) => (AttachmentKind::Route, route.as_str()),
-        (None, None) => return Err(Failure::new("invalid_argument", "give --agent or --route")),
+        (None, None) => return Err(Failure::new(ErrorCode::InvalidArgument, "give --agent or --route")),
     };
     let info = vault.set_attachment(&org_str(&a.org)?, &a.name, kind, target, on, actor).await?;
     println!(
@@ -616,7 +617,7 @@ pub async fn vault_cmd(vault: &Vault, cmd: VaultCmd) -> Result<(), Failure> {
             }
             if !report.failed.is_empty() {
                 return Err(Failure::new(
-                    "rewrap_incomplete",
+                    ErrorCode::RewrapIncomplete,
                     format!("{} data key(s) could not be re-wrapped", report.failed.len()),
                 ));
             }
@@ -632,7 +633,7 @@ fn parse_since(s: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Failure> 
     }
     let d = crate::cli::agents::parse_duration(s).ok_or_else(|| {
         Failure::new(
-            "invalid_argument",
+            ErrorCode::InvalidArgument,
             format!("--since `{s}`: give a duration like 90s, 15m, 2h or 7d, or an RFC 3339 time"),
         )
     })?;
@@ -644,7 +645,7 @@ pub async fn audit(vault: &Vault, a: AuditArgs) -> Result<(), Failure> {
         None => None,
         Some(s) => Some(AuditAction::parse(s).ok_or_else(|| {
             let all: Vec<&str> = AuditAction::ALL.iter().map(|a| a.as_str()).collect();
-            Failure::new("invalid_argument", format!("--action `{s}`: one of {}", all.join(", ")))
+            Failure::new(ErrorCode::InvalidArgument, format!("--action `{s}`: one of {}", all.join(", ")))
         })?),
     };
     let filter = AuditFilter {

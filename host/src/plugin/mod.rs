@@ -13,6 +13,7 @@ mod pool;
 mod state;
 mod wasi;
 
+use crate::error::ErrorCode;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -178,14 +179,14 @@ pub enum SchemeError {
 
 impl SchemeError {
     /// The stable error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            SchemeError::MissingSecret(_) => "provider_key_missing",
-            SchemeError::InvalidConfig(_) => "invalid_config",
-            SchemeError::InvalidSecret(_) => "invalid_secret",
-            SchemeError::InvalidRequest(_) => "invalid_request",
-            SchemeError::TokenRejected(_) => "token_rejected",
-            SchemeError::Denied(_) | SchemeError::Internal(_) => "plugin_failed",
+            SchemeError::MissingSecret(_) => ErrorCode::ProviderKeyMissing,
+            SchemeError::InvalidConfig(_) => ErrorCode::InvalidConfig,
+            SchemeError::InvalidSecret(_) => ErrorCode::InvalidSecret,
+            SchemeError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            SchemeError::TokenRejected(_) => ErrorCode::TokenRejected,
+            SchemeError::Denied(_) | SchemeError::Internal(_) => ErrorCode::PluginFailed,
         }
     }
 }
@@ -248,11 +249,11 @@ pub enum PluginError {
 
 impl PluginError {
     /// The stable error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            PluginError::UnknownScheme { .. } => "unknown_scheme",
-            PluginError::Load { .. } => "plugin_load_failed",
-            PluginError::Failed { .. } => "plugin_failed",
+            PluginError::UnknownScheme { .. } => ErrorCode::UnknownScheme,
+            PluginError::Load { .. } => ErrorCode::PluginLoadFailed,
+            PluginError::Failed { .. } => ErrorCode::PluginFailed,
             PluginError::Scheme { error, .. } => error.code(),
         }
     }

@@ -6,6 +6,7 @@
 //! API answers 403 `admin_disabled`. The OpenAPI document is at
 //! `/v1/openapi.json`.
 
+use crate::error::ErrorCode;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -50,7 +51,7 @@ const ACTOR: &str = "admin-api";
 fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &app.config.admin_token_sha256 else {
         return Err(ApiError::new(
-            "admin_disabled",
+            ErrorCode::AdminDisabled,
             "the admin API is disabled: start the broker with LATCHKEY_ADMIN_TOKEN set",
         ));
     };
@@ -58,12 +59,12 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::new("invalid_admin_token", "send `Authorization: Bearer <admin token>`"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidAdminToken, "send `Authorization: Bearer <admin token>`"))?;
     let got = digest::digest(&digest::SHA256, presented.as_bytes());
     if bool::from(subtle::ConstantTimeEq::ct_eq(got.as_ref(), expected.as_slice())) {
         Ok(())
     } else {
-        Err(ApiError::new("invalid_admin_token", "the admin token is not valid"))
+        Err(ApiError::new(ErrorCode::InvalidAdminToken, "the admin token is not valid"))
     }
 }
 
@@ -91,7 +92,7 @@ fn with_notices(info: &CredentialInfo, notices: &[crate::vault::model::Notice]) 
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::new("invalid_request", format!("malformed JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON body: {e}")))
 }
 
 async fn list_credentials(
@@ -326,7 +327,7 @@ async fn delete_route(
     authorize(&app, &headers)?;
     let org = q.org()?;
     if !app.vault.delete_route(&org, &name, ACTOR).await? {
-        return Err(ApiError::new("route_not_found", format!("no route named `{name}`")));
+        return Err(ApiError::new(ErrorCode::RouteNotFound, format!("no route named `{name}`")));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -448,7 +449,7 @@ async fn put_idp(
     let jwks = match (b.jwks_url, b.jwks) {
         (Some(url), None) => JwksSource::Url(url),
         (None, Some(doc)) => JwksSource::Static(doc.to_string()),
-        _ => return Err(ApiError::new("invalid_request", "give exactly one of `jwks_url` and `jwks`")),
+        _ => return Err(ApiError::new(ErrorCode::InvalidRequest, "give exactly one of `jwks_url` and `jwks`")),
     };
     let p = IdentityProvider {
         org: q.org()?,
@@ -473,7 +474,7 @@ async fn delete_idp(
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
     if !app.vault.delete_identity_provider(&q.org()?, &name, ACTOR).await? {
-        return Err(ApiError::new("not_found", format!("no identity provider named `{name}`")));
+        return Err(ApiError::new(ErrorCode::NotFound, format!("no identity provider named `{name}`")));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -543,7 +544,7 @@ async fn audit(
     let action = match q.action.as_deref() {
         None => None,
         Some(a) => Some(
-            AuditAction::parse(a).ok_or_else(|| ApiError::new("invalid_request", format!("unknown action `{a}`")))?,
+            AuditAction::parse(a).ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, format!("unknown action `{a}`")))?,
         ),
     };
     let filter = AuditFilter { org: q.org, credential: q.credential, action, since: None, limit: q.limit };

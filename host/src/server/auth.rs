@@ -27,6 +27,7 @@
 //! whitespace-damaged or truncated token is reported as such. Logs show a
 //! redacted prefix only.
 
+use crate::error::ErrorCode;
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
@@ -60,7 +61,7 @@ pub enum TokenSource {
 pub struct ArrivedOverTls;
 
 fn unauthorized(message: impl Into<String>) -> ApiError {
-    ApiError::new("invalid_agent_token", message)
+    ApiError::new(ErrorCode::InvalidAgentToken, message)
 }
 
 /// Find the agent token in the request headers.
@@ -128,7 +129,7 @@ async fn authenticate(app: &Arc<AppState>, headers: &HeaderMap, tls: bool) -> Re
         TokenSource::Basic => {
             if !tls && !app.config.allow_basic_over_http {
                 return Err(ApiError::new(
-                    "insecure_transport",
+                    ErrorCode::InsecureTransport,
                     "Basic credentials are refused over plain HTTP, where anyone on the path can read them; \
                      connect over TLS (latchkey serve --tls-cert/--tls-key), use `Authorization: Bearer`, or start \
                      the broker with --allow-basic-over-http",
@@ -175,7 +176,7 @@ pub fn check_attached(agent: &Agent, credential: &crate::vault::model::Credentia
         Ok(())
     } else {
         Err(ApiError::new(
-            "credential_not_attached",
+            ErrorCode::CredentialNotAttached,
             format!(
                 "agent `{}` may not use credential `{}`: it is not attached (latchkey credential attach {} --agent {})",
                 agent.name, credential.name, credential.name, agent.name

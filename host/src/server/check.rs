@@ -5,6 +5,7 @@
 //! (no answer), or `error` (any other status). The state is stored with the
 //! credential and shown by `credential list`.
 
+use crate::error::ErrorCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +49,7 @@ pub async fn check_credential(app: &Arc<AppState>, org: &str, name: &str) -> Res
     using.sort_by_key(|r| r.check_path.is_none());
     let route = using.into_iter().next().ok_or_else(|| {
         ApiError::new(
-            "invalid_argument",
+            ErrorCode::InvalidArgument,
             format!(
                 "no route uses credential `{name}`, so there is no upstream to probe; add one with \
                  `latchkey route add NAME --upstream URL --credential {name} --check-path /v1/models`"
@@ -59,7 +60,7 @@ pub async fn check_credential(app: &Arc<AppState>, org: &str, name: &str) -> Res
     // The same address rule as the proxy, for literal addresses (names are
     // checked after resolution by the upstream client).
     if let Some(why) = url::Url::parse(&url).ok().and_then(|u| app.config.address_policy.literal_refusal(&u)) {
-        return Err(ApiError::new("upstream_address_refused", format!("upstream {why}")));
+        return Err(ApiError::new(ErrorCode::UpstreamAddressRefused, format!("upstream {why}")));
     }
     let input = SignInput {
         method: "GET".into(),
@@ -80,7 +81,7 @@ pub async fn check_credential(app: &Arc<AppState>, org: &str, name: &str) -> Res
             builder = builder.header(n, v);
         }
     }
-    let request = builder.body(Body::empty()).map_err(|e| ApiError::new("invalid_request", e.to_string()))?;
+    let request = builder.body(Body::empty()).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
     let outcome = match tokio::time::timeout(Duration::from_secs(15), app.client.request(request)).await {
         Ok(Ok(resp)) => {
             let status = resp.status().as_u16();

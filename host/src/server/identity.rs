@@ -22,6 +22,7 @@
 //!   refresh intervals old (at least an hour), then calls fail with
 //!   `jwks_unavailable` rather than trust keys the issuer may have revoked.
 
+use crate::error::ErrorCode;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,7 +78,7 @@ fn kids_of(doc: &str) -> HashSet<String> {
 }
 
 fn unavailable(p: &IdentityProvider, why: impl std::fmt::Display) -> ApiError {
-    ApiError::new("jwks_unavailable", format!("the JWKS of identity provider `{}` cannot be fetched: {why}", p.name))
+    ApiError::new(ErrorCode::JwksUnavailable, format!("the JWKS of identity provider `{}` cannot be fetched: {why}", p.name))
 }
 
 impl JwksStore {
@@ -248,7 +249,7 @@ fn peek(token: &str) -> Option<(Option<String>, String)> {
 }
 
 fn rejected(message: impl Into<String>) -> ApiError {
-    ApiError::new("token_rejected", message)
+    ApiError::new(ErrorCode::TokenRejected, message)
 }
 
 /// Authenticate an agent by a JWT.
@@ -284,7 +285,7 @@ pub async fn authenticate(app: &Arc<AppState>, token: &str) -> Result<Agent, Api
             .await
         {
             Ok(v) => v,
-            Err(e) => return Err(ApiError::new("plugin_busy", e.to_string())),
+            Err(e) => return Err(ApiError::new(ErrorCode::PluginBusy, e.to_string())),
         };
         app.metrics.observe_plugin("jwt-verify", started.elapsed());
         match verified {
@@ -300,7 +301,7 @@ pub async fn authenticate(app: &Arc<AppState>, token: &str) -> Result<Agent, Api
                         let subject = crate::plugin::sanitize_for_log(subject, 200);
                         tracing::warn!(idp = %p.name, subject = %subject, "verified JWT for no (enabled) agent");
                         Err(ApiError::new(
-                            "unknown_agent",
+                            ErrorCode::UnknownAgent,
                             format!(
                                 "the JWT is valid, but no enabled agent is bound to {} `{subject}` of identity provider \
                                  `{}` (latchkey agent bind-jwt NAME --idp {} --subject '{subject}')",

@@ -2,7 +2,7 @@
 //! proxy, agent registration, health and metrics.
 //!
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a
-//! stable code and the status [`crate::vault::model::http_status_for`] gives
+//! stable code and the status [`crate::error::ErrorCode::http_status`] gives
 //! it. No message or log line carries a secret or a whole token.
 
 mod admin;
@@ -14,6 +14,7 @@ pub mod net;
 mod proxy;
 mod sign;
 
+use crate::error::ErrorCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,36 +79,33 @@ pub struct AppState {
     pub broker: crate::broker::Broker,
 }
 
-/// An API error: a status, a stable code and a message.
+/// An API error: a stable code (which gives the status) and a message.
 #[derive(Debug)]
 pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
     /// Stable code.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// One sentence, no secrets.
     pub message: String,
 }
 
 impl ApiError {
     /// An error with the status its code maps to.
-    pub fn new(code: &'static str, message: impl Into<String>) -> ApiError {
-        let status = StatusCode::from_u16(crate::vault::model::http_status_for(code))
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        ApiError { status, code, message: message.into() }
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError { code, message: message.into() }
     }
 
-    /// An error with an explicit status.
-    pub fn with_status(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+    /// The HTTP status of the code.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status = self.status();
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        let mut r = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
+        let mut r = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer realm=\"latchkey\""));
         }
         r
@@ -146,8 +144,7 @@ impl From<crate::plugin::PluginError> for ApiError {
 
 impl From<RegistrationError> for ApiError {
     fn from(e: RegistrationError) -> ApiError {
-        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
-        ApiError::with_status(status, e.code(), e.to_string())
+        ApiError::new(e.code(), e.to_string())
     }
 }
 
@@ -231,12 +228,13 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
             (StatusCode::OK, Json(serde_json::json!({"status": "ready", "vault": app.vault.location().backend()})))
                 .into_response()
         }
-        Err(e) => ApiError::with_status(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()).into_response(),
+        // Not ready is 503 whatever the cause; the cause's own code is in the message.
+        Err(e) => ApiError::new(ErrorCode::VaultUnavailable, format!("not ready: {} ({})", e, e.code())).into_response(),
     }
 }
 
 async fn not_found() -> ApiError {
-    ApiError::with_status(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }
 
 #[derive(Deserialize)]
@@ -250,7 +248,7 @@ struct RegisterBody {
 /// `POST /v1/agents/register`: redeem a registration token for an agent token.
 async fn register(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let body: RegisterBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new("invalid_request", format!("expected {{\"token\", \"org\", \"name\"}}: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("expected {{\"token\", \"org\", \"name\"}}: {e}")))?;
     let issued = app.vault.redeem_registration_token(&body.token, &body.org, &body.name).await?;
     app.metrics.registrations.inc();
     Ok((

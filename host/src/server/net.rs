@@ -154,13 +154,41 @@ impl tower_service::Service<Name> for CheckedResolver {
                 .collect();
             if allowed.is_empty() {
                 let why = refused.unwrap_or_else(|| "it has no addresses".into());
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!("upstream_address_refused: {host} resolves to an address that is not allowed: {why}"),
-                ));
+                return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, AddressRefused { host, why }));
             }
             Ok(allowed.into_iter())
         })
+    }
+}
+
+/// The resolver's refusal: every address of `host` is outside the policy.
+/// Travels inside the client's error chain; callers find it by type.
+#[derive(Debug, thiserror::Error)]
+#[error("{host} resolves to an address that is not allowed: {why}")]
+pub struct AddressRefused {
+    /// The upstream host.
+    pub host: String,
+    /// Why the last address checked was refused.
+    pub why: String,
+}
+
+impl AddressRefused {
+    /// The refusal somewhere in an error's chain of causes, if there is one.
+    pub fn find(e: &(dyn std::error::Error + 'static)) -> Option<&AddressRefused> {
+        let mut cur = Some(e);
+        while let Some(err) = cur {
+            if let Some(r) = err.downcast_ref::<AddressRefused>() {
+                return Some(r);
+            }
+            // An io::Error holding a custom error exposes it as `get_ref`, not always as `source`.
+            if let Some(r) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())
+                && let Some(r) = r.downcast_ref::<AddressRefused>()
+            {
+                return Some(r);
+            }
+            cur = err.source();
+        }
+        None
     }
 }
 

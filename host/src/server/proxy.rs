@@ -23,6 +23,7 @@
 //! - The path is forwarded exactly as the agent sent it (still
 //!   percent-encoded), so what the scheme signs is what the upstream gets.
 
+use crate::error::ErrorCode;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -109,7 +110,7 @@ async fn forward(
     let tls = parts.extensions.get::<auth::ArrivedOverTls>().is_some();
     let (agent, source) = auth::agent(app, &parts.headers, tls).await?;
     let route = app.vault.route(&agent.org, route_name).await?.ok_or_else(|| {
-        ApiError::new("route_not_found", format!("no route named `{route_name}` (latchkey route list)"))
+        ApiError::new(ErrorCode::RouteNotFound, format!("no route named `{route_name}` (latchkey route list)"))
     })?;
     let ticket = app.broker.open(&Caller::Agent(agent), &route.credential, &Overrides::new(), None).await?;
     *scheme = ticket.scheme().to_string();
@@ -132,14 +133,14 @@ async fn forward(
     let signed = signed.request;
 
     let method = Method::from_bytes(signed.method.as_bytes())
-        .map_err(|_| ApiError::new("invalid_request", "method is not valid"))?;
+        .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "method is not valid"))?;
     let mut builder = axum::http::Request::builder().method(method).uri(signed.url.as_str());
     let out_headers = builder.headers_mut().expect("fresh builder");
     for (name, value) in &signed.headers {
         let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| ApiError::new("invalid_request", format!("header name `{name}` is not valid")))?;
+            .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("header name `{name}` is not valid")))?;
         let value = HeaderValue::from_str(value)
-            .map_err(|_| ApiError::new("invalid_request", format!("header `{name}` has an invalid value")))?;
+            .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("header `{name}` has an invalid value")))?;
         out_headers.append(name, value);
     }
     let body = match out_body {
@@ -154,10 +155,10 @@ async fn forward(
             Body::from(input.body)
         }
     };
-    let request = builder.body(body).map_err(|e| ApiError::new("invalid_request", e.to_string()))?;
+    let request = builder.body(body).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
     let response = tokio::time::timeout(app.config.upstream_timeout, app.client.request(request))
         .await
-        .map_err(|_| ApiError::new("upstream_timeout", format!("`{host}` did not answer in time")))?
+        .map_err(|_| ApiError::new(ErrorCode::UpstreamTimeout, format!("`{host}` did not answer in time")))?
         .map_err(|e| upstream_error(&host, &e))?;
     let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -190,11 +191,11 @@ async fn proxy_input(
         url.push('?');
         url.push_str(q);
     }
-    let parsed = url::Url::parse(&url).map_err(|e| ApiError::new("invalid_request", format!("upstream URL: {e}")))?;
+    let parsed = url::Url::parse(&url).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("upstream URL: {e}")))?;
     let host = parsed.host_str().unwrap_or_default().to_string();
     *host_out = Some(host.clone());
     if let Some(why) = app.config.address_policy.literal_refusal(&parsed) {
-        return Err(ApiError::new("upstream_address_refused", format!("upstream {why}")));
+        return Err(ApiError::new(ErrorCode::UpstreamAddressRefused, format!("upstream {why}")));
     }
     ticket.check_destination(&host)?;
 
@@ -207,7 +208,7 @@ async fn proxy_input(
         }
         let value = value
             .to_str()
-            .map_err(|_| ApiError::new("invalid_request", format!("header `{n}` is not visible ASCII")))?;
+            .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("header `{n}` is not visible ASCII")))?;
         headers.push((n.to_string(), value.to_string()));
     }
 
@@ -220,7 +221,7 @@ async fn proxy_input(
         let collected = limited.collect().await.map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 ApiError::new(
-                    "payload_too_large",
+                    ErrorCode::PayloadTooLarge,
                     format!(
                         "scheme `{}` signs the body, and it is over the {} byte limit",
                         ticket.scheme(),
@@ -228,7 +229,7 @@ async fn proxy_input(
                     ),
                 )
             } else {
-                ApiError::new("invalid_request", format!("reading the request body: {e}"))
+                ApiError::new(ErrorCode::InvalidRequest, format!("reading the request body: {e}"))
             }
         })?;
         let mut bytes = collected.to_bytes().to_vec();
@@ -278,10 +279,10 @@ fn upstream_error(host: &str, e: &hyper_util::client::legacy::Error) -> ApiError
         chain.push_str(&s.to_string());
         source = s.source();
     }
-    if let Some(i) = chain.find("upstream_address_refused: ") {
-        return ApiError::new("upstream_address_refused", chain[i + "upstream_address_refused: ".len()..].to_string());
+    if let Some(refused) = super::net::AddressRefused::find(e) {
+        return ApiError::new(ErrorCode::UpstreamAddressRefused, refused.to_string());
     }
-    ApiError::new("upstream_unreachable", format!("could not reach `{host}`: {chain}"))
+    ApiError::new(ErrorCode::UpstreamUnreachable, format!("could not reach `{host}`: {chain}"))
 }
 
 /// What the mock upstream answers: the request as it would have been sent,

@@ -5,6 +5,7 @@
 //! (a `wire` field such as an API key or a Basic password), by its grant of
 //! raw secrets, and by a scan of what the plugin produced.
 
+use crate::error::ErrorCode;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -47,7 +48,7 @@ pub(super) async fn sign(
     let started = Instant::now();
     let (agent, _) = auth::agent(&app, &headers, tls.is_some()).await?;
     let body: SignBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new("invalid_request", format!("the body is not a sign request: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("the body is not a sign request: {e}")))?;
     let ticket = match app.broker.open(&Caller::Agent(agent), &body.credential, &Overrides::new(), None).await {
         Ok(t) => t,
         Err(e) => {
@@ -84,7 +85,7 @@ fn input(app: &AppState, ticket: &crate::broker::Ticket, body: SignBody) -> Resu
     // aws-chunked upload or re-sign its chunk signatures for it.
     if ticket.reads_body() && aws_chunked::is_streaming(&request.headers) {
         return Err(ApiError::new(
-            "unsupported_payload",
+            ErrorCode::UnsupportedPayload,
             format!(
                 "the request announces a streaming (aws-chunked / STREAMING-*) payload, which /v1/sign cannot sign \
                  for scheme `{}`: send the decoded body (body_base64 or body_sha256, no aws-chunked encoding), \
@@ -95,15 +96,15 @@ fn input(app: &AppState, ticket: &crate::broker::Ticket, body: SignBody) -> Resu
     }
     let (raw_body, digest) = match (request.body_base64, request.body_sha256) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::new("invalid_request", "give body_base64 or body_sha256, not both"));
+            return Err(ApiError::new(ErrorCode::InvalidRequest, "give body_base64 or body_sha256, not both"));
         }
         (Some(b64), None) => {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b64)
-                .map_err(|e| ApiError::new("invalid_request", format!("body_base64: {e}")))?;
+                .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("body_base64: {e}")))?;
             if bytes.len() > app.config.max_body {
                 return Err(ApiError::new(
-                    "payload_too_large",
+                    ErrorCode::PayloadTooLarge,
                     format!(
                         "the body is {} bytes; the limit is {} (send body_sha256 instead)",
                         bytes.len(),
@@ -120,7 +121,7 @@ fn input(app: &AppState, ticket: &crate::broker::Ticket, body: SignBody) -> Resu
         None => None,
         Some(t) => Some(
             time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| ApiError::new("invalid_request", format!("`at` is not an RFC 3339 time: {e}")))?,
+                .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("`at` is not an RFC 3339 time: {e}")))?,
         ),
     };
     Ok(SignInput {

@@ -12,6 +12,7 @@
 //! or several, exactly one matches the row, and a crash leaves either both
 //! the used token and the agent or neither.
 
+use crate::error::ErrorCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::digest;
@@ -171,23 +172,13 @@ pub enum RegistrationError {
 
 impl RegistrationError {
     /// The stable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            RegistrationError::InvalidToken(_) => "invalid_token",
-            RegistrationError::ExpiredToken(_) => "expired_token",
-            RegistrationError::OrgMismatch { .. } => "org_mismatch",
-            RegistrationError::AgentExists(_) => "agent_exists",
+            RegistrationError::InvalidToken(_) => ErrorCode::InvalidToken,
+            RegistrationError::ExpiredToken(_) => ErrorCode::ExpiredToken,
+            RegistrationError::OrgMismatch { .. } => ErrorCode::OrgMismatch,
+            RegistrationError::AgentExists(_) => ErrorCode::AgentExists,
             RegistrationError::Vault(e) => e.code(),
-        }
-    }
-
-    /// The HTTP status.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            RegistrationError::InvalidToken(_) | RegistrationError::ExpiredToken(_) => 401,
-            RegistrationError::OrgMismatch { .. } => 403,
-            RegistrationError::AgentExists(_) => 409,
-            RegistrationError::Vault(e) => e.http_status(),
         }
     }
 }

@@ -135,6 +135,7 @@
 //! passed through `LATCHKEY_MASTER_KEY` also stays in the process
 //! environment. Prefer a keyring file in production.
 
+use crate::error::ErrorCode;
 use std::collections::BTreeMap;
 use std::env::VarError;
 use std::fmt;
@@ -249,18 +250,18 @@ pub enum VaultCryptoError {
 impl VaultCryptoError {
     /// A stable machine-readable code. The `master_key_*` and
     /// `keyring_invalid` codes are configuration problems (503 on a server).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            VaultCryptoError::MasterKeyMissing => "master_key_missing",
-            VaultCryptoError::MasterKeyInvalid(_) => "master_key_invalid",
-            VaultCryptoError::KeyFile { .. } => "master_key_file",
-            VaultCryptoError::KeyringInvalid(_) => "keyring_invalid",
-            VaultCryptoError::BadBlob(_) => "vault_bad_blob",
-            VaultCryptoError::UnsupportedVersion(_) => "vault_unsupported_version",
-            VaultCryptoError::UnknownTerm(_) => "vault_unknown_term",
-            VaultCryptoError::Integrity(_) => "vault_integrity",
-            VaultCryptoError::InvalidInput(_) => "vault_invalid_input",
-            VaultCryptoError::Crypto(_) => "vault_crypto_failed",
+            VaultCryptoError::MasterKeyMissing => ErrorCode::MasterKeyMissing,
+            VaultCryptoError::MasterKeyInvalid(_) => ErrorCode::MasterKeyInvalid,
+            VaultCryptoError::KeyFile { .. } => ErrorCode::MasterKeyFile,
+            VaultCryptoError::KeyringInvalid(_) => ErrorCode::KeyringInvalid,
+            VaultCryptoError::BadBlob(_) => ErrorCode::VaultBadBlob,
+            VaultCryptoError::UnsupportedVersion(_) => ErrorCode::VaultUnsupportedVersion,
+            VaultCryptoError::UnknownTerm(_) => ErrorCode::VaultUnknownTerm,
+            VaultCryptoError::Integrity(_) => ErrorCode::VaultIntegrity,
+            VaultCryptoError::InvalidInput(_) => ErrorCode::VaultInvalidInput,
+            VaultCryptoError::Crypto(_) => ErrorCode::VaultCryptoFailed,
         }
     }
 }
@@ -1258,9 +1259,9 @@ mod tests {
             flipped[bit / 8] ^= 1 << (bit % 8);
             let err = open(&ring, &flipped, &ctx).unwrap_err();
             let expected = match bit / 8 {
-                0..VERSION_AT => "vault_bad_blob".to_owned(),
+                0..VERSION_AT => ErrorCode::VaultBadBlob.to_owned(),
                 VERSION_AT => format!("unsupported_version/{}", flipped[VERSION_AT]),
-                TERM_AT..WRAP_NONCE_AT if blob_term(&flipped).is_err() => "vault_bad_blob".to_owned(),
+                TERM_AT..WRAP_NONCE_AT if blob_term(&flipped).is_err() => ErrorCode::VaultBadBlob.to_owned(),
                 TERM_AT..DATA_NONCE_AT => "integrity/KeyUnwrap".to_owned(),
                 _ => "integrity/SecretFields".to_owned(),
             };

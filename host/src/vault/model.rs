@@ -60,6 +60,7 @@
 //!   does not use the disabled secret. A layer supplies a credential whole
 //!   or not at all: fields are never mixed across layers.
 
+use crate::error::ErrorCode;
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -232,72 +233,28 @@ fn findings(checked: &[LayerCheck]) -> String {
 
 impl ModelError {
     /// The stable error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ModelError::InvalidName { .. } => "invalid_name",
-            ModelError::InvalidDestination(_) => "invalid_destination",
-            ModelError::InvalidSecret(_) => "invalid_secret",
-            ModelError::UnknownSecretField { .. } => "unknown_secret_field",
-            ModelError::MissingSecretField { .. } => "missing_secret_field",
-            ModelError::InvalidConfig(_) => "invalid_config",
-            ModelError::InvalidEnvMapping(_) => "invalid_env_mapping",
+            ModelError::InvalidName { .. } => ErrorCode::InvalidName,
+            ModelError::InvalidDestination(_) => ErrorCode::InvalidDestination,
+            ModelError::InvalidSecret(_) => ErrorCode::InvalidSecret,
+            ModelError::UnknownSecretField { .. } => ErrorCode::UnknownSecretField,
+            ModelError::MissingSecretField { .. } => ErrorCode::MissingSecretField,
+            ModelError::InvalidConfig(_) => ErrorCode::InvalidConfig,
+            ModelError::InvalidEnvMapping(_) => ErrorCode::InvalidEnvMapping,
             ModelError::Plugin(e) => e.code(),
-            ModelError::ProviderKeyMissing { .. } => "provider_key_missing",
-            ModelError::CredentialDisabled { .. } => "credential_disabled",
-            ModelError::CredentialNotFound { .. } => "credential_not_found",
-            ModelError::CredentialExists { .. } => "credential_exists",
-            ModelError::CredentialAttached { .. } => "credential_attached",
-            ModelError::VersionConflict { .. } => "version_conflict",
+            ModelError::ProviderKeyMissing { .. } => ErrorCode::ProviderKeyMissing,
+            ModelError::CredentialDisabled { .. } => ErrorCode::CredentialDisabled,
+            ModelError::CredentialNotFound { .. } => ErrorCode::CredentialNotFound,
+            ModelError::CredentialExists { .. } => ErrorCode::CredentialExists,
+            ModelError::CredentialAttached { .. } => ErrorCode::CredentialAttached,
+            ModelError::VersionConflict { .. } => ErrorCode::VersionConflict,
         }
     }
 
-    /// The HTTP status for this error (see [`http_status_for`]).
+    /// The HTTP status for this error.
     pub fn http_status(&self) -> u16 {
-        http_status_for(self.code())
-    }
-}
-
-/// The HTTP status for a stable error code, so that one code always maps to
-/// one status whichever layer raised it. Input errors are 400; a disabled
-/// credential (and a refused token) 401, as agent platforms answer it;
-/// `provider_key_missing` 404, because no layer has what was named and
-/// retrying will not help (a 5xx would make SDKs retry); conflicts 409;
-/// plugin and server configuration failures 500.
-pub fn http_status_for(code: &str) -> u16 {
-    match code {
-        "credential_disabled"
-        | "token_rejected"
-        | "invalid_agent_token"
-        | "invalid_token"
-        | "expired_token"
-        | "invalid_admin_token" => 401,
-        "destination_not_allowed"
-        | "credential_not_attached"
-        | "org_mismatch"
-        | "secret_in_output"
-        | "unknown_agent"
-        | "insecure_transport"
-        | "upstream_address_refused" => 403,
-        "route_not_found" | "not_found" => 404,
-        "agent_exists" => 409,
-        "payload_too_large" => 413,
-        "upstream_unreachable" | "upstream_failed" => 502,
-        "upstream_timeout" => 504,
-        "provider_key_missing" | "credential_not_found" => 404,
-        "credential_exists" | "credential_attached" | "version_conflict" => 409,
-        "plugin_failed"
-        | "plugin_load_failed"
-        | "invalid_env_mapping"
-        | "vault_corrupt"
-        | "vault_migration_failed"
-        | "vault_integrity"
-        | "vault_bad_blob"
-        | "vault_unsupported_version"
-        | "vault_crypto_failed" => 500,
-        "jwks_unavailable" | "audit_unavailable" | "plugin_busy" => 503,
-        "vault_unavailable" | "master_key_missing" | "master_key_wrong" | "master_key_invalid" | "master_key_file"
-        | "keyring_invalid" | "vault_unknown_term" => 503,
-        _ => 400,
+        self.code().http_status()
     }
 }
 
@@ -2616,24 +2573,6 @@ mod tests {
 
     #[test]
     fn every_code_has_its_status() {
-        for (code, status) in [
-            ("invalid_name", 400),
-            ("invalid_destination", 400),
-            ("invalid_secret", 400),
-            ("unknown_secret_field", 400),
-            ("missing_secret_field", 400),
-            ("invalid_config", 400),
-            ("unknown_scheme", 400),
-            ("credential_disabled", 401),
-            ("provider_key_missing", 404),
-            ("credential_not_found", 404),
-            ("credential_exists", 409),
-            ("credential_attached", 409),
-            ("version_conflict", 409),
-            ("plugin_failed", 500),
-        ] {
-            assert_eq!(http_status_for(code), status, "{code}");
-        }
         let e = ModelError::CredentialNotFound { name: "x".into() };
         assert_eq!(
             (e.code(), e.http_status(), e.to_string().as_str()),

@@ -4,6 +4,7 @@
 //! transaction, keeps an in-process cache coherent with other processes and
 //! replicas, and resolves a credential for a call through the three layers.
 
+use crate::error::ErrorCode;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -73,23 +74,23 @@ pub enum VaultError {
 
 impl VaultError {
     /// The stable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             VaultError::Model(e) => e.code(),
             VaultError::Crypto(e) => e.code(),
-            VaultError::Store(StoreError::Corrupt(..)) => "vault_corrupt",
-            VaultError::Store(StoreError::Migration(_)) => "vault_migration_failed",
-            VaultError::Store(_) => "vault_unavailable",
-            VaultError::WrongMasterKey { .. } => "master_key_wrong",
-            VaultError::KeySetup(_) => "master_key_missing",
-            VaultError::DestinationNotAllowed { .. } => "destination_not_allowed",
-            VaultError::InvalidArgument(_) => "invalid_argument",
+            VaultError::Store(StoreError::Corrupt(..)) => ErrorCode::VaultCorrupt,
+            VaultError::Store(StoreError::Migration(_)) => ErrorCode::VaultMigrationFailed,
+            VaultError::Store(_) => ErrorCode::VaultUnavailable,
+            VaultError::WrongMasterKey { .. } => ErrorCode::MasterKeyWrong,
+            VaultError::KeySetup(_) => ErrorCode::MasterKeyMissing,
+            VaultError::DestinationNotAllowed { .. } => ErrorCode::DestinationNotAllowed,
+            VaultError::InvalidArgument(_) => ErrorCode::InvalidArgument,
         }
     }
 
     /// The HTTP status for [`VaultError::code`].
     pub fn http_status(&self) -> u16 {
-        model::http_status_for(self.code())
+        self.code().http_status()
     }
 }
 
