@@ -240,22 +240,22 @@ fn with_vault(rt_args: &RuntimeArgs, vault_args: &cli::config::VaultArgs, comman
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure::new("io", format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| Failure::new(ErrorCode::Io, format!("cannot start the async runtime: {e}")))?;
     tokio.block_on(async move {
         let mut options = resolved.options;
         options.watch = matches!(command, Command::Serve(_));
-        let vault = Arc::new(Vault::open(options, runtime).await?);
+        let vault = Arc::new(Vault::open(options, runtime.clone()).await?);
         let result = match command {
             Command::Serve(args) => {
                 let listen = args.listen.clone().or(resolved.file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
-                cli::serve::serve(vault.clone(), args, &listen).await
+                cli::serve::serve(vault.clone(), runtime.clone(), args, &listen).await
             }
             Command::Token(cmd) => cli::agents::token(&vault, cmd).await,
             Command::Agent(cmd) => cli::agents::agent(&vault, cmd).await,
             Command::Route(cmd) => cli::agents::route(&vault, cmd).await,
             Command::Idp(cmd) => cli::agents::idp(&vault, cmd).await,
-            Command::Sign(args) => cmd_sign_vault(&vault, args).await,
-            Command::Credential(cmd) => cli::vault::credential(&vault, cmd).await,
+            Command::Sign(args) => cmd_sign_vault(&vault, &runtime, args).await,
+            Command::Credential(cmd) => cli::vault::credential(&vault, &runtime, cmd).await,
             Command::Vault(cmd) => cli::vault::vault_cmd(&vault, cmd).await,
             Command::Audit(args) => cli::vault::audit(&vault, args).await,
             Command::Plugin(_) => Ok(()),
@@ -268,9 +268,10 @@ fn with_vault(rt_args: &RuntimeArgs, vault_args: &cli::config::VaultArgs, comman
 pub(crate) fn split_kv<'a>(s: &'a str, what: &str) -> Result<(&'a str, &'a str), Failure> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k, v)),
-        _ => {
-            Err(Failure::new(ErrorCode::InvalidArgument, format!("{what} `{}` is not of the form name=value", redact_value(s))))
-        }
+        _ => Err(Failure::new(
+            ErrorCode::InvalidArgument,
+            format!("{what} `{}` is not of the form name=value", redact_value(s)),
+        )),
     }
 }
 
@@ -341,15 +342,17 @@ fn sign_parts(args: &SignArgs) -> Result<SignParts, Failure> {
     }
     let at = match &args.at {
         None => None,
-        Some(t) => Some(
-            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| Failure::new(ErrorCode::InvalidArgument, format!("--at `{t}` is not an RFC 3339 time: {e}")))?,
-        ),
+        Some(t) => {
+            Some(time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).map_err(|e| {
+                Failure::new(ErrorCode::InvalidArgument, format!("--at `{t}` is not an RFC 3339 time: {e}"))
+            })?)
+        }
     };
     let body = match &args.body_file {
         None => Vec::new(),
-        Some(p) => std::fs::read(p)
-            .map_err(|e| Failure::new(ErrorCode::InvalidArgument, format!("cannot read body file {}: {e}", p.display())))?,
+        Some(p) => std::fs::read(p).map_err(|e| {
+            Failure::new(ErrorCode::InvalidArgument, format!("cannot read body file {}: {e}", p.display()))
+        })?,
     };
     let input = SignInput {
         method: args.method.clone(),
@@ -375,7 +378,7 @@ fn cmd_sign(rt_args: &RuntimeArgs, args: SignArgs) -> Result<(), Failure> {
 /// `latchkey sign --credential NAME`: resolve through the layers (the
 /// `--secret` values are per-call overrides), check the destination, sign,
 /// and record the use in the audit trail.
-async fn cmd_sign_vault(vault: &Arc<Vault>, args: SignArgs) -> Result<(), Failure> {
+async fn cmd_sign_vault(vault: &Arc<Vault>, runtime: &Arc<latchkey::Runtime>, args: SignArgs) -> Result<(), Failure> {
     let name = args.credential.clone().unwrap_or_default();
     let org = parse_org(args.org.as_deref())?.to_string();
     let SignParts { config, secrets, input } = sign_parts(&args)?;
@@ -384,7 +387,7 @@ async fn cmd_sign_vault(vault: &Arc<Vault>, args: SignArgs) -> Result<(), Failur
         overrides.set(&name, &field, value);
     }
     // The one call path, as the operator: every layer, no attachment check.
-    let broker = latchkey::broker::Broker::new(vault.clone());
+    let broker = latchkey::broker::Broker::new(vault.clone(), runtime.clone());
     let caller = latchkey::broker::Caller::Operator { org: org.clone(), actor: cli::vault::cli_actor() };
     let given = args.scheme.as_deref().map(|s| (s, config.clone()));
     let ticket = broker.open(&caller, &name, &overrides, given).await.map_err(|e| Failure::new(e.code, e.message))?;
@@ -397,7 +400,7 @@ async fn cmd_sign_vault(vault: &Arc<Vault>, args: SignArgs) -> Result<(), Failur
             })
         };
         if let Some(message) = refusal {
-            broker.refused(&ticket, None, "invalid_argument");
+            broker.refused(&ticket, None, ErrorCode::InvalidArgument);
             return Err(Failure::new(ErrorCode::InvalidArgument, message));
         }
     }
@@ -412,7 +415,7 @@ async fn cmd_sign_vault(vault: &Arc<Vault>, args: SignArgs) -> Result<(), Failur
     // token it just produced.
     if args.explain {
         let prepared = sign::prepare(&input)?;
-        let text = sign::explain(vault.runtime(), ticket.plugin(), &ticket.call_credential(), &prepared)?;
+        let text = sign::explain(runtime, ticket.plugin(), &ticket.call_credential(), &prepared)?;
         eprintln!("{text}");
     }
     print_signed(&signed.request)
@@ -437,8 +440,8 @@ fn sign_and_print(
 
 fn print_signed(signed: &sign::SignedRequest) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, signed).map_err(|e| Failure::new("io", e.to_string()))?;
-    writeln!(out).map_err(|e| Failure::new("io", e.to_string()))?;
+    serde_json::to_writer(&mut out, signed).map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
+    writeln!(out).map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
     Ok(())
 }
 

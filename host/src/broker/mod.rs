@@ -31,7 +31,7 @@ use crate::error::ErrorCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::plugin::{CallCredential, Plugin, PluginError, PoolError};
+use crate::plugin::{CallCredential, Plugin, PluginError, PoolError, Runtime};
 use crate::sign::{self, SignError, SignInput, SignedRequest};
 use crate::vault::agents::Agent;
 use crate::vault::audit::AuditUnavailable;
@@ -221,6 +221,7 @@ pub struct Signed {
 /// The call path. Cheap to share.
 pub struct Broker {
     vault: Arc<Vault>,
+    runtime: Arc<Runtime>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -230,9 +231,15 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// A broker over `vault` (whose runtime runs the plugins).
-    pub fn new(vault: Arc<Vault>) -> Broker {
-        Broker { vault }
+    /// A broker over `vault`, running plugins on `runtime` (the broker owns
+    /// the runtime; the vault sees it only as a scheme catalogue).
+    pub fn new(vault: Arc<Vault>, runtime: Arc<Runtime>) -> Broker {
+        Broker { vault, runtime }
+    }
+
+    /// The plugin runtime.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
     }
 
     /// The vault.
@@ -299,10 +306,10 @@ impl Broker {
                 ));
             }
         };
-        let plugin = self.vault.runtime().get(&scheme)?;
+        let plugin = self.runtime.get(&scheme)?;
         if resolution.resolved.layer != Layer::Vault {
             // Vault secrets were validated when stored; others are checked now.
-            sign::check_credential(self.vault.runtime(), &plugin, &config, &resolution.resolved.secrets)?;
+            sign::check_credential(&self.runtime, &plugin, &config, &resolution.resolved.secrets)?;
         }
         Ok(Ticket { caller: caller.clone(), name: name.to_string(), resolution, plugin, config, version })
     }
@@ -333,13 +340,12 @@ impl Broker {
             return Err(granted_refusal(ticket));
         }
 
-        let runtime = self.vault.runtime().clone();
+        let runtime = self.runtime.clone();
         let (plugin, cred) = (ticket.plugin.clone(), ticket.call_credential());
         let (request, now) = (prepared.request().clone(), prepared.now());
         let started = Instant::now();
         let applied = self
-            .vault
-            .runtime()
+            .runtime
             .pool()
             .run(ticket.plugin.name(), ticket.caller.org(), move || runtime.apply_call(&plugin, &cred, now, &request))
             .await?;
@@ -396,7 +402,7 @@ impl Broker {
 
     /// Record that a call with this ticket was refused after step 2 (by a
     /// surface's own check between steps, or by a later step).
-    pub fn refused(&self, ticket: &Ticket, host: Option<&str>, code: &str) {
+    pub fn refused(&self, ticket: &Ticket, host: Option<&str>, code: ErrorCode) {
         self.record_refusal(&ticket.caller, &ticket.name, host, Some(ticket.layer()), ticket.audit_version(), code);
     }
 
@@ -407,7 +413,7 @@ impl Broker {
         host: Option<&str>,
         layer: Option<Layer>,
         version: Option<u64>,
-        code: &str,
+        code: ErrorCode,
     ) {
         self.vault.record_use(UseEvent {
             org: caller.org().to_string(),

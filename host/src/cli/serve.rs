@@ -40,11 +40,19 @@ pub struct ServeArgs {
     pub allow_basic_over_http: bool,
 }
 
-pub async fn serve(vault: Arc<Vault>, args: ServeArgs, listen: &str) -> Result<(), Failure> {
+pub async fn serve(
+    vault: Arc<Vault>,
+    runtime: Arc<latchkey::Runtime>,
+    args: ServeArgs,
+    listen: &str,
+) -> Result<(), Failure> {
     let mut allow = Vec::new();
     for n in &args.allow_networks {
         allow.push(n.parse().map_err(|_| {
-            Failure::new(ErrorCode::InvalidArgument, format!("--allow-upstream-network `{n}` is not a CIDR like 10.0.0.0/8"))
+            Failure::new(
+                ErrorCode::InvalidArgument,
+                format!("--allow-upstream-network `{n}` is not a CIDR like 10.0.0.0/8"),
+            )
         })?);
     }
     let config = ServerConfig {
@@ -64,13 +72,13 @@ pub async fn serve(vault: Arc<Vault>, args: ServeArgs, listen: &str) -> Result<(
     };
     let acceptor = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
-            Some(server::tls_acceptor(cert, key).map_err(|e| Failure::new(ErrorCode::InvalidConfig, e))?)
+            Some(server::tls_acceptor(cert, key).map_err(|e| Failure::new(ErrorCode::InvalidConfig, e.to_string()))?)
         }
         _ => None,
     };
     // Compile (or load from the cache) every scheme before the first call,
     // so no call waits for a compiler.
-    let rt = vault.runtime().clone();
+    let rt = runtime.clone();
     tokio::task::spawn_blocking(move || {
         for name in rt.scheme_names() {
             rt.get(&name)?;
@@ -79,7 +87,8 @@ pub async fn serve(vault: Arc<Vault>, args: ServeArgs, listen: &str) -> Result<(
     })
     .await
     .map_err(|e| Failure::new(ErrorCode::PluginLoadFailed, e.to_string()))??;
-    let state = server::state(vault.clone(), config).map_err(|e| Failure::new(ErrorCode::InvalidConfig, e))?;
+    let state = server::state(vault.clone(), runtime, config)
+        .map_err(|e| Failure::new(ErrorCode::InvalidConfig, e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Failure::new(ErrorCode::ListenFailed, format!("cannot listen on {listen}: {e}")))?;

@@ -321,7 +321,10 @@ fn secrets_of(args: &SecretArgs) -> Result<(BTreeMap<String, latchkey::secret::S
     let verbatim: BTreeSet<String> = args.verbatim.iter().cloned().collect();
     for v in &verbatim {
         if !secrets.contains_key(v) {
-            return Err(Failure::new(ErrorCode::InvalidArgument, format!("--verbatim {v}: no --secret {v}=… was given")));
+            return Err(Failure::new(
+                ErrorCode::InvalidArgument,
+                format!("--verbatim {v}: no --secret {v}=… was given"),
+            ));
         }
     }
     Ok((secrets, verbatim))
@@ -331,7 +334,11 @@ fn config_pairs(items: &[String]) -> Result<Vec<(String, String)>, Failure> {
     items.iter().map(|c| split_kv(c, "--config").map(|(k, v)| (k.to_string(), v.to_string()))).collect()
 }
 
-pub async fn credential(vault: &std::sync::Arc<Vault>, cmd: CredentialCmd) -> Result<(), Failure> {
+pub async fn credential(
+    vault: &std::sync::Arc<Vault>,
+    runtime: &std::sync::Arc<latchkey::Runtime>,
+    cmd: CredentialCmd,
+) -> Result<(), Failure> {
     let actor = cli_actor();
     match cmd {
         CredentialCmd::Add(a) => {
@@ -496,14 +503,18 @@ pub async fn credential(vault: &std::sync::Arc<Vault>, cmd: CredentialCmd) -> Re
                 );
             }
         }
-        CredentialCmd::Check(a) => check(vault, a).await?,
+        CredentialCmd::Check(a) => check(vault, runtime, a).await?,
         CredentialCmd::Attach(a) => attach(vault, a, true, &actor).await?,
         CredentialCmd::Detach(a) => attach(vault, a, false, &actor).await?,
     }
     Ok(())
 }
 
-async fn check(vault: &std::sync::Arc<Vault>, a: CheckArgs) -> Result<(), Failure> {
+async fn check(
+    vault: &std::sync::Arc<Vault>,
+    runtime: &std::sync::Arc<latchkey::Runtime>,
+    a: CheckArgs,
+) -> Result<(), Failure> {
     use latchkey::server::{self, ServerConfig, net};
     let mut allow = Vec::new();
     for n in &a.allow_networks {
@@ -514,7 +525,8 @@ async fn check(vault: &std::sync::Arc<Vault>, a: CheckArgs) -> Result<(), Failur
         tls: net::TlsOptions { extra_ca_files: a.ca_files.clone(), no_system_roots: false },
         ..ServerConfig::default()
     };
-    let state = server::state(vault.clone(), config).map_err(|e| Failure::new(ErrorCode::InvalidConfig, e))?;
+    let state = server::state(vault.clone(), runtime.clone(), config)
+        .map_err(|e| Failure::new(ErrorCode::InvalidConfig, e.to_string()))?;
     let org = org_str(&a.org)?;
     let outcome =
         server::check::check_credential(&state, &org, &a.name).await.map_err(|e| Failure::new(e.code, e.message))?;

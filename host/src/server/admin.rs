@@ -92,7 +92,8 @@ fn with_notices(info: &CredentialInfo, notices: &[crate::vault::model::Notice]) 
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON body: {e}")))
 }
 
 async fn list_credentials(
@@ -369,10 +370,8 @@ async fn create_agent(
     authorize(&app, &headers)?;
     let b: AgentBody = parse(&body)?;
     let org = q.org()?;
-    let issued = app.vault.create_agent(&org, &b.name, ACTOR).await?;
-    for c in &b.credentials {
-        app.vault.set_attachment(&org, c, crate::vault::AttachmentKind::Agent, &b.name, true, ACTOR).await?;
-    }
+    // One transaction: a misspelt credential leaves no agent behind.
+    let issued = app.vault.create_agent_with(&org, &b.name, &b.credentials, ACTOR).await?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({"name": issued.agent.name, "org": issued.agent.org, "token": issued.token.expose()})),
@@ -505,7 +504,7 @@ async fn create_token(
 
 async fn plugins(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
-    let rt = app.vault.runtime();
+    let rt = app.broker.runtime();
     let mut out = Vec::new();
     for name in rt.scheme_names() {
         let p = rt.get(&name)?;
@@ -544,7 +543,8 @@ async fn audit(
     let action = match q.action.as_deref() {
         None => None,
         Some(a) => Some(
-            AuditAction::parse(a).ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, format!("unknown action `{a}`")))?,
+            AuditAction::parse(a)
+                .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, format!("unknown action `{a}`")))?,
         ),
     };
     let filter = AuditFilter { org: q.org, credential: q.credential, action, since: None, limit: q.limit };

@@ -141,7 +141,7 @@ async fn authenticate(app: &Arc<AppState>, headers: &HeaderMap, tls: bool) -> Re
         _ => (presented, None),
     };
     let vault: &Vault = &app.vault;
-    check_token_shape(&token, AGENT_TOKEN_PREFIX, "agent token").map_err(unauthorized)?;
+    check_token_shape(&token, AGENT_TOKEN_PREFIX, "agent token").map_err(|e| unauthorized(e.to_string()))?;
     match vault.authenticate_agent(&token).await? {
         // With Basic, the user name must be the agent's: a token alone
         // authenticates, but a mismatched name is a configuration mistake

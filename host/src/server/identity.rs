@@ -78,7 +78,10 @@ fn kids_of(doc: &str) -> HashSet<String> {
 }
 
 fn unavailable(p: &IdentityProvider, why: impl std::fmt::Display) -> ApiError {
-    ApiError::new(ErrorCode::JwksUnavailable, format!("the JWKS of identity provider `{}` cannot be fetched: {why}", p.name))
+    ApiError::new(
+        ErrorCode::JwksUnavailable,
+        format!("the JWKS of identity provider `{}` cannot be fetched: {why}", p.name),
+    )
 }
 
 impl JwksStore {
@@ -226,7 +229,7 @@ async fn fetch(app: &AppState, url: &str) -> Result<String, String> {
         .map_err(|_| format!("the body is over {MAX_JWKS_BYTES} bytes or broke off"))?
         .to_bytes();
     let doc = String::from_utf8(bytes.to_vec()).map_err(|_| "the body is not UTF-8".to_string())?;
-    check_jwks(&doc)?;
+    check_jwks(&doc).map_err(|e| e.to_string())?;
     Ok(doc)
 }
 
@@ -265,7 +268,7 @@ pub async fn authenticate(app: &Arc<AppState>, token: &str) -> Result<Agent, Api
         )));
     }
     // The verifier is the plugin that exports `verifier`, whatever its name.
-    let plugin = app.vault.runtime().verifier()?;
+    let plugin = app.broker.runtime().verifier()?;
     let now = time::OffsetDateTime::now_utc();
     let now = Datetime { seconds: now.unix_timestamp(), nanoseconds: now.nanosecond() };
     let mut last = None;
@@ -276,9 +279,9 @@ pub async fn authenticate(app: &Arc<AppState>, token: &str) -> Result<Agent, Api
         // its own: a flood of tokens cannot take the signing scheme's share.
         let verify_key: std::sync::Arc<str> = format!("{}#verify", plugin.name()).into();
         let (runtime, verifier, policy, token_owned) =
-            (app.vault.runtime().clone(), plugin.clone(), p.policy(), token.to_string());
+            (app.broker.runtime().clone(), plugin.clone(), p.policy(), token.to_string());
         let verified = match app
-            .vault
+            .broker
             .runtime()
             .pool()
             .run(&verify_key, &p.org, move || runtime.verify(&verifier, &policy, now, &jwks, &token_owned))

@@ -98,8 +98,8 @@ impl Metrics {
     }
 
     /// Count one refused agent authentication.
-    pub fn auth_refused(&self, kind: &str, code: &str) {
-        self.auth_refusals.get_or_create(&AuthLabels { kind: kind.into(), code: code.into() }).inc();
+    pub fn auth_refused(&self, kind: &str, code: crate::error::ErrorCode) {
+        self.auth_refusals.get_or_create(&AuthLabels { kind: kind.into(), code: code.as_str().into() }).inc();
     }
 
     /// The metrics in the OpenMetrics text format.

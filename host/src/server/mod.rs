@@ -156,11 +156,15 @@ impl ServerConfig {
     }
 }
 
-/// Build the state (the upstream client) for `vault`.
-pub fn state(vault: Arc<Vault>, config: ServerConfig) -> Result<Arc<AppState>, String> {
+/// Build the state (the upstream client) for `vault`, with plugins run on `runtime`.
+pub fn state(
+    vault: Arc<Vault>,
+    runtime: Arc<crate::Runtime>,
+    config: ServerConfig,
+) -> Result<Arc<AppState>, net::TlsSetupError> {
     let client = net::client(Arc::new(config.address_policy.clone()), &config.tls)?;
     Ok(Arc::new(AppState {
-        broker: crate::broker::Broker::new(vault.clone()),
+        broker: crate::broker::Broker::new(vault.clone(), runtime),
         vault,
         config,
         client,
@@ -229,7 +233,9 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
                 .into_response()
         }
         // Not ready is 503 whatever the cause; the cause's own code is in the message.
-        Err(e) => ApiError::new(ErrorCode::VaultUnavailable, format!("not ready: {} ({})", e, e.code())).into_response(),
+        Err(e) => {
+            ApiError::new(ErrorCode::VaultUnavailable, format!("not ready: {} ({})", e, e.code())).into_response()
+        }
     }
 }
 
@@ -247,8 +253,9 @@ struct RegisterBody {
 
 /// `POST /v1/agents/register`: redeem a registration token for an agent token.
 async fn register(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let body: RegisterBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("expected {{\"token\", \"org\", \"name\"}}: {e}")))?;
+    let body: RegisterBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(ErrorCode::InvalidRequest, format!("expected {{\"token\", \"org\", \"name\"}}: {e}"))
+    })?;
     let issued = app.vault.redeem_registration_token(&body.token, &body.org, &body.name).await?;
     app.metrics.registrations.inc();
     Ok((
@@ -265,23 +272,28 @@ async fn register(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> 
 pub fn tls_acceptor(
     cert_file: &std::path::Path,
     key_file: &std::path::Path,
-) -> Result<tokio_rustls::TlsAcceptor, String> {
+) -> Result<tokio_rustls::TlsAcceptor, net::TlsSetupError> {
+    use net::TlsSetupError;
     use rustls_pki_types::pem::PemObject as _;
+    let cert_error = |source| TlsSetupError::File { what: "--tls-cert", path: cert_file.to_path_buf(), source };
     let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| format!("--tls-cert {}: {e}", cert_file.display()))?
+        .map_err(cert_error)?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("--tls-cert {}: {e}", cert_file.display()))?;
+        .map_err(cert_error)?;
     if certs.is_empty() {
-        return Err(format!("--tls-cert {} holds no certificate", cert_file.display()));
+        return Err(TlsSetupError::Empty { what: "--tls-cert", path: cert_file.to_path_buf() });
     }
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| format!("--tls-key {}: {e}", key_file.display()))?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key_file).map_err(|source| TlsSetupError::File {
+        what: "--tls-key",
+        path: key_file.to_path_buf(),
+        source,
+    })?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|source| TlsSetupError::Rustls { what: "server TLS", source })?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+        .map_err(|source| TlsSetupError::Rustls { what: "--tls-cert/--tls-key", source })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

@@ -174,7 +174,7 @@ pub struct AddressRefused {
 
 impl AddressRefused {
     /// The refusal somewhere in an error's chain of causes, if there is one.
-    pub fn find(e: &(dyn std::error::Error + 'static)) -> Option<&AddressRefused> {
+    pub fn find<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e AddressRefused> {
         let mut cur = Some(e);
         while let Some(err) = cur {
             if let Some(r) = err.downcast_ref::<AddressRefused>() {
@@ -201,8 +201,42 @@ pub struct TlsOptions {
     pub no_system_roots: bool,
 }
 
+/// A TLS setting that cannot be used: a CA, certificate or key file, or
+/// the TLS library's refusal of the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// A PEM file that cannot be read or parsed.
+    #[error("{what} {}: {source}", path.display())]
+    File {
+        /// The setting (`CA file`, `--tls-cert`, `--tls-key`).
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// A certificate file with no certificate in it.
+    #[error("{what} {} holds no certificate", path.display())]
+    Empty {
+        /// The setting.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// rustls refused the configuration (a certificate it cannot use, a key that does not match).
+    #[error("{what}: {source}")]
+    Rustls {
+        /// The setting.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: rustls::Error,
+    },
+}
+
 /// Build the upstream client.
-pub fn client(policy: Arc<AddressPolicy>, tls: &TlsOptions) -> Result<UpstreamClient, String> {
+pub fn client(policy: Arc<AddressPolicy>, tls: &TlsOptions) -> Result<UpstreamClient, TlsSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     if !tls.no_system_roots {
         let native = rustls_native_certs::load_native_certs();
@@ -212,21 +246,22 @@ pub fn client(policy: Arc<AddressPolicy>, tls: &TlsOptions) -> Result<UpstreamCl
     }
     for file in &tls.extra_ca_files {
         use rustls_pki_types::pem::PemObject as _;
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(file)
-            .map_err(|e| format!("CA file {}: {e}", file.display()))?;
+        let what = "CA file";
+        let file_error = |source| TlsSetupError::File { what, path: file.clone(), source };
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(file).map_err(file_error)?;
         let mut n = 0;
         for cert in certs {
-            let cert = cert.map_err(|e| format!("CA file {}: {e}", file.display()))?;
-            roots.add(cert).map_err(|e| format!("CA file {}: {e}", file.display()))?;
+            let cert = cert.map_err(file_error)?;
+            roots.add(cert).map_err(|source| TlsSetupError::Rustls { what, source })?;
             n += 1;
         }
         if n == 0 {
-            return Err(format!("CA file {} holds no certificate", file.display()));
+            return Err(TlsSetupError::Empty { what, path: file.clone() });
         }
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|source| TlsSetupError::Rustls { what: "upstream TLS", source })?
         .with_root_certificates(roots)
         .with_no_client_auth();
     let mut http = HttpConnector::new_with_resolver(CheckedResolver { policy });

@@ -10,12 +10,12 @@ use latchkey::{Plugin, PluginError, Runtime, RuntimeConfig};
 use crate::support::{at, cred, get, guests, runtime};
 
 macro_rules! assert_guest_tested {
-    ($name:ident, $path:ident) => {
+    ($name:ident, $path:path) => {
         #[allow(unused_imports)]
         use self::$name as _;
     };
 }
-guests::foreach_test_guest!(assert_guest_tested);
+latchkey::plugin::foreach_test_guest!(assert_guest_tested);
 
 fn load(path: &str) -> Plugin {
     runtime().load_file(path.as_ref()).expect("test guest loads")

@@ -2,8 +2,10 @@
 
 mod aws_sdk;
 mod cli;
+mod codes;
 #[macro_use]
 mod db;
+mod directory;
 mod hostile;
 mod identity;
 mod pipeline;

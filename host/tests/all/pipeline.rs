@@ -26,6 +26,7 @@ use crate::support::{canary, guests};
 pub(crate) struct Bench {
     db: TestDb,
     pub(crate) vault: Arc<Vault>,
+    pub(crate) runtime: Arc<Runtime>,
     pub(crate) base: String,
     pub(crate) token: String,
     pub(crate) upstream: String,
@@ -48,7 +49,8 @@ pub(crate) async fn bench(backend: Backend, guest_paths: &[&str], runtime: Runti
         ..runtime
     })
     .unwrap();
-    let vault = Arc::new(Vault::open(db.options(), Arc::new(rt)).await.unwrap());
+    let rt = Arc::new(rt);
+    let vault = Arc::new(Vault::open(db.options(), rt.clone()).await.unwrap());
 
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
@@ -67,7 +69,7 @@ pub(crate) async fn bench(backend: Backend, guest_paths: &[&str], runtime: Runti
         address_policy: net::AddressPolicy { allow: vec!["127.0.0.0/8".parse().unwrap()] },
         ..ServerConfig::default()
     };
-    let state = server::state(vault.clone(), config).unwrap();
+    let state = server::state(vault.clone(), rt.clone(), config).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -78,6 +80,7 @@ pub(crate) async fn bench(backend: Backend, guest_paths: &[&str], runtime: Runti
     Some(Bench {
         db,
         vault,
+        runtime: rt,
         base,
         token: agent.token.expose().to_string(),
         upstream: upstream_url,
@@ -477,7 +480,7 @@ async fn a_looping_plugin_spends_only_its_own_share() {
     // Wait until the looping plugin holds its share of the pool.
     let share = latchkey::plugin::PoolConfig::default().per_plugin;
     let waiting = std::time::Instant::now();
-    while b.vault.runtime().pool().running(&Arc::from("test-spin")) < share {
+    while b.runtime.pool().running(&Arc::from("test-spin")) < share {
         if waiting.elapsed() > std::time::Duration::from_secs(20) {
             let (status, json) = proxied(&b, "loop").await;
             panic!("the looping plugin never held its share; a looping call answers {status} {json}");
@@ -490,7 +493,7 @@ async fn a_looping_plugin_spends_only_its_own_share() {
         assert_eq!(status, 200, "{json}");
     }
     assert!(
-        b.vault.runtime().pool().running(&Arc::from("test-spin")) > 0,
+        b.runtime.pool().running(&Arc::from("test-spin")) > 0,
         "the looping calls ended too early to prove anything"
     );
     let mut codes = BTreeMap::new();

@@ -71,7 +71,7 @@ async fn world() -> S3World {
         max_body: 32 << 20,
         ..ServerConfig::default()
     };
-    let state = server::state(vault.clone(), config).unwrap();
+    let state = server::state(vault.clone(), crate::db::runtime(), config).unwrap();
     let mut stops = Vec::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -135,7 +135,7 @@
 //! passed through `LATCHKEY_MASTER_KEY` also stays in the process
 //! environment. Prefer a keyring file in production.
 
-use crate::error::ErrorCode;
+use latchkey_core::error::ErrorCode;
 use std::collections::BTreeMap;
 use std::env::VarError;
 use std::fmt;
@@ -149,7 +149,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, Tag, UnboundKe
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-use crate::secret::Secret;
+use latchkey_core::secret::Secret;
 
 /// The environment variable holding the current master key, as `BASE64`
 /// (term 1) or `TERM:BASE64`.
@@ -1169,7 +1169,7 @@ mod tests {
             VaultCryptoError::Integrity(stage) => format!("integrity/{stage:?}"),
             VaultCryptoError::UnknownTerm(term) => format!("unknown_term/{term}"),
             VaultCryptoError::UnsupportedVersion(v) => format!("unsupported_version/{v}"),
-            other => other.code().to_owned(),
+            other => other.code().as_str().to_owned(),
         }
     }
 
@@ -1259,9 +1259,9 @@ mod tests {
             flipped[bit / 8] ^= 1 << (bit % 8);
             let err = open(&ring, &flipped, &ctx).unwrap_err();
             let expected = match bit / 8 {
-                0..VERSION_AT => ErrorCode::VaultBadBlob.to_owned(),
+                0..VERSION_AT => "vault_bad_blob".to_owned(),
                 VERSION_AT => format!("unsupported_version/{}", flipped[VERSION_AT]),
-                TERM_AT..WRAP_NONCE_AT if blob_term(&flipped).is_err() => ErrorCode::VaultBadBlob.to_owned(),
+                TERM_AT..WRAP_NONCE_AT if blob_term(&flipped).is_err() => "vault_bad_blob".to_owned(),
                 TERM_AT..DATA_NONCE_AT => "integrity/KeyUnwrap".to_owned(),
                 _ => "integrity/SecretFields".to_owned(),
             };
@@ -1792,7 +1792,7 @@ mod tests {
     #[test]
     fn wycheproof_aes_256_gcm() {
         let suite: serde_json::Value =
-            serde_json::from_str(include_str!("../../tests/data/wycheproof_aes_gcm_256.json")).unwrap();
+            serde_json::from_str(include_str!("../../testdata/wycheproof_aes_gcm_256.json")).unwrap();
         let hex_field = |case: &serde_json::Value, name: &str| hex::decode(case[name].as_str().unwrap()).unwrap();
         let (mut valid, mut invalid) = (0, 0);
         for group in suite["testGroups"].as_array().unwrap() {

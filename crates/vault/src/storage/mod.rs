@@ -3,7 +3,7 @@
 //!
 //! Every statement is written once, with `$1`-style placeholders that both
 //! SQLite and PostgreSQL accept, and [`on_db!`] expands it for each backend's
-//! pool and row type. The schema lives in `host/migrations/{sqlite,postgres}`
+//! pool and row type. The schema lives in `crates/vault/migrations/{sqlite,postgres}`
 //! and is applied by `sqlx::migrate!` when a vault opens.
 //!
 //! Durability: SQLite runs in WAL mode with `synchronous=FULL`, so a
@@ -12,8 +12,11 @@
 //! read-then-write transaction never fails half-way on a lock upgrade.
 //! PostgreSQL gives the same with its defaults.
 //!
-//! Nothing here decrypts: rows carry the sealed blob, and `vault::service`
+//! Nothing here decrypts: rows carry the sealed blob, and `credentials::service`
 //! opens it only for a call that needs it.
+
+pub(crate) mod cache;
+pub(crate) mod feed;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -25,7 +28,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use time::OffsetDateTime;
 
-use super::model::{Attachments, Credential, CredentialName, Destination, OrgId};
+use crate::credentials::model::{Attachments, Credential, CredentialName, Destination, OrgId};
 
 /// The two backends. Cloning shares the pool.
 #[derive(Clone, Debug)]
@@ -39,8 +42,8 @@ pub(crate) enum Db {
 macro_rules! on_db {
     ($db:expr, $pool:ident => $body:expr) => {
         match $db {
-            $crate::vault::store::Db::Sqlite($pool) => $body,
-            $crate::vault::store::Db::Postgres($pool) => $body,
+            $crate::storage::Db::Sqlite($pool) => $body,
+            $crate::storage::Db::Postgres($pool) => $body,
         }
     };
 }

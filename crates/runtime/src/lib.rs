@@ -13,7 +13,6 @@ mod pool;
 mod state;
 mod wasi;
 
-use crate::error::ErrorCode;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,13 +25,15 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 pub use bindings::{Datetime, Exposure, FieldInfo, Request, SchemeInfo, SecretFieldInfo, SignatureAlgorithm, WitError};
+pub use latchkey_core::error::ErrorCode;
+pub use latchkey_core::text::sanitize_for_log;
 pub use pool::{CallPool, PoolConfig, PoolError};
 pub use state::{CallCredential, PluginCache};
 
 use bindings::{CallContext, SchemePlugin, SchemePluginPre};
 use state::{CredentialHandle, State};
 
-use crate::secret::Secret;
+use latchkey_core::secret::Secret;
 
 /// Limits and locations for the runtime.
 #[derive(Debug, Clone)]
@@ -90,6 +91,13 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 }
 
 /// Built-in plugin components, compiled from `plugins/` by the build script.
+/// Paths of the hostile test guests (built by the build script) and
+/// [`foreach_test_guest!`], for the test suites.
+#[doc(hidden)]
+pub mod test_guests {
+    include!(concat!(env!("OUT_DIR"), "/test_guests.rs"));
+}
+
 mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtin.rs"));
 }
@@ -267,24 +275,6 @@ pub fn exposure_name(e: Exposure) -> &'static str {
         Exposure::Wire => "wire",
         Exposure::Identifier => "identifier",
     }
-}
-
-/// Escape control characters (CR, LF, ESC, ...) and cap the length, so text
-/// from plugins or requests cannot forge log lines or terminal output.
-pub fn sanitize_for_log(s: &str, max: usize) -> String {
-    let mut out = String::with_capacity(s.len().min(max));
-    for c in s.chars() {
-        if out.len() >= max {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The epoch tick. Deadlines are whole ticks, so a call gets its budget
@@ -898,4 +888,46 @@ fn check_info(info: &SchemeInfo) -> Result<(), String> {
         return Err("declares more than 128 fields".into());
     }
     Ok(())
+}
+
+/// The runtime is the scheme catalogue storage validates credentials with.
+impl latchkey_core::SchemeCatalogue for Runtime {
+    fn fields(&self, scheme: &str) -> Result<latchkey_core::SchemeFields, latchkey_core::SchemeRefusal> {
+        Ok(scheme_fields(&self.get(scheme).map_err(refusal)?.info))
+    }
+
+    fn validate_config(&self, scheme: &str, config: &[(String, String)]) -> Result<(), latchkey_core::SchemeRefusal> {
+        let plugin = self.get(scheme).map_err(refusal)?;
+        Runtime::validate_config(self, &plugin, config).map_err(refusal)
+    }
+
+    fn validate_secret(
+        &self,
+        scheme: &str,
+        config: &[(String, String)],
+        field: &str,
+        value: &Secret,
+    ) -> Result<(), latchkey_core::SchemeRefusal> {
+        let plugin = self.get(scheme).map_err(refusal)?;
+        Runtime::validate_secret(self, &plugin, config, field, value).map_err(refusal)
+    }
+}
+
+fn refusal(e: PluginError) -> latchkey_core::SchemeRefusal {
+    latchkey_core::SchemeRefusal { code: e.code(), message: e.to_string() }
+}
+
+/// A declaration's fields, as the scheme catalogue describes them.
+pub fn scheme_fields(info: &SchemeInfo) -> latchkey_core::SchemeFields {
+    let spec = |name: &str, required: bool, description: &str| latchkey_core::FieldSpec {
+        name: name.to_string(),
+        required,
+        description: description.to_string(),
+    };
+    latchkey_core::SchemeFields {
+        name: info.name.clone(),
+        config_fields: info.config_fields.iter().map(|f| spec(&f.name, f.required, &f.description)).collect(),
+        secret_fields: info.secret_fields.iter().map(|f| spec(&f.name, f.required, &f.description)).collect(),
+        open_secret_fields: info.open_secret_fields.is_some(),
+    }
 }

@@ -7,12 +7,12 @@
 //! `(provider, subject)` is the caller whenever a JWT from that provider,
 //! verified by the `jwt` plugin, carries that subject.
 
-use time::OffsetDateTime;
-
-use super::agents::Agent;
-use super::model::{CredentialName, OrgId};
-use super::service::{Vault, VaultError};
-use super::store::{StoreError, from_micros, on_db, to_micros};
+use crate::audit::AuditAction;
+use crate::credentials::model::{CredentialName, OrgId};
+use crate::credentials::service::{Vault, VaultError};
+use crate::directory::agents::Agent;
+use crate::directory::{DirectoryChange, db_err, record_change};
+use crate::storage::{BeginWrite as _, from_micros, on_db};
 
 /// The algorithms an identity provider may pin (HS256 cannot be verified
 /// against a public JWKS).
@@ -115,7 +115,7 @@ impl IdentityProvider {
                 if doc.len() > MAX_JWKS_BYTES {
                     return bad(format!("the JWKS is over {MAX_JWKS_BYTES} bytes"));
                 }
-                check_jwks(doc).map_err(VaultError::InvalidArgument)?;
+                check_jwks(doc).map_err(|e| VaultError::InvalidArgument(e.to_string()))?;
             }
         }
         Ok(())
@@ -124,20 +124,33 @@ impl IdentityProvider {
 
 /// A JWKS document must be a JSON object with a `keys` array of objects, and
 /// hold no private or symmetric key material (a JWKS is published).
-pub fn check_jwks(doc: &str) -> Result<usize, String> {
-    let v: serde_json::Value = serde_json::from_str(doc).map_err(|e| format!("the JWKS is not JSON: {e}"))?;
-    let keys = v.get("keys").and_then(|k| k.as_array()).ok_or("the JWKS has no `keys` array")?;
+pub fn check_jwks(doc: &str) -> Result<usize, JwksError> {
+    let v: serde_json::Value = serde_json::from_str(doc).map_err(|e| JwksError::NotJson(e.to_string()))?;
+    let keys = v.get("keys").and_then(|k| k.as_array()).ok_or(JwksError::NoKeys)?;
     for k in keys {
-        let k = k.as_object().ok_or("every JWKS key must be a JSON object")?;
+        let k = k.as_object().ok_or(JwksError::KeyNotObject)?;
         if ["d", "p", "q", "dp", "dq", "qi", "k"].iter().any(|m| k.contains_key(*m)) {
-            return Err("the JWKS holds private or symmetric key material; publish only public keys".into());
+            return Err(JwksError::PrivateMaterial);
         }
     }
     Ok(keys.len())
 }
 
-fn db_err(e: sqlx::Error) -> VaultError {
-    VaultError::Store(StoreError::from(e))
+/// Why a JWKS document is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwksError {
+    /// Not JSON (the parser's reason).
+    #[error("the JWKS is not JSON: {0}")]
+    NotJson(String),
+    /// No `keys` array.
+    #[error("the JWKS has no `keys` array")]
+    NoKeys,
+    /// A key that is not an object.
+    #[error("every JWKS key must be a JSON object")]
+    KeyNotObject,
+    /// Private or symmetric key material.
+    #[error("the JWKS holds private or symmetric key material; publish only public keys")]
+    PrivateMaterial,
 }
 
 type ProviderRow = (String, String, String, String, Option<String>, i64, Option<String>, Option<String>, i64, String);
@@ -169,8 +182,11 @@ impl Vault {
             JwksSource::Static(d) => (None, Some(d.as_str())),
         };
         let audience = (!p.audience.is_empty()).then(|| p.audience.join(","));
-        let now = to_micros(OffsetDateTime::now_utc());
+        let mut change = DirectoryChange::new(&p.org, format!("@idp/{}", p.name), AuditAction::IdpPut, actor);
+        change.detail = Some(format!("idp {} issuer {}", p.name, p.issuer));
+        let now = change.at;
         on_db!(self.db(), pool => {
+            let mut tx = pool.begin_write().await.map_err(db_err)?;
             sqlx::query(
                 "INSERT INTO identity_providers (org, name, issuer, alg, audience, leeway_seconds, jwks_url, jwks_json, \
                  refresh_seconds, subject_claim, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
@@ -188,12 +204,13 @@ impl Vault {
             .bind(p.refresh_seconds)
             .bind(&p.subject_claim)
             .bind(now)
-            .execute(pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+            record_change!(tx, change).map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
         });
-        self.note_change(&p.org, &format!("@idp/{}", p.name)).await?;
-        tracing::info!(target: "latchkey::audit", action = "idp-put", org = %p.org, idp = %p.name, issuer = %p.issuer, actor, "audit");
+        self.changed(&change);
         Ok(())
     }
 
@@ -240,18 +257,25 @@ impl Vault {
                 names.join(", ")
             )));
         }
+        let mut change = DirectoryChange::new(org, format!("@idp/{name}"), AuditAction::IdpDelete, actor);
+        change.detail = Some(format!("idp {name}"));
         let n = on_db!(self.db(), pool => {
-            sqlx::query("DELETE FROM identity_providers WHERE org = $1 AND name = $2")
+            let mut tx = pool.begin_write().await.map_err(db_err)?;
+            let n = sqlx::query("DELETE FROM identity_providers WHERE org = $1 AND name = $2")
                 .bind(org)
                 .bind(name)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(db_err)?
-                .rows_affected()
+                .rows_affected();
+            if n > 0 {
+                record_change!(tx, change).map_err(db_err)?;
+            }
+            tx.commit().await.map_err(db_err)?;
+            n
         });
         if n > 0 {
-            self.note_change(org, &format!("@idp/{name}")).await?;
-            tracing::info!(target: "latchkey::audit", action = "idp-delete", org = %org, idp = %name, actor, "audit");
+            self.changed(&change);
         }
         Ok(n > 0)
     }
@@ -277,17 +301,21 @@ impl Vault {
                 "no identity provider `{provider}` in `{org}` (latchkey idp add {provider} …)"
             )));
         }
-        let id = super::agents::random_id()?;
-        let now = to_micros(OffsetDateTime::now_utc());
+        let id = crate::directory::agents::random_id()?;
+        let mut change = DirectoryChange::new(&org, format!("@agent/{name}"), AuditAction::AgentBindJwt, actor);
+        change.agent = Some(name);
+        change.detail = Some(format!("idp {provider}"));
+        let now = change.at;
         let result = on_db!(self.db(), pool => {
+            let mut tx = pool.begin_write().await.map_err(db_err)?;
             let updated = sqlx::query("UPDATE agents SET jwt_provider = $1, jwt_subject = $2 WHERE org = $3 AND name = $4")
                 .bind(provider)
                 .bind(subject)
                 .bind(&org)
                 .bind(name)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await;
-            match updated {
+            let result = match updated {
                 Ok(r) if r.rows_affected() > 0 => Ok(false),
                 Ok(_) => sqlx::query(
                     "INSERT INTO agents (id, org, name, token_hash, created_at, disabled, jwt_provider, jwt_subject) \
@@ -299,11 +327,16 @@ impl Vault {
                 .bind(now)
                 .bind(provider)
                 .bind(subject)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await
                 .map(|_| true),
                 Err(e) => Err(e),
+            };
+            if result.is_ok() {
+                record_change!(tx, change).map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
             }
+            result
         });
         let created = match result {
             Ok(c) => c,
@@ -314,8 +347,7 @@ impl Vault {
             }
             Err(e) => return Err(db_err(e)),
         };
-        self.note_change(&org, &format!("@agent/{name}")).await?;
-        tracing::info!(target: "latchkey::audit", action = "agent-bind-jwt", org = %org, agent = %name, idp = %provider, actor, "audit");
+        self.changed(&change);
         Ok(created)
     }
 

@@ -6,7 +6,7 @@
 #![allow(missing_docs)]
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../../wit",
     world: "scheme-plugin",
     imports: { default: trappable },
     with: {
@@ -26,7 +26,7 @@ pub use self::latchkey::plugin::types::{
 pub mod verifier {
     #![allow(missing_docs)]
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "verifier-plugin",
         imports: { default: trappable },
         with: {

@@ -29,8 +29,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use super::model::Layer;
-use super::store::{Db, StoreError, from_micros, on_db, to_micros};
+use crate::credentials::model::Layer;
+use crate::storage::{Db, StoreError, from_micros, on_db, to_micros};
 
 /// Most use events written in one transaction.
 pub const BATCH: usize = 512;
@@ -42,7 +42,7 @@ pub const DURABLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// HMAC-SHA256 fingerprint of a credential's secret values under the
 /// installation's audit salt: 32 hex digits. Equal secrets give equal
 /// fingerprints on every replica; the value cannot be recovered from it.
-pub fn fingerprint(salt: &[u8], secrets: &std::collections::BTreeMap<String, crate::secret::Secret>) -> String {
+pub fn fingerprint(salt: &[u8], secrets: &std::collections::BTreeMap<String, latchkey_core::secret::Secret>) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, salt);
     let mut ctx = ring::hmac::Context::with_key(&key);
     for (field, value) in secrets {
@@ -60,7 +60,7 @@ pub fn fingerprint(salt: &[u8], secrets: &std::collections::BTreeMap<String, cra
 #[error("the audit trail cannot record this use ({0}), so the credential was not released")]
 pub struct AuditUnavailable(pub String);
 
-/// What happened to a credential.
+/// What happened to a credential or a directory object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuditAction {
@@ -84,11 +84,31 @@ pub enum AuditAction {
     Rewrap,
     /// Used for a call.
     Use,
+    /// An agent created.
+    AgentCreate,
+    /// An agent enabled.
+    AgentEnable,
+    /// An agent disabled.
+    AgentDisable,
+    /// An agent bound to a JWT subject.
+    AgentBindJwt,
+    /// A registration token created.
+    TokenCreate,
+    /// A registration token redeemed by a new agent.
+    Register,
+    /// A route added or replaced.
+    RoutePut,
+    /// A route deleted.
+    RouteDelete,
+    /// An identity provider added or replaced.
+    IdpPut,
+    /// An identity provider deleted.
+    IdpDelete,
 }
 
 impl AuditAction {
     /// Every action, for parsing and help text.
-    pub const ALL: [AuditAction; 10] = [
+    pub const ALL: [AuditAction; 20] = [
         AuditAction::Create,
         AuditAction::Update,
         AuditAction::Enable,
@@ -99,6 +119,16 @@ impl AuditAction {
         AuditAction::Detach,
         AuditAction::Rewrap,
         AuditAction::Use,
+        AuditAction::AgentCreate,
+        AuditAction::AgentEnable,
+        AuditAction::AgentDisable,
+        AuditAction::AgentBindJwt,
+        AuditAction::TokenCreate,
+        AuditAction::Register,
+        AuditAction::RoutePut,
+        AuditAction::RouteDelete,
+        AuditAction::IdpPut,
+        AuditAction::IdpDelete,
     ];
 
     /// The stored name.
@@ -114,6 +144,16 @@ impl AuditAction {
             AuditAction::Detach => "detach",
             AuditAction::Rewrap => "rewrap",
             AuditAction::Use => "use",
+            AuditAction::AgentCreate => "agent-create",
+            AuditAction::AgentEnable => "agent-enable",
+            AuditAction::AgentDisable => "agent-disable",
+            AuditAction::AgentBindJwt => "agent-bind-jwt",
+            AuditAction::TokenCreate => "token-create",
+            AuditAction::Register => "register",
+            AuditAction::RoutePut => "route-put",
+            AuditAction::RouteDelete => "route-delete",
+            AuditAction::IdpPut => "idp-put",
+            AuditAction::IdpDelete => "idp-delete",
         }
     }
 
@@ -188,7 +228,7 @@ pub struct UseEvent {
     pub fingerprint: Option<String>,
 }
 
-/// Which events [`super::Vault::audit`] returns.
+/// Which events [`crate::Vault::audit`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
     /// Only this organisation.
@@ -233,7 +273,7 @@ macro_rules! insert_change_event {
         .bind($c.credential)
         .bind($c.action.as_str())
         .bind($c.actor)
-        .bind($c.version.map($crate::vault::store::db_int))
+        .bind($c.version.map($crate::storage::db_int))
         .bind($c.detail.as_deref())
         .execute($conn)
         .await
@@ -472,7 +512,7 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>, mut refusals: mpsc::Receive
 }
 
 async fn write_uses(db: &Db, batch: &[(UseEvent, OffsetDateTime)]) -> Result<(), StoreError> {
-    use super::store::BeginWrite as _;
+    use crate::storage::BeginWrite as _;
     on_db!(db, pool => {
         let mut tx = pool.begin_write().await?;
         for (e, at) in batch {
@@ -488,7 +528,7 @@ async fn write_uses(db: &Db, batch: &[(UseEvent, OffsetDateTime)]) -> Result<(),
             .bind(e.destination.as_deref())
             .bind(&e.outcome)
             .bind(e.layer.map(Layer::as_str))
-            .bind(e.version.map(super::store::db_int))
+            .bind(e.version.map(crate::storage::db_int))
             .bind(e.fingerprint.as_deref())
             .execute(&mut *tx)
             .await?;

@@ -134,7 +134,7 @@ fn splice(cred: &CallCredential, exposures: Exposures<'_>, parts: &[Part]) -> Re
     let mut value = Value { text: String::new(), sensitive: false, scan: String::new(), shown: String::new() };
     const REDACTED: &str = "[redacted]";
     // One secret field's value, refused when its exposure keeps it in the host.
-    let take = |f: &str, value: &mut Value| -> Result<(Exposure, &crate::secret::Secret), String> {
+    let take = |f: &str, value: &mut Value| -> Result<(Exposure, &latchkey_core::secret::Secret), String> {
         let s = cred.secret(f).ok_or_else(|| format!("refers to secret field `{f}`, which the credential lacks"))?;
         let exposure = exposures.of(f);
         match exposure {
@@ -326,7 +326,7 @@ pub fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
+    use latchkey_core::secret::Secret;
 
     fn cred() -> CallCredential {
         let mut s = std::collections::BTreeMap::new();

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use super::store::StoredCredential;
+use crate::storage::StoredCredential;
 
 /// Bounds memory: past this many entries the cache starts over.
 const MAX_ENTRIES: usize = 1_000_000;

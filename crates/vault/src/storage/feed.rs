@@ -1,4 +1,4 @@
-//! Change feeds: how a vault learns of changes made by other processes
+//! The change feed: how a vault learns of changes made by other processes
 //! (SQLite) or other replicas (PostgreSQL), so the next call sees them.
 //!
 //! - **PostgreSQL**: a trigger on `vault_changes` sends `NOTIFY` when the
@@ -23,7 +23,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 use sqlx::{ConnectOptions as _, Connection as _, Row as _};
 use tokio::sync::watch;
 
-use super::cache::Cache;
+use crate::storage::cache::Cache;
 
 /// The PostgreSQL notification channel of the vault in `schema`.
 pub(crate) fn channel(schema: &str) -> String {

@@ -13,7 +13,7 @@ use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
 use super::bindings::{SignatureAlgorithm, WitError};
-use crate::secret::Secret;
+use latchkey_core::secret::Secret;
 
 /// A parsed private key, usable only with the algorithm it was parsed for.
 enum ParsedKey {

@@ -12,17 +12,20 @@
 //! or several, exactly one matches the row, and a crash leaves either both
 //! the used token and the agent or neither.
 
-use crate::error::ErrorCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use latchkey_core::error::ErrorCode;
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
 
-use super::model::{CredentialName, OrgId};
-use super::service::{AttachmentKind, Vault, VaultError};
-use super::store::{BeginWrite as _, StoreError, from_micros, on_db, to_micros};
-use crate::secret::Secret;
+use crate::audit::AuditAction;
+use crate::credentials::model::ModelError;
+use crate::credentials::model::{CredentialName, OrgId};
+use crate::credentials::service::{AttachmentKind, Vault, VaultError};
+use crate::directory::{DirectoryChange, attachment_in_tx, db_err, record_change};
+use crate::storage::{BeginWrite as _, from_micros, on_db, to_micros};
+use latchkey_core::secret::Secret;
 
 /// Prefix of agent tokens.
 pub const AGENT_TOKEN_PREFIX: &str = "lk_agt_";
@@ -103,7 +106,7 @@ fn new_token(prefix: &str) -> Result<Secret, VaultError> {
     let mut bytes = zeroize::Zeroizing::new([0u8; TOKEN_BYTES]);
     SystemRandom::new()
         .fill(&mut *bytes)
-        .map_err(|_| super::crypto::VaultCryptoError::Crypto("the random number generator failed"))?;
+        .map_err(|_| crate::credentials::crypto::VaultCryptoError::Crypto("the random number generator failed"))?;
     Ok(Secret::new(format!("{prefix}{}", URL_SAFE_NO_PAD.encode(*bytes))))
 }
 
@@ -116,33 +119,68 @@ pub(crate) fn random_id() -> Result<String, VaultError> {
     let mut id = [0u8; 16];
     SystemRandom::new()
         .fill(&mut id)
-        .map_err(|_| super::crypto::VaultCryptoError::Crypto("the random number generator failed"))?;
+        .map_err(|_| crate::credentials::crypto::VaultCryptoError::Crypto("the random number generator failed"))?;
     Ok(hex::encode(id))
 }
 
 /// Why a presented token has the wrong shape, before any lookup: surrounding
 /// whitespace and truncation are the usual copy-paste accidents.
-pub fn check_token_shape(token: &str, prefix: &str, what: &str) -> Result<(), String> {
+pub fn check_token_shape(token: &str, prefix: &'static str, what: &'static str) -> Result<(), TokenShapeError> {
     if token.trim() != token {
-        return Err(format!(
-            "the {what} has surrounding whitespace or a line break (a copy-paste accident?); send it exactly, \
-             starting with {prefix}"
-        ));
+        return Err(TokenShapeError::Whitespace { what, prefix });
     }
     if !token.starts_with(prefix) {
-        return Err(format!("this is not a {what}: they start with {prefix}"));
+        return Err(TokenShapeError::WrongPrefix { what, prefix });
     }
     let body = &token[prefix.len()..];
     if body.len() < TOKEN_CHARS {
-        return Err(format!(
-            "the {what} is truncated: it has {} characters after {prefix}, a whole one has {TOKEN_CHARS}",
-            body.len()
-        ));
+        return Err(TokenShapeError::Truncated { what, prefix, len: body.len() });
     }
     if body.len() > TOKEN_CHARS || !body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(format!("the {what} is malformed: {TOKEN_CHARS} base64url characters follow {prefix}"));
+        return Err(TokenShapeError::Malformed { what, prefix });
     }
     Ok(())
+}
+
+/// Why a presented token cannot be one of ours, before any lookup.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenShapeError {
+    /// Surrounding whitespace or a line break.
+    #[error(
+        "the {what} has surrounding whitespace or a line break (a copy-paste accident?); send it exactly, starting with {prefix}"
+    )]
+    Whitespace {
+        /// Which token.
+        what: &'static str,
+        /// Its prefix.
+        prefix: &'static str,
+    },
+    /// Another kind of token, or none.
+    #[error("this is not a {what}: they start with {prefix}")]
+    WrongPrefix {
+        /// Which token.
+        what: &'static str,
+        /// Its prefix.
+        prefix: &'static str,
+    },
+    /// Too short.
+    #[error("the {what} is truncated: it has {len} characters after {prefix}, a whole one has {TOKEN_CHARS}")]
+    Truncated {
+        /// Which token.
+        what: &'static str,
+        /// Its prefix.
+        prefix: &'static str,
+        /// How many characters follow the prefix.
+        len: usize,
+    },
+    /// Too long or not base64url.
+    #[error("the {what} is malformed: {TOKEN_CHARS} base64url characters follow {prefix}")]
+    Malformed {
+        /// Which token.
+        what: &'static str,
+        /// Its prefix.
+        prefix: &'static str,
+    },
 }
 
 /// Errors of registration, with the codes agents see.
@@ -183,10 +221,6 @@ impl RegistrationError {
     }
 }
 
-fn db_err(e: sqlx::Error) -> VaultError {
-    VaultError::Store(StoreError::from(e))
-}
-
 fn agent_name(name: &str) -> Result<CredentialName, VaultError> {
     CredentialName::parse(name).map_err(|e| VaultError::InvalidArgument(format!("agent name: {e}")))
 }
@@ -208,7 +242,10 @@ impl Vault {
         let expires_at = now + ttl;
         let prefix = redact_token(token.expose());
         let hash = token_hash(token.expose());
+        let mut change = DirectoryChange::new(&org, format!("@token/{prefix}"), AuditAction::TokenCreate, actor);
+        change.detail = Some(format!("token {prefix}"));
         on_db!(self.db(), pool => {
+            let mut tx = pool.begin_write().await.map_err(db_err)?;
             sqlx::query(
                 "INSERT INTO registration_tokens (token_hash, prefix, org, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
             )
@@ -217,11 +254,13 @@ impl Vault {
             .bind(&org)
             .bind(to_micros(now))
             .bind(to_micros(expires_at))
-            .execute(pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+            record_change!(tx, change).map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
         });
-        tracing::info!(target: "latchkey::audit", action = "token-create", org = %org, token = %prefix, actor, "audit");
+        self.changed(&change);
         Ok(IssuedRegistration { token, org, expires_at, prefix })
     }
 
@@ -235,7 +274,7 @@ impl Vault {
         name: &str,
     ) -> Result<IssuedAgent, RegistrationError> {
         check_token_shape(token, REGISTRATION_TOKEN_PREFIX, "registration token")
-            .map_err(RegistrationError::InvalidToken)?;
+            .map_err(|e| RegistrationError::InvalidToken(e.to_string()))?;
         let org = OrgId::parse(org).map_err(VaultError::from)?.to_string();
         let name = agent_name(name)?.to_string();
         let prefix = redact_token(token);
@@ -245,6 +284,11 @@ impl Vault {
         let id = random_id()?;
         let now = OffsetDateTime::now_utc();
         let at = to_micros(now);
+        let actor = format!("registration:{prefix}");
+        let mut change = DirectoryChange::new(&org, format!("@agent/{name}"), AuditAction::Register, &actor);
+        change.agent = Some(&name);
+        change.detail = Some(format!("token {prefix}"));
+        change.at = at;
         enum Outcome {
             Redeemed,
             Refused(Option<(String, i64, Option<i64>)>),
@@ -277,6 +321,7 @@ impl Vault {
                 .await;
                 match inserted {
                     Ok(_) => {
+                        record_change!(tx, change).map_err(db_err)?;
                         tx.commit().await.map_err(db_err)?;
                         Outcome::Redeemed
                     }
@@ -304,7 +349,7 @@ impl Vault {
         };
         match outcome {
             Outcome::Redeemed => {
-                tracing::info!(target: "latchkey::audit", action = "register", org = %org, agent = %name, token = %prefix, outcome = "ok", "audit");
+                self.changed(&change);
                 let agent = Agent { id, org, name, created_at: now, disabled: false, jwt: None };
                 Ok(IssuedAgent { agent, token: agent_token })
             }
@@ -336,32 +381,64 @@ impl Vault {
 
     /// Create an agent directly (operator), returning its token once.
     pub async fn create_agent(&self, org: &str, name: &str, actor: &str) -> Result<IssuedAgent, VaultError> {
+        self.create_agent_with(org, name, &[], actor).await
+    }
+
+    /// Create an agent attached to `credentials`, all in one transaction:
+    /// an unknown credential (a typo) leaves no agent behind, so the
+    /// operator can correct the name and retry.
+    pub async fn create_agent_with(
+        &self,
+        org: &str,
+        name: &str,
+        credentials: &[String],
+        actor: &str,
+    ) -> Result<IssuedAgent, VaultError> {
         let org = OrgId::parse(org)?.to_string();
         let name = agent_name(name)?.to_string();
+        for c in credentials {
+            CredentialName::parse(c).map_err(|e| VaultError::InvalidArgument(format!("credential name: {e}")))?;
+        }
         let token = new_token(AGENT_TOKEN_PREFIX)?;
         let id = random_id()?;
         let now = OffsetDateTime::now_utc();
-        let result = on_db!(self.db(), pool => {
-            sqlx::query(
+        let mut change = DirectoryChange::new(&org, format!("@agent/{name}"), AuditAction::AgentCreate, actor);
+        change.agent = Some(&name);
+        change.at = to_micros(now);
+        on_db!(self.db(), pool => {
+            let mut tx = pool.begin_write().await.map_err(db_err)?;
+            let inserted = sqlx::query(
                 "INSERT INTO agents (id, org, name, token_hash, created_at, disabled) VALUES ($1, $2, $3, $4, $5, FALSE)",
             )
             .bind(&id)
             .bind(&org)
             .bind(&name)
             .bind(token_hash(token.expose()))
-            .bind(to_micros(now))
-            .execute(pool)
-            .await
-            .map(|_| ())
-        });
-        match result {
-            Ok(()) => {}
-            Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
-                return Err(VaultError::InvalidArgument(format!("an agent named `{name}` already exists in `{org}`")));
+            .bind(change.at)
+            .execute(&mut *tx)
+            .await;
+            match inserted {
+                Ok(_) => {}
+                Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                    return Err(VaultError::AgentExists { org: org.clone(), name: name.clone() });
+                }
+                Err(e) => return Err(db_err(e)),
             }
-            Err(e) => return Err(db_err(e)),
+            record_change!(tx, change).map_err(db_err)?;
+            for credential in credentials {
+                let attached = attachment_in_tx!(tx, &org, credential, AttachmentKind::Agent, &name, true, actor, change.at)
+                    .map_err(db_err)?;
+                if !attached {
+                    // Dropping the transaction rolls the agent back.
+                    return Err(ModelError::CredentialNotFound { name: credential.clone() }.into());
+                }
+            }
+            tx.commit().await.map_err(db_err)?;
+        });
+        self.changed(&change);
+        for credential in credentials {
+            self.invalidate(&org, credential);
         }
-        tracing::info!(target: "latchkey::audit", action = "agent-create", org = %org, agent = %name, actor, "audit");
         Ok(IssuedAgent { agent: Agent { id, org, name, created_at: now, disabled: false, jwt: None }, token })
     }
 
@@ -419,19 +496,27 @@ impl Vault {
         disabled: bool,
         actor: &str,
     ) -> Result<bool, VaultError> {
+        let action = if disabled { AuditAction::AgentDisable } else { AuditAction::AgentEnable };
+        let mut change = DirectoryChange::new(org, format!("@agent/{name}"), action, actor);
+        change.agent = Some(name);
         let n = on_db!(self.db(), pool => {
-            sqlx::query("UPDATE agents SET disabled = $1 WHERE org = $2 AND name = $3")
+            let mut tx = pool.begin_write().await.map_err(db_err)?;
+            let n = sqlx::query("UPDATE agents SET disabled = $1 WHERE org = $2 AND name = $3")
                 .bind(disabled)
                 .bind(org)
                 .bind(name)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(db_err)?
-                .rows_affected()
+                .rows_affected();
+            if n > 0 {
+                record_change!(tx, change).map_err(db_err)?;
+            }
+            tx.commit().await.map_err(db_err)?;
+            n
         });
         if n > 0 {
-            self.note_change(org, &format!("@agent/{name}")).await?;
-            tracing::info!(target: "latchkey::audit", action = if disabled { "agent-disable" } else { "agent-enable" }, org = %org, agent = %name, actor, "audit");
+            self.changed(&change);
         }
         Ok(n > 0)
     }
@@ -480,10 +565,17 @@ impl Vault {
             ));
         }
         let upstream = upstream.as_str().trim_end_matches('/').to_string();
-        self.get(&org, &route.credential).await?;
-        let previous = self.list_routes(Some(&org)).await?.into_iter().find(|r| r.name == route.name);
-        let now = to_micros(OffsetDateTime::now_utc());
-        on_db!(self.db(), pool => {
+        let mut change = DirectoryChange::new(&org, format!("@route/{}", route.name), AuditAction::RoutePut, actor);
+        change.credential = Some(&route.credential);
+        change.detail = Some(format!("route {} → {upstream}", route.name));
+        let previous: Option<String> = on_db!(self.db(), pool => {
+            let mut tx = pool.begin_write().await.map_err(db_err)?;
+            let previous: Option<(String,)> = sqlx::query_as("SELECT credential FROM routes WHERE org = $1 AND name = $2")
+                .bind(&org)
+                .bind(&route.name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
             sqlx::query(
                 "INSERT INTO routes (name, org, upstream, credential, mock, check_path, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -495,17 +587,31 @@ impl Vault {
             .bind(&route.credential)
             .bind(route.mock)
             .bind(route.check_path.as_deref())
-            .bind(now)
-            .execute(pool)
+            .bind(change.at)
+            .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+            record_change!(tx, change).map_err(db_err)?;
+            let attached =
+                attachment_in_tx!(tx, &org, &route.credential, AttachmentKind::Route, &route.name, true, actor, change.at)
+                    .map_err(db_err)?;
+            if !attached {
+                return Err(ModelError::CredentialNotFound { name: route.credential.clone() }.into());
+            }
+            let previous = previous.map(|(c,)| c).filter(|c| *c != route.credential);
+            if let Some(old) = &previous {
+                // A credential deleted since has nothing to detach.
+                attachment_in_tx!(tx, &org, old, AttachmentKind::Route, &route.name, false, actor, change.at)
+                    .map_err(db_err)?;
+            }
+            tx.commit().await.map_err(db_err)?;
+            previous
         });
-        self.note_change(&org, &format!("@route/{}", route.name)).await?;
-        if let Some(old) = previous.filter(|old| old.credential != route.credential) {
-            self.detach_route(&org, &old.credential, &route.name, actor).await;
+        self.changed(&change);
+        self.invalidate(&org, &route.credential);
+        if let Some(old) = previous {
+            self.invalidate(&org, &old);
         }
-        self.set_attachment(&org, &route.credential, AttachmentKind::Route, &route.name, true, actor).await?;
-        tracing::info!(target: "latchkey::audit", action = "route-put", org = %org, route = %route.name, credential = %route.credential, actor, "audit");
         Ok(())
     }
 
@@ -568,33 +674,38 @@ impl Vault {
 
     /// Remove a route and its attachment to its credential; returns whether it existed.
     pub async fn delete_route(&self, org: &str, name: &str, actor: &str) -> Result<bool, VaultError> {
-        let previous = self.list_routes(Some(org)).await?.into_iter().find(|r| r.name == name);
-        let n = on_db!(self.db(), pool => {
-            sqlx::query("DELETE FROM routes WHERE org = $1 AND name = $2")
+        let mut change = DirectoryChange::new(org, format!("@route/{name}"), AuditAction::RouteDelete, actor);
+        change.detail = Some(format!("route {name}"));
+        let removed: Option<String> = on_db!(self.db(), pool => {
+            let mut tx = pool.begin_write().await.map_err(db_err)?;
+            let previous: Option<(String,)> = sqlx::query_as("SELECT credential FROM routes WHERE org = $1 AND name = $2")
                 .bind(org)
                 .bind(name)
-                .execute(pool)
+                .fetch_optional(&mut *tx)
                 .await
-                .map_err(db_err)?
-                .rows_affected()
-        });
-        if n > 0 {
-            self.note_change(org, &format!("@route/{name}")).await?;
-            tracing::info!(target: "latchkey::audit", action = "route-delete", org = %org, route = %name, actor, "audit");
-            if let Some(old) = previous {
-                self.detach_route(org, &old.credential, name, actor).await;
+                .map_err(db_err)?;
+            if let Some((credential,)) = &previous {
+                sqlx::query("DELETE FROM routes WHERE org = $1 AND name = $2")
+                    .bind(org)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                let mut record = change.clone();
+                record.credential = Some(credential);
+                record_change!(tx, record).map_err(db_err)?;
+                // A credential deleted since has nothing to detach.
+                attachment_in_tx!(tx, org, credential, AttachmentKind::Route, name, false, actor, change.at)
+                    .map_err(db_err)?;
             }
+            tx.commit().await.map_err(db_err)?;
+            previous.map(|(c,)| c)
+        });
+        if let Some(credential) = &removed {
+            change.credential = Some(credential);
+            self.changed(&change);
+            self.invalidate(org, credential);
         }
-        Ok(n > 0)
-    }
-
-    /// Detach route `name` from `credential`. A credential deleted in the
-    /// meantime has nothing to detach, so failures are logged, not returned.
-    async fn detach_route(&self, org: &str, credential: &str, name: &str, actor: &str) {
-        if let Err(e) = self.set_attachment(org, credential, AttachmentKind::Route, name, false, actor).await
-            && e.code() != "credential_not_found"
-        {
-            tracing::warn!(org = %org, credential = %credential, route = %name, code = e.code(), "could not detach a route");
-        }
+        Ok(removed.is_some())
     }
 }

@@ -4,7 +4,7 @@
 //! transaction, keeps an in-process cache coherent with other processes and
 //! replicas, and resolves a credential for a call through the three layers.
 
-use crate::error::ErrorCode;
+use latchkey_core::error::ErrorCode;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -16,20 +16,21 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
-use super::audit::{self, AuditAction, AuditEvent, AuditFilter, Change, UseEvent, UseRecorder, insert_change_event};
-use super::cache::{Cache, Entry};
-use super::crypto::{self, CredentialAad, Keyring, VaultCryptoError};
-use super::model::{
+use crate::audit::{self, AuditAction, AuditEvent, AuditFilter, Change, UseEvent, UseRecorder, insert_change_event};
+use crate::credentials::crypto::{self, CredentialAad, Keyring, VaultCryptoError};
+use crate::credentials::model::{
     self, Credential, CredentialName, EnvMapping, ModelError, OrgId, Overrides, RawCredential, RawUpdate, Resolved,
     Validated, VaultEntry,
 };
-use super::store::{
+use crate::storage::cache::{Cache, Entry};
+use crate::storage::feed;
+use crate::storage::{
     self, BeginWrite as _, CREDENTIAL_COLUMNS, Db, JsonColumns, Location, StoreError, StoredCredential, db_int,
     decode_row, on_db, to_micros,
 };
-use super::watch as feed;
-use crate::plugin::{Runtime, sanitize_for_log};
-use crate::secret::Secret;
+use latchkey_core::SchemeCatalogue;
+use latchkey_core::secret::Secret;
+use latchkey_core::text::sanitize_for_log;
 
 /// Errors of the vault, each with a stable code ([`VaultError::code`]) and
 /// HTTP status. No message contains a secret value.
@@ -70,6 +71,14 @@ pub enum VaultError {
     /// A malformed argument (an attachment name, a filter).
     #[error("{0}")]
     InvalidArgument(String),
+    /// An agent of that name exists in the organisation.
+    #[error("an agent named `{name}` already exists in `{org}`")]
+    AgentExists {
+        /// The organisation.
+        org: String,
+        /// The agent.
+        name: String,
+    },
 }
 
 impl VaultError {
@@ -85,6 +94,7 @@ impl VaultError {
             VaultError::KeySetup(_) => ErrorCode::MasterKeyMissing,
             VaultError::DestinationNotAllowed { .. } => ErrorCode::DestinationNotAllowed,
             VaultError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            VaultError::AgentExists { .. } => ErrorCode::AgentExists,
         }
     }
 
@@ -302,7 +312,8 @@ pub enum AttachmentKind {
 }
 
 impl AttachmentKind {
-    fn as_str(self) -> &'static str {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
         match self {
             AttachmentKind::Agent => "agent",
             AttachmentKind::Route => "route",
@@ -315,7 +326,7 @@ impl AttachmentKind {
 pub struct Vault {
     db: Db,
     location: Location,
-    runtime: Arc<Runtime>,
+    catalogue: Arc<dyn SchemeCatalogue>,
     keys: KeySource,
     keyring: RwLock<Arc<Keyring>>,
     key_origin: KeyOrigin,
@@ -334,10 +345,11 @@ pub struct Vault {
     writes: tokio::sync::Mutex<()>,
     /// Agents by token hash, and routes by (org, name), valid until the next
     /// change anywhere (see [`Cache`]'s generation).
-    pub(crate) agent_cache: super::cache::GenCache<Vec<u8>, Option<super::agents::Agent>>,
-    pub(crate) route_cache: super::cache::GenCache<(String, String), Option<super::agents::Route>>,
-    pub(crate) idp_cache: super::cache::GenCache<(), Arc<Vec<super::identity::IdentityProvider>>>,
-    pub(crate) jwt_agent_cache: super::cache::GenCache<(String, String, String), Option<super::agents::Agent>>,
+    pub(crate) agent_cache: crate::storage::cache::GenCache<Vec<u8>, Option<crate::directory::agents::Agent>>,
+    pub(crate) route_cache: crate::storage::cache::GenCache<(String, String), Option<crate::directory::agents::Route>>,
+    pub(crate) idp_cache: crate::storage::cache::GenCache<(), Arc<Vec<crate::directory::identity::IdentityProvider>>>,
+    pub(crate) jwt_agent_cache:
+        crate::storage::cache::GenCache<(String, String, String), Option<crate::directory::agents::Agent>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -397,7 +409,7 @@ impl Vault {
     /// Open (and migrate) the vault, load and check the master keyring, and
     /// start the use-audit writer and, if asked, the change feed. Must run on
     /// a tokio runtime.
-    pub async fn open(options: VaultOptions, runtime: Arc<Runtime>) -> Result<Vault, VaultError> {
+    pub async fn open(options: VaultOptions, catalogue: Arc<dyn SchemeCatalogue>) -> Result<Vault, VaultError> {
         let db = Db::connect(&options.location).await?;
         let (keyring, key_origin) = match load_keyring(&db, &options.location, &options.keys).await {
             Ok(k) => k,
@@ -416,7 +428,7 @@ impl Vault {
             uses: UseRecorder::start(db.clone()),
             db,
             location: options.location.clone(),
-            runtime,
+            catalogue,
             keys: options.keys.clone(),
             keyring: RwLock::new(Arc::new(keyring)),
             key_origin,
@@ -509,11 +521,6 @@ impl Vault {
         &self.key_origin
     }
 
-    /// The plugin runtime it validates with.
-    pub fn runtime(&self) -> &Arc<Runtime> {
-        &self.runtime
-    }
-
     /// A database round trip, for readiness checks.
     pub async fn ping(&self) -> Result<(), VaultError> {
         Ok(self.db.ping().await?)
@@ -536,21 +543,10 @@ impl Vault {
         self.cache.generation()
     }
 
-    /// Record a change to something other than a credential (a route, an
-    /// agent) so every replica's caches drop it, and drop it here.
-    pub(crate) async fn note_change(&self, org: &str, name: &str) -> Result<(), VaultError> {
-        let at = to_micros(OffsetDateTime::now_utc());
-        on_db!(&self.db, pool => {
-            sqlx::query("INSERT INTO vault_changes (org, name, at) VALUES ($1, $2, $3)")
-                .bind(org)
-                .bind(name)
-                .bind(at)
-                .execute(pool)
-                .await
-                .map_err(StoreError::from)?;
-        });
+    /// Drop `name` of `org` from this process's caches after a committed
+    /// change (other replicas learn of it from its change record).
+    pub(crate) fn invalidate(&self, org: &str, name: &str) {
         self.cache.invalidate(org, name);
-        Ok(())
     }
 
     /// Drop one name from the in-process cache, so its next resolution reads
@@ -595,7 +591,7 @@ impl Vault {
                             .fetch_all(pool)
                             .await
                             .map_err(StoreError::from)?;
-                    store::set_attachments(&mut stored.credential, attachments);
+                    storage::set_attachments(&mut stored.credential, attachments);
                     Some(stored)
                 }
             }
@@ -630,7 +626,7 @@ impl Vault {
             .into_iter()
             .map(|mut s| {
                 if let Some(a) = by_id.remove(&s.id) {
-                    store::set_attachments(&mut s.credential, a);
+                    storage::set_attachments(&mut s.credential, a);
                 }
                 CredentialInfo::from(&s)
             })
@@ -757,12 +753,12 @@ impl Vault {
 
     /// Record a use that releases the credential, and wait until it is
     /// committed; on `Err` the caller must not release it (fail closed).
-    pub async fn record_use_durable(&self, event: UseEvent) -> Result<(), super::audit::AuditUnavailable> {
+    pub async fn record_use_durable(&self, event: UseEvent) -> Result<(), crate::audit::AuditUnavailable> {
         self.uses.record_durable(event).await
     }
 
     /// The HMAC fingerprint of secret values under this installation's
-    /// audit salt (see [`super::audit::fingerprint`]). The first call opens
+    /// audit salt (see [`crate::audit::fingerprint`]). The first call opens
     /// (or creates) the sealed salt, reloading the keyring once if another
     /// process rotated the master key.
     pub async fn fingerprint(&self, secrets: &BTreeMap<String, Secret>) -> Result<String, VaultError> {
@@ -778,7 +774,7 @@ impl Vault {
                 }
             })
             .await?;
-        Ok(super::audit::fingerprint(salt, secrets))
+        Ok(crate::audit::fingerprint(salt, secrets))
     }
 
     // ------------------------------------------------------------------
@@ -911,7 +907,7 @@ impl Vault {
     /// Create a credential. The scheme plugin validates its config and
     /// secrets first; the notices say what was trimmed or looks wrong.
     pub async fn create(&self, raw: RawCredential, actor: &str) -> Result<Validated<CredentialInfo>, VaultError> {
-        let Validated { value, notices } = off_worker(|| model::validate_new(&self.runtime, raw))?;
+        let Validated { value, notices } = off_worker(|| model::validate_new(self.catalogue.as_ref(), raw))?;
         let (credential, secrets) = value.into_credential(OffsetDateTime::now_utc());
         let id = new_id()?;
         let keyring = self.keyring();
@@ -960,7 +956,7 @@ impl Vault {
             backoff(attempt).await;
             let current = self.fetch(org, name).await?.ok_or_else(|| not_found(name))?;
             let Validated { value: update, notices } = off_worker(|| {
-                model::validate_update(&self.runtime, &current.credential, raw.clone(), || {
+                model::validate_update(self.catalogue.as_ref(), &current.credential, raw.clone(), || {
                     self.open_secrets(&current).map_err(VaultError::from)
                 })
             })?;
@@ -1199,7 +1195,7 @@ impl Vault {
                 match crypto::rewrap(&keyring, blob, &aad) {
                     Ok(new_blob) => updates.push((id, blob, new_blob)),
                     Err(e) => {
-                        tracing::error!(org = %org, credential = %name, code = e.code(), "could not re-wrap a data key");
+                        tracing::error!(org = %org, credential = %name, code = %e.code(), "could not re-wrap a data key");
                         failed.push((org.clone(), name.clone(), e.code().to_string()));
                     }
                 }

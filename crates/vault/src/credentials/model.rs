@@ -60,7 +60,7 @@
 //!   does not use the disabled secret. A layer supplies a credential whole
 //!   or not at all: fields are never mixed across layers.
 
-use crate::error::ErrorCode;
+use latchkey_core::error::ErrorCode;
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -70,8 +70,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::plugin::{Plugin, PluginError, Runtime, SchemeError, SchemeInfo, sanitize_for_log};
-use crate::secret::Secret;
+use latchkey_core::secret::Secret;
+use latchkey_core::text::sanitize_for_log;
+use latchkey_core::{SchemeCatalogue, SchemeFields, SchemeRefusal};
 
 /// The longest credential or organisation name, in characters.
 pub const MAX_NAME_LEN: usize = 64;
@@ -171,10 +172,10 @@ pub enum ModelError {
     /// An environment mapping entry is malformed.
     #[error("environment mapping: {0}")]
     InvalidEnvMapping(String),
-    /// The plugin runtime or the scheme refused (unknown scheme, invalid
+    /// The scheme catalogue or the scheme refused (unknown scheme, invalid
     /// config or secret by the scheme's own rules, a failed plugin call).
     #[error(transparent)]
-    Plugin(#[from] PluginError),
+    Scheme(#[from] SchemeRefusal),
     /// No resolution layer has the secret.
     #[error("no layer has a secret for `{name}`: {}", findings(checked))]
     ProviderKeyMissing {
@@ -242,7 +243,7 @@ impl ModelError {
             ModelError::MissingSecretField { .. } => ErrorCode::MissingSecretField,
             ModelError::InvalidConfig(_) => ErrorCode::InvalidConfig,
             ModelError::InvalidEnvMapping(_) => ErrorCode::InvalidEnvMapping,
-            ModelError::Plugin(e) => e.code(),
+            ModelError::Scheme(e) => e.code,
             ModelError::ProviderKeyMissing { .. } => ErrorCode::ProviderKeyMissing,
             ModelError::CredentialDisabled { .. } => ErrorCode::CredentialDisabled,
             ModelError::CredentialNotFound { .. } => ErrorCode::CredentialNotFound,
@@ -978,9 +979,9 @@ pub struct Validated<T> {
 /// Check a credential's secret field names against what its scheme declares:
 /// every field must be declared (unless the scheme's fields are open) and
 /// every required one present. Shared with `latchkey sign`.
-pub fn check_secret_fields(info: &SchemeInfo, fields: &[&str]) -> Result<(), ModelError> {
+pub fn check_secret_fields(info: &SchemeFields, fields: &[&str]) -> Result<(), ModelError> {
     for field in fields {
-        if info.open_secret_fields.is_none() && !info.secret_fields.iter().any(|f| f.name == *field) {
+        if !info.open_secret_fields && !info.secret_fields.iter().any(|f| f.name == *field) {
             return Err(ModelError::UnknownSecretField {
                 scheme: info.name.clone(),
                 field: sanitize_for_log(field, 80),
@@ -988,7 +989,7 @@ pub fn check_secret_fields(info: &SchemeInfo, fields: &[&str]) -> Result<(), Mod
             });
         }
     }
-    if info.open_secret_fields.is_none() {
+    if !info.open_secret_fields {
         for f in info.secret_fields.iter().filter(|f| f.required) {
             if !fields.contains(&f.name.as_str()) {
                 return Err(ModelError::MissingSecretField {
@@ -1008,27 +1009,23 @@ pub fn check_secret_fields(info: &SchemeInfo, fields: &[&str]) -> Result<(), Mod
 /// and the destinations. Errors come first-found, with a stable code and a
 /// message that never contains a secret value; what was trimmed or looks
 /// wrong comes back as notices.
-pub fn validate_new(runtime: &Runtime, raw: RawCredential) -> Result<Validated<NewCredential>, ModelError> {
+pub fn validate_new(
+    catalogue: &dyn SchemeCatalogue,
+    raw: RawCredential,
+) -> Result<Validated<NewCredential>, ModelError> {
     let mut notices = Vec::new();
     let name = CredentialName::parse(trim_identifier(&raw.name, "the credential name", &mut notices))?;
     let org = match &raw.org {
         Some(o) => OrgId::parse(trim_identifier(o, "the organisation name", &mut notices))?,
         None => OrgId::default(),
     };
-    let plugin = runtime.get(trim_identifier(&raw.scheme, "the scheme name", &mut notices))?;
-    let config = clean_config(&plugin.info, raw.config, &mut notices)?;
-    runtime.validate_config(&plugin, &config)?;
-    let secrets = clean_secrets(runtime, &plugin, &config, &raw.secrets, &raw.verbatim, &mut notices)?;
+    let scheme = catalogue.fields(trim_identifier(&raw.scheme, "the scheme name", &mut notices))?;
+    let config = clean_config(&scheme, raw.config, &mut notices)?;
+    catalogue.validate_config(&scheme.name, &config)?;
+    let secrets = clean_secrets(catalogue, &scheme, &config, &raw.secrets, &raw.verbatim, &mut notices)?;
     let destinations = clean_destinations(&raw.destinations, &mut notices)?;
-    let value = NewCredential {
-        name,
-        org,
-        scheme: plugin.info.name.clone(),
-        config,
-        secrets,
-        enabled: raw.enabled,
-        destinations,
-    };
+    let value =
+        NewCredential { name, org, scheme: scheme.name.clone(), config, secrets, enabled: raw.enabled, destinations };
     Ok(Validated { value, notices })
 }
 
@@ -1040,7 +1037,7 @@ pub fn validate_new(runtime: &Runtime, raw: RawCredential) -> Result<Validated<N
 /// when it must. The version check here is early feedback; the binding one
 /// is in [`Credential::apply_update`].
 pub fn validate_update<E: From<ModelError>>(
-    runtime: &Runtime,
+    catalogue: &dyn SchemeCatalogue,
     current: &Credential,
     raw: RawUpdate,
     stored_secrets: impl FnOnce() -> Result<BTreeMap<String, Secret>, E>,
@@ -1053,18 +1050,18 @@ pub fn validate_update<E: From<ModelError>>(
             ModelError::VersionConflict { name: current.name.to_string(), expected, actual: current.version }.into()
         );
     }
-    let plugin = runtime.get(&current.scheme).map_err(ModelError::from)?;
+    let scheme = catalogue.fields(&current.scheme).map_err(ModelError::from)?;
     let config = match raw.config {
         Some(c) => {
-            let c = clean_config(&plugin.info, c, &mut notices)?;
-            runtime.validate_config(&plugin, &c).map_err(ModelError::from)?;
+            let c = clean_config(&scheme, c, &mut notices)?;
+            catalogue.validate_config(&scheme.name, &c).map_err(ModelError::from)?;
             Some(c)
         }
         None => None,
     };
     let effective_config = config.as_deref().unwrap_or(&current.config);
     let secrets = match &raw.secrets {
-        Some(s) => Some(clean_secrets(runtime, &plugin, effective_config, s, &raw.verbatim, &mut notices)?),
+        Some(s) => Some(clean_secrets(catalogue, &scheme, effective_config, s, &raw.verbatim, &mut notices)?),
         None => {
             if let Some(field) = raw.verbatim.iter().next() {
                 return Err(ModelError::InvalidSecret(format!(
@@ -1077,9 +1074,9 @@ pub fn validate_update<E: From<ModelError>>(
                 let stored = stored_secrets()?;
                 let all: Vec<&Secret> = stored.values().collect();
                 for (field, value) in &stored {
-                    runtime
-                        .validate_secret(&plugin, effective_config, field, value)
-                        .map_err(|e| ModelError::from(scrub_plugin_error(e, &all)))?;
+                    catalogue
+                        .validate_secret(&scheme.name, effective_config, field, value)
+                        .map_err(|e| ModelError::from(scrub_refusal(e, &all)))?;
                 }
             }
             None
@@ -1112,7 +1109,7 @@ fn trim_identifier<'a>(s: &'a str, what: &str, notices: &mut Vec<Notice>) -> &'a
 }
 
 fn clean_config(
-    info: &SchemeInfo,
+    info: &SchemeFields,
     config: Vec<(String, String)>,
     notices: &mut Vec<Notice>,
 ) -> Result<Vec<(String, String)>, ModelError> {
@@ -1164,14 +1161,13 @@ fn clean_config(
 }
 
 fn clean_secrets(
-    runtime: &Runtime,
-    plugin: &Plugin,
+    catalogue: &dyn SchemeCatalogue,
+    info: &SchemeFields,
     config: &[(String, String)],
     secrets: &BTreeMap<String, Secret>,
     verbatim: &BTreeSet<String>,
     notices: &mut Vec<Notice>,
 ) -> Result<BTreeMap<String, Secret>, ModelError> {
-    let info = &plugin.info;
     if secrets.len() > MAX_FIELDS {
         return Err(ModelError::InvalidSecret(format!(
             "{} secret fields given; the limit is {MAX_FIELDS}",
@@ -1197,7 +1193,7 @@ fn clean_secrets(
     }
     let names: Vec<&str> = secrets.keys().map(String::as_str).collect();
     check_secret_fields(info, &names)?;
-    if info.open_secret_fields.is_some() && secrets.is_empty() {
+    if info.open_secret_fields && secrets.is_empty() {
         let (field, description) = info
             .secret_fields
             .first()
@@ -1217,7 +1213,7 @@ fn clean_secrets(
     // the raw and the cleaned values from anything it says.
     let all: Vec<&Secret> = secrets.values().chain(out.values()).collect();
     for (field, value) in &out {
-        runtime.validate_secret(plugin, config, field, value).map_err(|e| scrub_plugin_error(e, &all))?;
+        catalogue.validate_secret(&info.name, config, field, value).map_err(|e| scrub_refusal(e, &all))?;
     }
     Ok(out)
 }
@@ -1374,7 +1370,7 @@ fn clean_destinations(raw: &[String], notices: &mut Vec<Notice>) -> Result<Vec<D
 /// Replace any secret text in a plugin's error with `[redacted]`. Multi-line
 /// values (PEM keys) are also scrubbed line by line, so an echoed line of a
 /// key is caught too.
-fn scrub_plugin_error(e: PluginError, secrets: &[&Secret]) -> PluginError {
+fn scrub_refusal(e: SchemeRefusal, secrets: &[&Secret]) -> SchemeRefusal {
     let mut needles: Vec<&str> = Vec::new();
     for s in secrets {
         let v = s.expose();
@@ -1384,30 +1380,13 @@ fn scrub_plugin_error(e: PluginError, secrets: &[&Secret]) -> PluginError {
     needles.retain(|n| n.len() >= MIN_SCRUB_LEN);
     // Longest first, so a whole value is replaced before its lines are.
     needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
-    let clean = |mut text: String| {
-        for n in &needles {
-            if text.contains(n) {
-                text = text.replace(n, "[redacted]");
-            }
+    let mut message = e.message;
+    for n in &needles {
+        if message.contains(n) {
+            message = message.replace(n, "[redacted]");
         }
-        text
-    };
-    match e {
-        PluginError::Scheme { plugin, error } => {
-            let error = match error {
-                SchemeError::MissingSecret(m) => SchemeError::MissingSecret(clean(m)),
-                SchemeError::InvalidConfig(m) => SchemeError::InvalidConfig(clean(m)),
-                SchemeError::InvalidSecret(m) => SchemeError::InvalidSecret(clean(m)),
-                SchemeError::InvalidRequest(m) => SchemeError::InvalidRequest(clean(m)),
-                SchemeError::TokenRejected(m) => SchemeError::TokenRejected(clean(m)),
-                SchemeError::Denied(m) => SchemeError::Denied(clean(m)),
-                SchemeError::Internal(m) => SchemeError::Internal(m.map(clean)),
-            };
-            PluginError::Scheme { plugin, error }
-        }
-        PluginError::Failed { plugin, reason } => PluginError::Failed { plugin, reason: clean(reason) },
-        other => other,
     }
+    SchemeRefusal { code: e.code, message }
 }
 
 // ---------------------------------------------------------------------------
@@ -1774,7 +1753,7 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex, OnceLock};
 
-    use crate::plugin::RuntimeConfig;
+    use latchkey_runtime::{Runtime, RuntimeConfig};
 
     /// One runtime for the whole module: creating one is cheap, but compiling
     /// the built-in schemes on first use is not.
@@ -1886,7 +1865,7 @@ mod tests {
         ];
         for (input, want) in cases {
             let err = OrgId::parse(input).unwrap_err();
-            assert_eq!((err.code(), err.to_string().as_str()), ("invalid_name", want), "{input:?}");
+            assert_eq!((err.code().as_str(), err.to_string().as_str()), ("invalid_name", want), "{input:?}");
         }
         assert!(OrgId::parse(&"o".repeat(65)).is_err());
     }
@@ -2144,7 +2123,7 @@ mod tests {
 
     #[test]
     fn pem_keys_keep_their_line_breaks() {
-        let pem = include_str!("../../../plugins/jwt/testdata/p256-pkcs8.pem");
+        let pem = include_str!("../../../../plugins/jwt/testdata/p256-pkcs8.pem");
         assert!(pem.ends_with('\n') && pem.trim_end().contains('\n'));
         let mut r = raw("signer", "jwt", &[("key", pem)]);
         r.config = vec![("alg".into(), "ES256".into())];
@@ -2241,18 +2220,19 @@ mod tests {
     }
 
     #[test]
-    fn plugin_errors_are_scrubbed_of_secret_text() {
+    fn scheme_refusals_are_scrubbed_of_secret_text() {
         let secret = Secret::new(CANARY);
-        let e = PluginError::Scheme {
-            plugin: "evil".into(),
-            error: SchemeError::InvalidSecret(format!("bad key {CANARY}!")),
+        let e = SchemeRefusal {
+            code: ErrorCode::InvalidSecret,
+            message: format!("evil: invalid secret: bad key {CANARY}!"),
         };
-        let e = scrub_plugin_error(e, &[&secret]);
+        let e = scrub_refusal(e, &[&secret]);
         assert_eq!(e.to_string(), "evil: invalid secret: bad key [redacted]!");
-        assert_eq!(e.code(), "invalid_secret");
+        assert_eq!(e.code, "invalid_secret");
         let pem = Secret::new("-----BEGIN KEY-----\nAAAABBBBCCCC\n-----END KEY-----\n");
-        let e = PluginError::Failed { plugin: "evil".into(), reason: "line AAAABBBBCCCC".into() };
-        assert_eq!(scrub_plugin_error(e, &[&pem]).to_string(), "plugin `evil` failed: line [redacted]");
+        let e =
+            SchemeRefusal { code: ErrorCode::PluginFailed, message: "plugin `evil` failed: line AAAABBBBCCCC".into() };
+        assert_eq!(scrub_refusal(e, &[&pem]).to_string(), "plugin `evil` failed: line [redacted]");
     }
 
     // --- the record and updates ---------------------------------------
@@ -2305,7 +2285,7 @@ mod tests {
         // Stale writers are refused, at validation and at apply.
         let stale = RawUpdate { enabled: Some(true), expected_version: Some(3), ..Default::default() };
         let err = validate_update(rt(), &c, stale, never).unwrap_err();
-        assert_eq!((err.code(), err.http_status()), ("version_conflict", 409));
+        assert_eq!((err.code().as_str(), err.http_status()), ("version_conflict", 409));
         let u = up(&c, RawUpdate { enabled: Some(true), expected_version: Some(4), ..Default::default() });
         let mut other = c.clone();
         other.version = 5;
@@ -2351,7 +2331,7 @@ mod tests {
         c.attachments.agents.insert("ci-bot".into());
         c.attachments.routes.extend(["openai".to_string(), "azure".to_string()]);
         let err = c.check_delete(false).unwrap_err();
-        assert_eq!((err.code(), err.http_status()), ("credential_attached", 409));
+        assert_eq!((err.code().as_str(), err.http_status()), ("credential_attached", 409));
         assert_eq!(
             err.to_string(),
             "credential `k` is attached to 1 agent (ci-bot) and 2 routes (azure, openai); detach it first, or force \
@@ -2434,7 +2414,7 @@ mod tests {
             env_of(&[("OPENAI_API_KEY", "from-env")]),
         )
         .unwrap_err();
-        assert_eq!((err.code(), err.http_status()), ("credential_disabled", 401));
+        assert_eq!((err.code().as_str(), err.http_status()), ("credential_disabled", 401));
         assert_eq!(
             err.to_string(),
             "credential `openai` is disabled; every use fails until an operator enables it again"
@@ -2444,7 +2424,7 @@ mod tests {
     #[test]
     fn missing_names_what_was_looked_for_in_every_layer() {
         let err = resolve("openai", &Overrides::new(), None, &EnvMapping::default(), env_of(&[])).unwrap_err();
-        assert_eq!((err.code(), err.http_status()), ("provider_key_missing", 404));
+        assert_eq!((err.code().as_str(), err.http_status()), ("provider_key_missing", 404));
         assert_eq!(
             err.to_string(),
             "no layer has a secret for `openai`: override: none given for `openai` or OPENAI_API_KEY; vault: no \
@@ -2566,7 +2546,7 @@ mod tests {
 
         for bad in ["openai", "1x=A", "x=1A", "x=A B", "x=f:A,f:B", "x=f:A?", "x=f A:B"] {
             let err = m.apply_entry(bad).unwrap_err();
-            assert_eq!((err.code(), err.http_status()), ("invalid_env_mapping", 500), "{bad}");
+            assert_eq!((err.code().as_str(), err.http_status()), ("invalid_env_mapping", 500), "{bad}");
         }
         assert!(EnvMapping::empty().iter().next().is_none());
     }
@@ -2575,10 +2555,10 @@ mod tests {
     fn every_code_has_its_status() {
         let e = ModelError::CredentialNotFound { name: "x".into() };
         assert_eq!(
-            (e.code(), e.http_status(), e.to_string().as_str()),
+            (e.code().as_str(), e.http_status(), e.to_string().as_str()),
             ("credential_not_found", 404, "no credential named `x`")
         );
         let e = ModelError::CredentialExists { name: "x".into() };
-        assert_eq!((e.code(), e.http_status()), ("credential_exists", 409));
+        assert_eq!((e.code().as_str(), e.http_status()), ("credential_exists", 409));
     }
 }

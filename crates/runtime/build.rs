@@ -15,7 +15,7 @@ const BUILTIN: &[&str] = &["api-key", "basic", "custom-headers", "jwt", "aws-sig
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let root = manifest_dir.parent().unwrap().to_path_buf();
+    let root = manifest_dir.parent().and_then(Path::parent).unwrap().to_path_buf();
     let plugins = root.join("plugins");
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
 
@@ -98,12 +98,12 @@ fn main() {
         let ident = g.replace('-', "_").to_uppercase();
         writeln!(tg, "/// The `{g}` test guest.\npub const {ident}: &str = {:?};", path.display().to_string()).unwrap();
     }
-    tg.push_str("/// Calls `$mac!(name, PATH)` for every test guest.\nmacro_rules! foreach_test_guest {\n    ($mac:ident) => {\n");
+    tg.push_str("/// Calls `$mac!(name, PATH)` for every test guest.\n#[macro_export]\nmacro_rules! foreach_test_guest {\n    ($mac:ident) => {\n");
     for g in &guests {
         let ident = g.replace('-', "_");
-        writeln!(tg, "        $mac!({ident}, {});", ident.to_uppercase()).unwrap();
+        writeln!(tg, "        $mac!({ident}, $crate::test_guests::{});", ident.to_uppercase()).unwrap();
     }
-    tg.push_str("    };\n}\n#[allow(unused_imports)]\npub(crate) use foreach_test_guest;\n");
+    tg.push_str("    };\n}\n");
     write_if_changed(&out_dir.join("test_guests.rs"), &tg);
 }
 

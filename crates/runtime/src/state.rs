@@ -18,7 +18,7 @@ use super::bindings::latchkey::plugin::{cache, credentials, crypto, log, random,
 use super::bindings::{Datetime, Level, Part, Segment, SignatureAlgorithm, WitError};
 use super::crypto::{KeyCache, sign_with, verify_jwk};
 use super::sanitize_for_log;
-use crate::secret::Secret;
+use latchkey_core::secret::Secret;
 
 /// The marker type behind `Resource<credential>`. The handle names no
 /// credential: host functions always use the one bound to the call's store,
