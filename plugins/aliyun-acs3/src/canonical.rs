@@ -17,7 +17,9 @@
 //!   and tabs only (inner runs are kept), and the values of a repeated header
 //!   are sorted and joined with `,` as the SDK does.
 
-use latchkey_plugin_sdk::encoding::percent_decode;
+use latchkey_plugin_sdk::canonical::{self as sdk, CanonicalRequest, PathEncoding, QueryOrder, Repeated, Rules};
+use latchkey_plugin_sdk::encoding::is_sha256_hex;
+use latchkey_plugin_sdk::http::{Plus, decode_query};
 use latchkey_plugin_sdk::time::Utc;
 use latchkey_plugin_sdk::{Error, Part, Url};
 
@@ -63,31 +65,18 @@ pub struct Prepared {
     pub generated_nonce: bool,
 }
 
-/// A header value as it goes into the canonical request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Value {
-    /// Literal text, already trimmed.
-    Text(String),
-    /// A secret field the host splices in (never trimmed here: stored
-    /// secrets are refused when they carry surrounding whitespace).
-    Secret(&'static str),
-}
+/// ACS3's canonicalisation, as the module documentation describes it.
+pub const RULES: Rules = Rules {
+    normalize_path: false,
+    path: PathEncoding::Reencode,
+    query_order: QueryOrder::Decoded,
+    header_value: sdk::trim,
+    repeated: Repeated::Sorted,
+};
 
 /// Whether ACS3 signs a header, by lower-case name.
 pub fn is_signed(lower_name: &str) -> bool {
     lower_name == "host" || lower_name == "content-type" || lower_name.starts_with("x-acs-")
-}
-
-/// Leading and trailing spaces and tabs removed: HTTP's optional whitespace,
-/// which the SDK's `strip()` removes too. Inner runs stay as they are.
-pub fn trim(value: &str) -> &str {
-    value.trim_matches([' ', '\t'])
-}
-
-/// RFC 3986 percent-encoding of raw bytes: unreserved characters kept,
-/// everything else `%XX` with upper-case hex (`/` included).
-pub fn encode(bytes: &[u8]) -> String {
-    latchkey_plugin_sdk::encoding::uri_encode_bytes(bytes, true)
 }
 
 /// The canonical URI: each `/`-separated segment decoded and re-encoded, so
@@ -95,30 +84,20 @@ pub fn encode(bytes: &[u8]) -> String {
 /// missing escapes come out as the gateway computes them. Working on bytes
 /// keeps escapes of invalid UTF-8 intact.
 pub fn canonical_uri(path: &str) -> String {
-    path.split('/').map(|segment| encode(&percent_decode(segment))).collect::<Vec<_>>().join("/")
+    sdk::canonical_uri(path, RULES.normalize_path, RULES.path)
 }
 
-/// Decode one query component the way form decoding does: `+` is a space,
-/// then `%XX` escapes. (`%2B` is a literal plus.)
-fn form_decode(component: &str) -> Vec<u8> {
-    percent_decode(&component.replace('+', " "))
+/// The query as the gateway decodes it: `+` is a space, then `%XX` escapes
+/// (`%2B` is a literal plus).
+fn query_pairs(query: Option<&str>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    decode_query(query, Plus::Space)
 }
 
-/// The canonical query string, from the raw query (without `?`).
+/// The canonical query string, from the raw query (without `?`). The SDKs
+/// sort decoded names (code point order, which UTF-8 byte order preserves);
+/// values break ties between repeated names.
 pub fn canonical_query(query: Option<&str>) -> String {
-    let Some(query) = query else { return String::new() };
-    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = query
-        .split('&')
-        .filter(|segment| !segment.is_empty())
-        .map(|segment| {
-            let (name, value) = segment.split_once('=').unwrap_or((segment, ""));
-            (form_decode(name), form_decode(value))
-        })
-        .collect();
-    // The SDKs sort decoded names (code point order, which UTF-8 byte order
-    // preserves); values break ties between repeated names.
-    pairs.sort();
-    pairs.iter().map(|(name, value)| format!("{}={}", encode(name), encode(value))).collect::<Vec<_>>().join("&")
+    sdk::canonical_query(&query_pairs(query), RULES.query_order)
 }
 
 /// The string to sign, from the hex SHA-256 of the canonical request.
@@ -134,7 +113,7 @@ fn body_hash(body_sha256: Option<&str>) -> Result<&str, Error> {
                 .into(),
         )
     })?;
-    if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if !is_sha256_hex(hash) {
         return Err(Error::InvalidRequest("body-sha256 is not 64 lower-case hex digits".into()));
     }
     Ok(hash)
@@ -157,130 +136,52 @@ pub fn prepare(req: &RequestView, nonce: impl FnOnce() -> String) -> Result<Prep
         .headers
         .iter()
         .find(|(name, _)| name.eq_ignore_ascii_case(NONCE))
-        .map(|(_, value)| trim(value))
+        .map(|(_, value)| sdk::trim(value))
         .filter(|value| !value.is_empty());
     let (nonce, generated_nonce) = match caller_nonce {
-        Some(value) => (value.to_string(), false),
+        Some(value) => (value, false),
         None => (nonce(), true),
     };
 
-    let mut ours: Vec<(&'static str, Value)> =
-        vec![(DATE, Value::Text(date)), (NONCE, Value::Text(nonce)), (CONTENT_SHA256, Value::Text(body.to_string()))];
+    // The secrets go in by reference, never trimmed here: stored secrets
+    // are refused when they carry surrounding whitespace.
+    let mut ours: Vec<(&'static str, Part)> =
+        vec![(DATE, Part::text(date)), (NONCE, Part::text(nonce)), (CONTENT_SHA256, Part::text(body))];
     if req.security_token {
-        ours.push((ACCESS_KEY_ID, Value::Secret("access_key_id")));
-        ours.push((SECURITY_TOKEN, Value::Secret("security_token")));
+        ours.push((ACCESS_KEY_ID, Part::secret("access_key_id")));
+        ours.push((SECURITY_TOKEN, Part::secret("security_token")));
     }
 
     // The headers as they will be sent: the caller's, minus the ones this
     // scheme replaces, plus its own. `host` comes from the URL, which is what
     // the host puts on the wire.
-    let mut signed: Vec<(String, Vec<Value>)> = Vec::new();
-    let mut add = |name: String, value: Value| match signed.iter_mut().find(|(n, _)| *n == name) {
-        Some((_, values)) => values.push(value),
-        None => signed.push((name, vec![value])),
-    };
+    let mut canonical = CanonicalRequest::new(RULES, req.method, &req.url.path);
+    canonical.params(query_pairs(req.url.query.as_deref()));
     for (name, value) in req.headers {
         let lower = name.to_ascii_lowercase();
         if lower == "host" || !is_signed(&lower) || ours.iter().any(|(n, _)| *n == lower) {
             continue;
         }
-        add(lower, Value::Text(trim(value).to_string()));
+        canonical.header(&lower, value);
     }
-    add("host".to_string(), Value::Text(req.url.authority()));
+    canonical.header_parts("host", [Part::text(req.url.authority())]);
     for (name, value) in &ours {
-        add(name.to_string(), value.clone());
+        canonical.header_parts(name, [value.clone()]);
     }
-    signed.sort_by(|a, b| a.0.cmp(&b.0));
+    let canonical = canonical.finish(body)?;
 
-    let mut canonical = PartsBuilder::default();
-    canonical.text(req.method);
-    canonical.text("\n");
-    canonical.text(&canonical_uri(&req.url.path));
-    canonical.text("\n");
-    canonical.text(&canonical_query(req.url.query.as_deref()));
-    canonical.text("\n");
-    for (name, values) in &signed {
-        canonical.text(name);
-        canonical.text(":");
-        if values.len() == 1 {
-            canonical.value(&values[0]);
-        } else {
-            // Only the caller's headers can repeat (the scheme's own replace
-            // theirs), so every value here is literal text.
-            let mut texts: Vec<&str> = values
-                .iter()
-                .map(|v| match v {
-                    Value::Text(t) => Ok(t.as_str()),
-                    Value::Secret(_) => Err(Error::Internal(Some("repeated secret header".into()))),
-                })
-                .collect::<Result<_, _>>()?;
-            texts.sort_unstable();
-            canonical.text(&texts.join(","));
-        }
-        canonical.text("\n");
-    }
-    let signed_headers = signed.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(";");
-    canonical.text("\n");
-    canonical.text(&signed_headers);
-    canonical.text("\n");
-    canonical.text(body);
-
-    let headers = ours
-        .into_iter()
-        .map(|(name, value)| {
-            let part = match value {
-                Value::Text(t) => Part::text(t),
-                Value::Secret(field) => Part::secret(field),
-            };
-            (name.to_string(), vec![part])
-        })
-        .collect();
-    Ok(Prepared { headers, canonical_request: canonical.finish(), signed_headers, generated_nonce })
-}
-
-/// Accumulates literal text and secret references into as few parts as
-/// possible.
-#[derive(Default)]
-struct PartsBuilder {
-    parts: Vec<Part>,
-    text: String,
-}
-
-impl PartsBuilder {
-    fn text(&mut self, s: &str) {
-        self.text.push_str(s);
-    }
-
-    fn value(&mut self, value: &Value) {
-        match value {
-            Value::Text(t) => self.text.push_str(t),
-            Value::Secret(field) => {
-                if !self.text.is_empty() {
-                    self.parts.push(Part::text(std::mem::take(&mut self.text)));
-                }
-                self.parts.push(Part::secret(*field));
-            }
-        }
-    }
-
-    fn finish(mut self) -> Vec<Part> {
-        if !self.text.is_empty() || self.parts.is_empty() {
-            self.parts.push(Part::text(self.text));
-        }
-        self.parts
-    }
+    let headers = ours.into_iter().map(|(name, value)| (name.to_string(), vec![value])).collect();
+    Ok(Prepared {
+        headers,
+        canonical_request: canonical.parts,
+        signed_headers: canonical.signed_headers,
+        generated_nonce,
+    })
 }
 
 /// The canonical request as text, secret fields shown as `<secret:NAME>`.
 pub fn render(parts: &[Part]) -> String {
-    parts
-        .iter()
-        .map(|p| match p {
-            Part::Text(t) => t.clone(),
-            Part::Secret(field) => format!("<secret:{field}>"),
-            Part::Base64(_) => "<base64 of secrets>".to_string(),
-        })
-        .collect()
+    sdk::render(parts, |field| format!("<secret:{field}>"))
 }
 
 /// The `--explain` text: canonical request, string to sign, signed headers.

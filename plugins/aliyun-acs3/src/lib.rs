@@ -50,8 +50,7 @@ impl AliyunAcs3 {
     /// The hex string to sign for a prepared request, hashed in the host so
     /// that a session token inside the canonical request is never read here.
     fn string_to_sign(call: &Call, prepared: &Prepared) -> Result<String, Error> {
-        let digest = call.sha256_parts(&prepared.canonical_request)?;
-        Ok(canonical::string_to_sign(&hex(&digest)))
+        Ok(canonical::string_to_sign(&call.sha256_hex(&prepared.canonical_request)?))
     }
 }
 

@@ -1,11 +1,15 @@
-//! The pure half of SigV4: canonical path, query and headers, the canonical
-//! request (with secrets referred to, never read), the string to sign and the
-//! edits that carry the signature. No host calls happen here, so all of it is
-//! unit-tested natively.
+//! The pure half of SigV4: what goes into the canonical request (which
+//! headers and parameters are signed, the payload hash) and under which rules
+//! the SDK's builder canonicalises it (the path normalised and encoded twice,
+//! or for S3 kept as sent and encoded once; values folded; parameters sorted
+//! by their encoded form), the string to sign and the edits that carry the
+//! signature. Secrets are referred to, never read. No host calls happen
+//! here, so all of it is unit-tested natively.
 
-use latchkey_plugin_sdk::encoding::percent_decode;
+use latchkey_plugin_sdk::canonical::{self as sdk, CanonicalRequest, PathEncoding, QueryOrder, Repeated, Rules};
+use latchkey_plugin_sdk::encoding::is_sha256_hex;
 use latchkey_plugin_sdk::time::Utc;
-use latchkey_plugin_sdk::{Edit, Error, Part, Url, uri_encode};
+use latchkey_plugin_sdk::{Edit, Error, Part, Url};
 
 use crate::settings::{Location, Settings};
 
@@ -141,7 +145,7 @@ pub fn plan(settings: &Settings, req: &Request<'_>, now: Utc) -> Result<Plan, Er
     let url = req.url;
     let authority = url.authority();
     check_host_header(req.headers, &authority)?;
-    let query = query_pairs(url.query.as_deref());
+    let query = url.query_pairs();
     if let Some((k, _)) = query.iter().find(|(k, _)| AUTH_PARAMS.iter().any(|p| p.as_bytes().eq_ignore_ascii_case(k))) {
         return Err(Error::InvalidRequest(format!(
             "the URL already carries `{}`: it is presigned or signed already; remove the X-Amz-* authentication parameters",
@@ -161,33 +165,40 @@ pub fn plan(settings: &Settings, req: &Request<'_>, now: Utc) -> Result<Plan, Er
         && (settings.content_sha256_header
             || req.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("x-amz-content-sha256")));
 
+    let rules = Rules {
+        normalize_path: settings.normalize_path,
+        path: if settings.double_encode { PathEncoding::EncodeAgain } else { PathEncoding::KeepEscapes },
+        query_order: QueryOrder::Encoded,
+        header_value: sdk::fold,
+        repeated: Repeated::InOrder,
+    };
+    let mut cr = CanonicalRequest::new(rules, req.method, &url.path);
+
     // The headers to sign: the request's own, less the unsignable ones and the
     // ones this scheme replaces, plus what this scheme adds.
-    let mut signed: Vec<(String, Vec<Part>)> = Vec::new();
     let own = |n: &str| {
         if query_mode { n == "authorization" } else { OWN_HEADERS.contains(&n) }
     };
-    let kept = req.headers.iter().filter(|(n, _)| {
-        let n = n.to_ascii_lowercase();
-        n != "host" && !UNSIGNED_HEADERS.contains(&n.as_str()) && !own(&n)
+    for (name, value) in req.headers {
+        let n = name.to_ascii_lowercase();
+        let kept = n != "host" && !UNSIGNED_HEADERS.contains(&n.as_str()) && !own(&n)
             // A token header the credential did not supply is removed below.
-            && (token || n != "x-amz-security-token")
-    });
-    for (name, value) in latchkey_plugin_sdk::http::canonical_headers(kept.map(|(n, v)| (n.as_str(), v.as_str()))) {
-        signed.push((name, vec![Part::text(value)]));
+            && (token || n != "x-amz-security-token");
+        if kept {
+            cr.header(&n, value);
+        }
     }
-    signed.push(("host".into(), vec![Part::text(authority)]));
+    cr.header_parts("host", [Part::text(authority)]);
     if !query_mode {
-        signed.push(("x-amz-date".into(), vec![Part::text(amz_date.clone())]));
+        cr.header_parts("x-amz-date", [Part::text(amz_date.clone())]);
         if sign_token {
-            signed.push(("x-amz-security-token".into(), vec![Part::secret(SESSION_TOKEN)]));
+            cr.header_parts("x-amz-security-token", [Part::secret(SESSION_TOKEN)]);
         }
         if content_header {
-            signed.push(("x-amz-content-sha256".into(), vec![Part::text(payload_hash.clone())]));
+            cr.header_parts("x-amz-content-sha256", [Part::text(payload_hash.clone())]);
         }
     }
-    signed.sort_by(|a, b| a.0.cmp(&b.0));
-    let signed_headers = signed.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(";");
+    let signed_headers = cr.signed_headers();
 
     // Edits before the signature, in aws-c-auth's order.
     let mut edits = Vec::new();
@@ -196,7 +207,6 @@ pub fn plan(settings: &Settings, req: &Request<'_>, now: Utc) -> Result<Plan, Er
         // Never send a caller's token next to this credential's signature.
         edits.push(Edit::RemoveHeader("x-amz-security-token".into()));
     }
-    let mut auth_params: Vec<(&str, Vec<Part>)> = Vec::new();
     match settings.location {
         Location::Header => {
             if token {
@@ -223,14 +233,21 @@ pub fn plan(settings: &Settings, req: &Request<'_>, now: Utc) -> Result<Plan, Er
                 // AWS refuses a request that carries two authentication methods.
                 edits.push(Edit::RemoveHeader("authorization".into()));
             }
+            // Signed in the canonical query too. Their names are unique, so
+            // the secret inside a value (the access key id) never takes part
+            // in the ordering, and it is spliced unencoded, which is exact
+            // because access key ids are unreserved characters only.
             let credential = vec![Part::secret(ACCESS_KEY_ID), Part::text(format!("/{scope}"))];
-            auth_params.push(("X-Amz-Algorithm", vec![Part::text(ALGORITHM)]));
-            auth_params.push(("X-Amz-Credential", credential));
-            auth_params.push(("X-Amz-Date", vec![Part::text(amz_date.clone())]));
-            auth_params.push(("X-Amz-SignedHeaders", vec![Part::text(signed_headers.clone())]));
-            auth_params.push(("X-Amz-Expires", vec![Part::text(expires.to_string())]));
-            for (name, value) in &auth_params {
-                edits.push(Edit::append_query(*name, value.clone()));
+            let auth_params = [
+                ("X-Amz-Algorithm", vec![Part::text(ALGORITHM)]),
+                ("X-Amz-Credential", credential),
+                ("X-Amz-Date", vec![Part::text(amz_date.clone())]),
+                ("X-Amz-SignedHeaders", vec![Part::text(signed_headers.clone())]),
+                ("X-Amz-Expires", vec![Part::text(expires.to_string())]),
+            ];
+            for (name, value) in auth_params {
+                cr.param(name, value.clone());
+                edits.push(Edit::append_query(name, value));
             }
             if token {
                 edits.push(Edit::append_query("X-Amz-Security-Token", [Part::secret(SESSION_TOKEN)]));
@@ -239,19 +256,12 @@ pub fn plan(settings: &Settings, req: &Request<'_>, now: Utc) -> Result<Plan, Er
     }
 
     // The canonical query: the URL's parameters and ours, encoded, sorted by
-    // name then value. Ours have unique names, so a secret inside a value
-    // (the access key id) never takes part in the ordering.
-    let mut params: Vec<(String, String, Vec<Part>)> =
-        query.iter().map(|(k, v)| (encode(k, true), encode(v, true), Vec::new())).collect();
-    for (name, value) in auth_params {
-        params.push((name.to_string(), String::new(), encode_parts(value)));
-    }
-    params.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    let path = canonical_path(&url.path, settings);
-    let cr = canonical_request(req.method, &path, params, &signed, &signed_headers, &payload_hash);
+    // name then value.
+    cr.params(query);
+    let cr = cr.finish(&payload_hash)?;
 
     Ok(Plan {
-        canonical_request: cr,
+        canonical_request: cr.parts,
         amz_date,
         date_stamp,
         scope,
@@ -264,71 +274,6 @@ pub fn plan(settings: &Settings, req: &Request<'_>, now: Utc) -> Result<Plan, Er
     })
 }
 
-/// Assemble the canonical request: method, path, query, headers, signed
-/// header names, payload hash, one per line. Secrets stay references.
-fn canonical_request(
-    method: &str,
-    path: &str,
-    params: Vec<(String, String, Vec<Part>)>,
-    headers: &[(String, Vec<Part>)],
-    signed_headers: &str,
-    payload_hash: &str,
-) -> Vec<Part> {
-    let mut out: Vec<Part> = Vec::new();
-    let mut text = format!("{method}\n{path}\n");
-    for (i, (k, v, parts)) in params.into_iter().enumerate() {
-        if i > 0 {
-            text.push('&');
-        }
-        text.push_str(&k);
-        text.push('=');
-        text.push_str(&v);
-        for p in parts {
-            push_part(&mut out, &mut text, p);
-        }
-    }
-    text.push('\n');
-    for (name, value) in headers {
-        text.push_str(name);
-        text.push(':');
-        for p in value {
-            push_part(&mut out, &mut text, p.clone());
-        }
-        text.push('\n');
-    }
-    text.push('\n');
-    text.push_str(signed_headers);
-    text.push('\n');
-    text.push_str(payload_hash);
-    out.push(Part::Text(text));
-    out
-}
-
-/// Append a part to the canonical request being built: text accumulates,
-/// a secret flushes the text and goes in by reference.
-fn push_part(out: &mut Vec<Part>, text: &mut String, part: Part) {
-    match part {
-        Part::Text(t) => text.push_str(&t),
-        other @ (Part::Secret(_) | Part::Base64(_)) => {
-            out.push(Part::Text(std::mem::take(text)));
-            out.push(other);
-        }
-    }
-}
-
-/// A query value made of parts, encoded as the canonical query needs: text is
-/// encoded here; a secret is spliced as it is, which is exact because the
-/// secrets allowed there (the access key id) are unreserved characters only.
-fn encode_parts(parts: Vec<Part>) -> Vec<Part> {
-    parts
-        .into_iter()
-        .map(|p| match p {
-            Part::Text(t) => Part::Text(uri_encode(&t, true)),
-            secret => secret,
-        })
-        .collect()
-}
-
 /// The payload hash: the body's, or `UNSIGNED-PAYLOAD` when configured (and
 /// for S3 presigned URLs, whose body is unknown when the URL is made). A
 /// missing body hash with signed payloads is an error, never a silent switch
@@ -339,9 +284,7 @@ fn payload_hash(settings: &Settings, req: &Request<'_>) -> Result<String, Error>
         return Ok(UNSIGNED_PAYLOAD.into());
     }
     match req.body_sha256 {
-        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
-            Ok(h.to_string())
-        }
+        Some(h) if is_sha256_hex(h) => Ok(h.to_string()),
         Some(_) => Err(Error::InvalidRequest("the body hash is not 64 lower-case hex digits".into())),
         None => Err(Error::InvalidRequest(
             "the body was not hashed (streamed), and this credential signs payloads: buffer the body, or set \
@@ -365,92 +308,26 @@ fn check_host_header(headers: &[(String, String)], authority: &str) -> Result<()
     Ok(())
 }
 
-/// The canonical URI: optionally normalised, then encoded once more (most
-/// services) or kept as sent with only what may not appear raw encoded (S3).
-pub fn canonical_path(path: &str, settings: &Settings) -> String {
-    let path = if settings.normalize_path { normalize(path) } else { path.to_string() };
-    if settings.double_encode { uri_encode(&path, false) } else { encode_single(&path) }
-}
-
-/// Resolve `.` and `..` segments and drop empty ones (AWS services treat `//`
-/// as `/`), as aws-c-auth and botocore do: the result starts with `/` and
-/// ends with `/` only when the input did.
+/// Resolve `.` and `..` segments and drop empty ones, as services other
+/// than S3 do before signing (this crate's tests call it by this name).
+#[cfg(test)]
 pub fn normalize(path: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    for seg in path.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            s => out.push(s),
-        }
-    }
-    let mut s = String::with_capacity(path.len());
-    s.push('/');
-    s.push_str(&out.join("/"));
-    if path.ends_with('/') && !out.is_empty() {
-        s.push('/');
-    }
-    s
+    sdk::canonical_uri(path, true, PathEncoding::AsSent)
 }
 
-/// Encode the wire path for single-encoding services: existing `%XX` escapes
-/// and unreserved characters stay as sent, anything else (a raw space, `+`,
-/// `$`, UTF-8) is percent-encoded, which is what S3 computes from the key.
+/// The wire path as single-encoding services (S3) sign it.
+#[cfg(test)]
 pub fn encode_single(path: &str) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let b = path.as_bytes();
-    let mut out = String::with_capacity(b.len() + 8);
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'%' && i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit() {
-            out.push_str(&path[i..i + 3]);
-            i += 3;
-            continue;
-        }
-        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'/') {
-            out.push(c as char);
-        } else {
-            out.push('%');
-            out.push(DIGITS[(c >> 4) as usize] as char);
-            out.push(DIGITS[(c & 0xf) as usize] as char);
-        }
-        i += 1;
-    }
-    out
+    sdk::canonical_uri(path, false, PathEncoding::KeepEscapes)
 }
 
-/// The URL's query as decoded byte strings, in order: `+` stays `+` (RFC
-/// 3986), a name without `=` has an empty value, empty segments are skipped.
-/// Bytes rather than strings, so that an escape of a non-UTF-8 byte survives.
-pub fn query_pairs(query: Option<&str>) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let Some(q) = query else { return Vec::new() };
-    q.split('&')
-        .filter(|s| !s.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-/// RFC 3986 encoding of raw bytes: unreserved characters kept, `/` kept unless
-/// `encode_slash`, everything else `%XX` with upper-case hex.
-pub fn encode(bytes: &[u8], encode_slash: bool) -> String {
-    latchkey_plugin_sdk::encoding::uri_encode_bytes(bytes, encode_slash)
-}
+/// RFC 3986 encoding of raw bytes, as the host encodes appended query
+/// parameters (this crate's tests rebuild the signed URL with it).
+#[cfg(test)]
+pub use latchkey_plugin_sdk::encoding::uri_encode_bytes as encode;
 
 /// The canonical request as text for `--explain`, with secrets shown as
 /// `<field>` placeholders.
 pub fn display(parts: &[Part]) -> String {
-    parts
-        .iter()
-        .map(|p| match p {
-            Part::Text(t) => t.clone(),
-            Part::Secret(f) => format!("<{f}>"),
-            Part::Base64(_) => "<base64 of secrets>".to_string(),
-        })
-        .collect()
+    sdk::render(parts, |field| format!("<{field}>"))
 }

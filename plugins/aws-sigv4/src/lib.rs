@@ -38,7 +38,7 @@ fn prepare(call: &Call) -> Result<(Settings, Plan), Error> {
 
 /// The hex SHA-256 of the canonical request, secrets spliced in by the host.
 fn canonical_hash(call: &Call, plan: &Plan) -> Result<String, Error> {
-    Ok(hex(&call.sha256_parts(&plan.canonical_request)?))
+    call.sha256_hex(&plan.canonical_request)
 }
 
 impl Scheme for AwsSigV4 {

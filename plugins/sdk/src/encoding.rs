@@ -2,7 +2,8 @@
 //!
 //! Written here rather than taken from `percent-encoding`: signers need exactly
 //! one alphabet (RFC 3986 unreserved, upper-case hex) with a switch for `/`,
-//! and a strict decoder that reports malformed escapes, in a few lines.
+//! and a decoder to raw bytes that keeps malformed escapes as they are, in a
+//! few lines.
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
@@ -41,8 +42,10 @@ pub fn uri_encode_bytes(bytes: &[u8], encode_slash: bool) -> String {
     out
 }
 
-/// Decode `%XX` escapes. `+` is left alone (it is not a space in RFC 3986).
-/// Malformed escapes are kept literally, as servers such as S3 do.
+/// Decode `%XX` escapes to raw bytes, which need not be UTF-8. `+` is left
+/// alone (it is not a space in RFC 3986). A malformed escape (`%zz`, a `%`
+/// near the end) is kept literally, as servers such as S3 do: nothing is
+/// dropped or replaced.
 pub fn percent_decode(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -69,6 +72,12 @@ fn hex_val(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
+}
+
+/// Whether `s` is 64 lower-case hex digits: a SHA-256 as the host gives a
+/// body's hash and canonical requests carry it.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Standard base64 with padding (RFC 4648 §4).
@@ -126,5 +135,7 @@ mod tests {
         }
         assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
         assert_eq!(hex(&[0, 0xab]), "00ab");
+        assert!(is_sha256_hex(&"0a".repeat(32)));
+        assert!(!is_sha256_hex(&"0A".repeat(32)) && !is_sha256_hex("00"));
     }
 }

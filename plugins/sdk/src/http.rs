@@ -1,7 +1,7 @@
 //! Request pieces as signers see them: the URL split without normalisation,
-//! query parameters, canonical headers, and the credential's configuration.
+//! its query decoded without loss, and the credential's configuration.
 
-use crate::encoding::{percent_decode, uri_encode};
+use crate::encoding::percent_decode;
 use crate::{Error, FieldInfo};
 
 /// An absolute URL split into its parts, without any normalisation.
@@ -70,74 +70,41 @@ impl Url {
         }
     }
 
-    /// The query as decoded `(name, value)` pairs, in order. A parameter
-    /// without `=` has an empty value; empty segments (`a=1&&b=2`) are skipped.
-    pub fn query_pairs(&self) -> Vec<(String, String)> {
-        let Some(q) = &self.query else { return Vec::new() };
-        q.split('&')
-            .filter(|s| !s.is_empty())
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                (decode_lossy(k), decode_lossy(v))
-            })
-            .collect()
+    /// The query as decoded `(name, value)` byte strings, in order, `+`
+    /// kept as `+`: [`decode_query`] with [`Plus::Literal`].
+    pub fn query_pairs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        decode_query(self.query.as_deref(), Plus::Literal)
     }
 }
 
-fn decode_lossy(s: &str) -> String {
-    String::from_utf8_lossy(&percent_decode(s)).into_owned()
+/// What a `+` in a query means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plus {
+    /// A literal `+`, as RFC 3986 says (SigV4).
+    Literal,
+    /// A space, as HTML form encoding says (`%2B` is then the literal plus),
+    /// which is how Alibaba Cloud's gateway reads queries (ACS3).
+    Space,
 }
 
-/// The canonical query string of SigV4, ACS3 and TC3: every name and value
-/// RFC 3986-encoded (`/` too), sorted by name then value, joined with `&`,
-/// `name=` for empty values.
-pub fn canonical_query(pairs: &[(String, String)]) -> String {
-    let mut enc: Vec<(String, String)> =
-        pairs.iter().map(|(k, v)| (uri_encode(k, true), uri_encode(v, true))).collect();
-    enc.sort();
-    let mut out = String::new();
-    for (i, (k, v)) in enc.iter().enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        out.push_str(k);
-        out.push('=');
-        out.push_str(v);
-    }
-    out
-}
-
-/// A header value as canonical requests carry it: leading and trailing
-/// whitespace removed, inner runs of spaces and tabs folded to one space.
-pub fn trim_all(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for word in value.split([' ', '\t']).filter(|w| !w.is_empty()) {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(word);
-    }
-    out
-}
-
-/// Headers grouped for a canonical request: lower-case names, sorted, values
-/// of repeated headers joined with `,` in their original order, each value
-/// passed through [`trim_all`].
-pub fn canonical_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<(String, String)> {
-    let mut grouped: Vec<(String, String)> = Vec::new();
-    for (name, value) in headers {
-        let name = name.to_ascii_lowercase();
-        let value = trim_all(value);
-        match grouped.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, v)) => {
-                v.push(',');
-                v.push_str(&value);
-            }
-            None => grouped.push((name, value)),
-        }
-    }
-    grouped.sort_by(|a, b| a.0.cmp(&b.0));
-    grouped
+/// A raw query (without `?`) as decoded `(name, value)` pairs, in order. A
+/// parameter without `=` has an empty value; empty segments (`a=1&&b=2`)
+/// are skipped. Bytes rather than strings, so that an escape of a non-UTF-8
+/// byte survives; a malformed escape is kept as it is (see
+/// [`percent_decode`]).
+pub fn decode_query(query: Option<&str>, plus: Plus) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Some(q) = query else { return Vec::new() };
+    let decode = |s: &str| match plus {
+        Plus::Literal => percent_decode(s),
+        Plus::Space => percent_decode(&s.replace('+', " ")),
+    };
+    q.split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
 }
 
 /// A credential's non-secret configuration.
@@ -211,19 +178,15 @@ mod tests {
     }
 
     #[test]
-    fn canonical_query_sorts_encoded() {
-        let pairs = vec![
-            ("b".to_string(), "2 3".to_string()),
-            ("a".to_string(), "z".to_string()),
-            ("a".to_string(), "".to_string()),
-            ("c/d".to_string(), "+".to_string()),
-        ];
-        assert_eq!(canonical_query(&pairs), "a=&a=z&b=2%203&c%2Fd=%2B");
-    }
-
-    #[test]
-    fn canonical_headers_fold() {
-        let h = canonical_headers([("My-Header", "  a   b  "), ("x-b", "1"), ("my-header", "c")]);
-        assert_eq!(h, vec![("my-header".into(), "a b,c".into()), ("x-b".into(), "1".into())]);
+    fn decodes_queries_to_bytes() {
+        let q = Some("a=%2b+b&%ff=%zz&&c&d=x=y");
+        let pairs = |v: &[(&[u8], &[u8])]| -> Vec<(Vec<u8>, Vec<u8>)> {
+            v.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+        };
+        let want = [(&b"a"[..], &b"++b"[..]), (b"\xff", b"%zz"), (b"c", b""), (b"d", b"x=y")];
+        assert_eq!(decode_query(q, Plus::Literal), pairs(&want));
+        let want = [(&b"a"[..], &b"+ b"[..]), (b"\xff", b"%zz"), (b"c", b""), (b"d", b"x=y")];
+        assert_eq!(decode_query(q, Plus::Space), pairs(&want));
+        assert!(decode_query(None, Plus::Literal).is_empty());
     }
 }

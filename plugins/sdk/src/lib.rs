@@ -1,5 +1,8 @@
 //! The guest SDK for Latchkey auth-scheme plugins: WIT bindings, a [`Scheme`]
-//! trait to implement, and the helpers every request signer needs.
+//! trait to implement, and the helpers every request signer needs: the
+//! canonical-request builder of SigV4, ACS3 and TC3 ([`canonical`]), URL and
+//! query handling without normalisation or loss ([`http`]), encodings
+//! ([`encoding`]) and time formats ([`time`]).
 //!
 //! A scheme is a type implementing [`Scheme`], exported with [`export_scheme!`]:
 //!
@@ -16,6 +19,7 @@
 //! export_scheme!(Hello);
 //! ```
 
+pub mod canonical;
 pub mod encoding;
 pub mod http;
 pub mod time;
@@ -117,6 +121,12 @@ impl<'a> Call<'a> {
     /// SHA-256 over parts that may name secret fields (spliced in by the host).
     pub fn sha256_parts(&self, parts: &[Part]) -> Result<Vec<u8>, Error> {
         host::crypto::sha256_parts(self.credential, parts)
+    }
+
+    /// [`Call::sha256_parts`] as lower-case hex: the hash of a canonical
+    /// request ([`canonical::Canonical::parts`]) as a string to sign has it.
+    pub fn sha256_hex(&self, parts: &[Part]) -> Result<String, Error> {
+        Ok(hex(&self.sha256_parts(parts)?))
     }
 
     /// The raw value of a secret field. Only for schemes that must put a secret

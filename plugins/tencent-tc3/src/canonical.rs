@@ -18,8 +18,10 @@
 //! - the payload hash is the SHA-256 of the body; `GET` requests have an
 //!   empty payload by definition.
 
+use latchkey_plugin_sdk::canonical::{CanonicalRequest, PathEncoding, QueryOrder, Repeated, Rules, trim_lowercase};
+use latchkey_plugin_sdk::encoding::is_sha256_hex;
 use latchkey_plugin_sdk::time::Utc;
-use latchkey_plugin_sdk::{Error, Url};
+use latchkey_plugin_sdk::{Error, Part, Url};
 
 /// The request timestamp header.
 pub const TIMESTAMP: &str = "x-tc-timestamp";
@@ -131,10 +133,16 @@ pub fn parse_extra_signed_headers(value: Option<&str>) -> Result<Vec<String>, Er
     Ok(names)
 }
 
-/// A canonical header value: trimmed of spaces and tabs, lower-cased.
-pub fn canonical_value(value: &str) -> String {
-    value.trim_matches([' ', '\t']).to_lowercase()
-}
+/// TC3's canonicalisation, as the module documentation describes it. The
+/// query is signed as sent, so there is no parameter order; no signed header
+/// repeats (see `prepare`).
+pub const RULES: Rules = Rules {
+    normalize_path: false,
+    path: PathEncoding::AsSent,
+    query_order: QueryOrder::Encoded,
+    header_value: trim_lowercase,
+    repeated: Repeated::InOrder,
+};
 
 fn body_hash(body_sha256: Option<&str>) -> Result<&str, Error> {
     let hash = body_sha256.ok_or_else(|| {
@@ -144,7 +152,7 @@ fn body_hash(body_sha256: Option<&str>) -> Result<&str, Error> {
                 .into(),
         )
     })?;
-    if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if !is_sha256_hex(hash) {
         return Err(Error::InvalidRequest("body-sha256 is not 64 lower-case hex digits".into()));
     }
     Ok(hash)
@@ -206,37 +214,23 @@ pub fn prepare(req: &RequestView) -> Result<Prepared, Error> {
         ""
     };
 
-    let mut signed: Vec<(String, String)> = vec![
-        ("content-type".into(), canonical_value(single_value(req.headers, "content-type", true)?.unwrap_or(""))),
-        ("host".into(), req.url.authority()),
-    ];
+    let mut canonical = CanonicalRequest::new(RULES, req.method, &req.url.path);
+    canonical.raw_query(canonical_query);
+    canonical.header("content-type", single_value(req.headers, "content-type", true)?.unwrap_or(""));
+    canonical.header_parts("host", [Part::text(req.url.authority())]);
     for name in req.extra_signed_headers {
-        let value = if name == TIMESTAMP {
+        if name == TIMESTAMP {
             // The scheme replaces the caller's timestamp with its own.
-            Some(timestamp.clone())
-        } else {
-            single_value(req.headers, name, false)?.map(canonical_value)
-        };
-        if let Some(value) = value {
-            signed.push((name.clone(), value));
+            canonical.header_parts(name, [Part::text(timestamp.clone())]);
+        } else if let Some(value) = single_value(req.headers, name, false)? {
+            canonical.header(name, value);
         }
     }
-    signed.sort();
+    let canonical = canonical.finish(body)?;
+    let canonical_request =
+        canonical.text().ok_or_else(|| Error::Internal(Some("a secret in the TC3 canonical request".into())))?;
 
-    let mut canonical_request = format!("{}\n{}\n{}\n", req.method, req.url.path, canonical_query);
-    for (name, value) in &signed {
-        canonical_request.push_str(name);
-        canonical_request.push(':');
-        canonical_request.push_str(value);
-        canonical_request.push('\n');
-    }
-    let signed_headers = signed.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(";");
-    canonical_request.push('\n');
-    canonical_request.push_str(&signed_headers);
-    canonical_request.push('\n');
-    canonical_request.push_str(body);
-
-    Ok(Prepared { canonical_request, signed_headers, timestamp, date, service })
+    Ok(Prepared { canonical_request, signed_headers: canonical.signed_headers, timestamp, date, service })
 }
 
 /// The string to sign, from the hex SHA-256 of the canonical request.
