@@ -703,7 +703,8 @@ pub async fn audit(vault: &Vault, a: AuditArgs) -> Result<(), Failure> {
             e.seq.to_string(),
             time_text(e.at.replace_nanosecond(0).ok()),
             e.org.clone(),
-            e.credential.clone(),
+            // Directory events (an agent, an identity provider) name no credential.
+            if e.credential.is_empty() { "-".into() } else { e.credential.clone() },
             e.action.clone(),
             e.outcome.clone(),
             detail.join("; "),
