@@ -331,20 +331,24 @@ async fn basic_identity_and_tls_listener() {
     let (s, v) = get("/proxy/openai/echo", &no_colon).await;
     assert_eq!((s, v["error"]["code"].as_str()), (401, Some("invalid_agent_token")), "{v}");
 
-    // Graceful shutdown: a call in flight (the upstream takes 1.5 s)
-    // finishes; the listener stops accepting.
+    // Graceful shutdown: with a call in flight (held at the upstream), the
+    // listener stops accepting but the server waits; once the upstream
+    // answers, the call finishes and the server returns.
     let bearer = format!("Bearer {token}");
     let slow = tokio::spawn(get("/proxy/openai/slow", &bearer));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    w.slow.arrived().await;
     stop.send(()).unwrap();
+    crate::server::until_refused(&format!("127.0.0.1:{port}")).await;
+    assert!(!served.is_finished(), "serve_tls returned with a call in flight");
+    assert!(!slow.is_finished(), "the in-flight call ended before the upstream answered");
+    w.slow.release();
     let (s, v) = slow.await.unwrap();
     assert_eq!(s, 200, "the in-flight call was cut: {v}");
     assert_eq!(v["slow"], true);
-    tokio::time::timeout(Duration::from_secs(5), served)
+    tokio::time::timeout(Duration::from_secs(30), served)
         .await
         .expect("serve_tls returns after draining")
         .unwrap()
         .unwrap();
-    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "the listener is closed");
     w.close().await;
 }

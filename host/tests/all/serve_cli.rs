@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 
 use crate::identity::{ISSUER, Signer, claims, ed_jwk, ed_key, jwt};
-use crate::server::http;
+use crate::server::{Gate, http, until_refused};
 
 const KEY: &str = "sk-serve-cli-test-7c1d2e";
 
@@ -35,8 +35,8 @@ fn run(data: &std::path::Path, args: &[&str]) -> String {
     stdout.into_owned()
 }
 
-/// A plain-HTTP upstream that checks the key; `/slow` takes 1.2 s.
-async fn upstream() -> u16 {
+/// A plain-HTTP upstream that checks the key; `/slow` is held by `gate`.
+async fn upstream(gate: Gate) -> u16 {
     let check = |h: &HeaderMap| h.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {KEY}"));
     let router = Router::new()
         .route(
@@ -46,7 +46,7 @@ async fn upstream() -> u16 {
         .route(
             "/slow",
             get(move |h: HeaderMap| async move {
-                tokio::time::sleep(Duration::from_millis(1200)).await;
+                gate.hold().await;
                 if check(&h) { StatusCode::OK } else { StatusCode::UNAUTHORIZED }
             }),
         );
@@ -60,7 +60,8 @@ async fn upstream() -> u16 {
 async fn serve_with_json_logs_jwt_agents_and_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let port = upstream().await;
+    let slow_gate = Gate::default();
+    let port = upstream(slow_gate.clone()).await;
 
     // The operator's set-up, with the CLI.
     run(
@@ -166,13 +167,18 @@ async fn serve_with_json_logs_jwt_agents_and_sigterm() {
     assert_eq!(s, 401);
     assert_eq!(headers["x-request-id"], "req-json-7");
 
-    // SIGTERM with a call in flight: the call finishes, then the broker exits.
+    // SIGTERM with a call in flight (held at the upstream): the broker stops
+    // accepting but waits; once the upstream answers, the call finishes and
+    // the broker exits.
     let slow = tokio::spawn({
         let (url, bearer) = (format!("{base}/proxy/up/slow"), bearer.clone());
         async move { http("GET", &url, &[("authorization", &bearer)], None).await.0 }
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    slow_gate.arrived().await;
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    until_refused(&addr).await;
+    assert!(child.try_wait().unwrap().is_none(), "the broker exited with a call in flight");
+    slow_gate.release();
     assert_eq!(slow.await.unwrap(), 200, "the in-flight call was cut");
     let status = child.wait().unwrap();
     assert!(status.success(), "exit: {status}");

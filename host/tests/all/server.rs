@@ -191,10 +191,48 @@ fn sigv4_valid(req: &Request<Body>, body: &[u8], host: &str) -> Result<(), Strin
     if expected.as_deref() == Some(auth) { Ok(()) } else { Err(format!("signature mismatch: expected {expected:?}")) }
 }
 
-/// The fake providers.
-fn upstream(port_cell: Arc<std::sync::OnceLock<u16>>) -> Router {
+/// Holds an upstream's slow calls: each says it has arrived, then waits to
+/// be let go, so a test can act while a call is certainly in flight.
+#[derive(Clone, Default)]
+pub(crate) struct Gate {
+    arrived: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl Gate {
+    /// In the upstream's handler: say the call is here, wait to be let go.
+    pub(crate) async fn hold(&self) {
+        self.arrived.notify_one();
+        self.release.notified().await;
+    }
+
+    /// Wait until a call has reached the upstream.
+    pub(crate) async fn arrived(&self) {
+        tokio::time::timeout(Duration::from_secs(30), self.arrived.notified())
+            .await
+            .expect("no call reached the upstream's slow path");
+    }
+
+    /// Let the held call answer.
+    pub(crate) fn release(&self) {
+        self.release.notify_one();
+    }
+}
+
+/// Wait until nothing accepts connections at `addr` (a server shutting down
+/// has closed its listener).
+pub(crate) async fn until_refused(addr: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "{addr} still accepts connections");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The fake providers. `/slow` is held by `gate`.
+fn upstream(port_cell: Arc<std::sync::OnceLock<u16>>, gate: Gate) -> Router {
     Router::new().fallback(move |req: Request<Body>| {
-        let port_cell = port_cell.clone();
+        let (port_cell, gate) = (port_cell.clone(), gate.clone());
         async move {
             let host = format!("localhost:{}", port_cell.get().copied().unwrap_or_default());
             if leaked_agent_token(req.headers()) {
@@ -257,7 +295,7 @@ fn upstream(port_cell: Arc<std::sync::OnceLock<u16>>) -> Router {
                     axum::Json(serde_json::json!({"object": "list", "data": []})).into_response()
                 }
                 "/slow" => {
-                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    gate.hold().await;
                     axum::Json(serde_json::json!({"slow": true})).into_response()
                 }
                 "/quota" => json_error(StatusCode::TOO_MANY_REQUESTS, "You exceeded your current quota"),
@@ -297,6 +335,8 @@ pub(crate) struct World {
     pub(crate) pki: Pki,
     stop: tokio::sync::oneshot::Sender<()>,
     pub(crate) state: Arc<server::AppState>,
+    /// Holds the upstream's `/slow` calls.
+    pub(crate) slow: Gate,
 }
 
 /// A vault with the three provider credentials and routes, an agent
@@ -305,7 +345,8 @@ pub(crate) async fn world(backend: Backend) -> Option<(World, String)> {
     let db = TestDb::new(backend).await?;
     let pki = pki();
     let cell = Arc::new(std::sync::OnceLock::new());
-    let port = serve_tls(upstream(cell.clone()), &pki).await;
+    let slow = Gate::default();
+    let port = serve_tls(upstream(cell.clone(), slow.clone()), &pki).await;
     cell.set(port).unwrap();
     let upstream_url = format!("https://localhost:{port}");
     let vault = Arc::new(db.open().await);
@@ -362,7 +403,7 @@ pub(crate) async fn world(backend: Backend) -> Option<(World, String)> {
     tokio::spawn(server::serve(listener, state.clone(), async move {
         let _ = stopped.await;
     }));
-    let world = World { db, vault, base: format!("http://{addr}"), upstream: upstream_url, pki, stop, state };
+    let world = World { db, vault, base: format!("http://{addr}"), upstream: upstream_url, pki, stop, state, slow };
     Some((world, agent.token.expose().to_string()))
 }
 
@@ -786,13 +827,43 @@ async fn registration_race(db: &TestDb) {
     let e = a.redeem_registration_token(&other.token.expose()[..30], "acme", "x").await.unwrap_err();
     assert!(e.code() == "invalid_token" && e.to_string().contains("truncated"), "{e}");
     assert!(!e.to_string().contains(&other.token.expose()[11..30]), "only the redacted prefix is shown: {e}");
-    let short = a.create_registration_token("acme", time::Duration::seconds(1), "t").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let e = a.redeem_registration_token(short.token.expose(), "acme", "x").await.unwrap_err();
+    // An expired token, without waiting out a TTL: the vault refuses a TTL
+    // that is not positive, so the expiry is moved into the past in the
+    // database.
+    let expired = a.create_registration_token("acme", time::Duration::hours(1), "t").await.unwrap();
+    expire_registration_token(db, expired.token.expose()).await;
+    let e = a.redeem_registration_token(expired.token.expose(), "acme", "x").await.unwrap_err();
     assert_eq!((e.code().as_str(), e.code().http_status()), ("expired_token", 401));
+    assert!(e.to_string().contains("expired"), "{e}");
+    // Refused, not consumed: it is still unused and still expired.
+    let e = b.redeem_registration_token(expired.token.expose(), "acme", "x").await.unwrap_err();
+    assert_eq!(e.code(), "expired_token", "{e}");
     // The redeemed agent token works; stored only as a hash.
     a.close().await;
     b.close().await;
+}
+
+/// Move the expiry of registration token `token` to before its creation,
+/// directly in the database (as if its TTL had run out).
+async fn expire_registration_token(db: &TestDb, token: &str) {
+    let sql = "UPDATE registration_tokens SET expires_at = created_at - 1 WHERE token_hash = $1 AND used_at IS NULL";
+    let hash = latchkey::vault::agents::token_hash(token);
+    let updated = match db.backend {
+        Backend::Sqlite => {
+            let file = db.path().join("vault.db");
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display())).await.unwrap();
+            let n = sqlx::query(sql).bind(hash).execute(&pool).await.unwrap().rows_affected();
+            pool.close().await;
+            n
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(db.url.as_deref().unwrap()).await.unwrap();
+            let n = sqlx::query(sql).bind(hash).execute(&pool).await.unwrap().rows_affected();
+            pool.close().await;
+            n
+        }
+    };
+    assert_eq!(updated, 1, "the token's row was not found");
 }
 
 vault_tests! {

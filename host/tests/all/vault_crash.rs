@@ -166,8 +166,10 @@ async fn sigkill_mid_burst(db: &TestDb) {
 }
 
 /// PostgreSQL only: cut replica B's LISTEN connection, change a credential
-/// through A while B is deaf, and B still refuses it on its next call (its
-/// cache is suspended while the feed is down and cleared when it is back).
+/// through A while B is deaf, and B still sees the change on its next call
+/// (its cache is suspended while the feed is down and cleared when it is
+/// back). Then the feed is shown to be back: with the credential in B's
+/// cache, a change through A reaches B only by a notification.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_reconciles_after_losing_its_feed() {
     let Some(db) = TestDb::new(Backend::Postgres).await else { return };
@@ -176,7 +178,7 @@ async fn replica_reconciles_after_losing_its_feed() {
     let a = Vault::open(options.clone(), runtime()).await.unwrap();
     let b = Vault::open(options, runtime()).await.unwrap();
     a.create(raw("feed", "sk-feed-1"), "test").await.unwrap();
-    assert_eq!(resolve(&b).await.unwrap(), "sk-feed-1");
+    cached_on_b(&b, "sk-feed-1").await;
 
     // Terminate the LISTEN connections on this test's channel (B's and A's),
     // and no other test's.
@@ -202,19 +204,39 @@ async fn replica_reconciles_after_losing_its_feed() {
             other => panic!("replica B did not reconcile after losing its feed: {other:?}"),
         }
     }
-    // And the feed is back: a later change arrives by notification again.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(resolve(&b).await.unwrap(), "sk-feed-2");
+    // And the feed is back. A suspended cache keeps nothing, so B holding
+    // the credential in its cache means B is listening again; from then on
+    // B answers from its cache, and only a notification from the feed can
+    // make it see A's next change.
+    cached_on_b(&b, "sk-feed-2").await;
     a.set_enabled("default", "feed", false, "test").await.unwrap();
     let start = Instant::now();
     while resolve(&b).await.is_ok() {
         assert!(start.elapsed() < Duration::from_secs(5), "the feed did not come back");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    // Seen through a live cache (it holds the disabled row), not through a
+    // suspended one that reads the database on every call.
+    assert!(b.cached() >= 1, "B saw the change only because its cache was suspended again");
     admin.close().await;
     a.close().await;
     b.close().await;
     db.cleanup().await;
+}
+
+/// Wait until B resolves `key` from its cache: the entry is filled (a
+/// suspended cache fills nothing, and a fill that raced an invalidation is
+/// dropped, so this may take more than one resolve).
+async fn cached_on_b(b: &Vault, key: &str) {
+    let start = Instant::now();
+    loop {
+        assert_eq!(resolve(b).await.unwrap(), key);
+        if b.cached() >= 1 {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "B's cache never held the credential: is its feed down?");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn resolve(v: &Vault) -> Result<String, latchkey::vault::VaultError> {
