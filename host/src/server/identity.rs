@@ -61,10 +61,52 @@ struct Entry {
     fetch: tokio::sync::Mutex<()>,
 }
 
-/// The JWKS of every identity provider in use, by (org, name).
+/// The JWKS of every identity provider in use, by (org, name), and the
+/// tokens verified against them.
 #[derive(Default)]
 pub struct JwksStore {
     entries: Mutex<HashMap<(String, String), Arc<Entry>>>,
+    verified: Mutex<HashMap<[u8; 32], Verified>>,
+}
+
+/// A token that verified: who it names, and until when that holds without
+/// verifying again. Keyed by the token's SHA-256, never the token.
+#[derive(Clone)]
+struct Verified {
+    org: String,
+    idp: String,
+    subject: String,
+    /// Unix seconds: the token's `exp`, at most [`VERIFIED_FOR`] after it verified.
+    until: i64,
+    /// The vault's change generation when it verified: any change (an
+    /// identity provider replaced or deleted, an agent rebound) drops it.
+    generation: u64,
+}
+
+/// How long a verified token is trusted without verifying again, at most
+/// (its `exp` is the other bound). A key removed from the issuer's JWKS
+/// stops being honoured within this time.
+const VERIFIED_FOR: i64 = 60;
+
+/// Verified tokens kept at most; beyond, expired ones go, then all.
+const MAX_VERIFIED: usize = 10_000;
+
+impl JwksStore {
+    fn verified(&self, hash: &[u8; 32], now: i64, generation: u64) -> Option<Verified> {
+        let map = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(hash).filter(|v| v.until > now && v.generation == generation).cloned()
+    }
+
+    fn remember(&self, hash: [u8; 32], v: Verified, now: i64) {
+        let mut map = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_VERIFIED {
+            map.retain(|_, e| e.until > now);
+            if map.len() >= MAX_VERIFIED {
+                map.clear();
+            }
+        }
+        map.insert(hash, v);
+    }
 }
 
 fn kids_of(doc: &str) -> HashSet<String> {
@@ -255,8 +297,25 @@ fn rejected(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::TokenRejected, message)
 }
 
-/// Authenticate an agent by a JWT.
+/// Authenticate an agent by a JWT. A token that verified is trusted until
+/// its `exp` (at most [`VERIFIED_FOR`] seconds, and only while nothing in
+/// the vault changes) without running the verifier again; the agent it
+/// names is looked up on every call, so disabling the agent takes effect
+/// at once.
 pub async fn authenticate(app: &Arc<AppState>, token: &str) -> Result<Agent, ApiError> {
+    let hash: [u8; 32] =
+        ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref().try_into().expect("SHA-256 is 32 bytes");
+    let unix_now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let generation = app.vault.change_generation();
+    if let Some(v) = app.jwks.verified(&hash, unix_now, generation) {
+        return match app.vault.agent_by_jwt_subject(&v.org, &v.idp, &v.subject).await? {
+            Some(agent) => Ok(agent),
+            None => Err(ApiError::new(
+                ErrorCode::UnknownAgent,
+                format!("the JWT is valid, but no enabled agent is bound to it in identity provider `{}`", v.idp),
+            )),
+        };
+    }
     let (kid, iss) = peek(token).ok_or_else(|| rejected("the bearer value is not a JWT with an `iss` claim"))?;
     let providers = app.vault.identity_providers().await?;
     let trusting: Vec<&IdentityProvider> = providers.iter().filter(|p| p.issuer == iss).collect();
@@ -298,6 +357,17 @@ pub async fn authenticate(app: &Arc<AppState>, token: &str) -> Result<Agent, Api
                 let subject = claims.get(&p.subject_claim).and_then(|s| s.as_str()).ok_or_else(|| {
                     rejected(format!("the verified token has no string `{}` claim naming the agent", p.subject_claim))
                 })?;
+                if let Some(exp) = claims.get("exp").and_then(serde_json::Value::as_i64) {
+                    let until = exp.min(unix_now + VERIFIED_FOR);
+                    let v = Verified {
+                        org: p.org.clone(),
+                        idp: p.name.clone(),
+                        subject: subject.to_string(),
+                        until,
+                        generation,
+                    };
+                    app.jwks.remember(hash, v, unix_now);
+                }
                 return match app.vault.agent_by_jwt_subject(&p.org, &p.name, subject).await? {
                     Some(agent) => Ok(agent),
                     None => {

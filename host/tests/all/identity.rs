@@ -143,9 +143,20 @@ async fn jwt_identity(backend: Backend) {
     assert_eq!(v["headers"]["authorization"], format!("Bearer {}", crate::server::OPENAI_KEY));
     assert!(!v.to_string().contains(&good[..40]), "the JWT reached the upstream");
     assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1);
-    // Again: the keys are cached.
+    // Again: the keys are cached, and so is the verified token: the
+    // verifier does not run a second time for it.
+    let verifications = |w: &crate::server::World| {
+        let text = w.state.metrics.text();
+        text.lines()
+            .find(|l| l.starts_with("latchkey_plugin_seconds_count{scheme=\"jwt-verify\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let verified_once = verifications(&w);
+    assert!(verified_once >= 1);
     assert_eq!(call(good.clone()).await.0, 200);
     assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(verifications(&w), verified_once, "a verified token was verified again");
 
     let refused = |v: &serde_json::Value, status: u16, want_status: u16, code: &str, words: &str| {
         assert_eq!((status, v["error"]["code"].as_str()), (want_status, Some(code)), "{v}");

@@ -539,7 +539,7 @@ impl Vault {
     /// A counter that moves on every invalidation, local or from the change
     /// feed; caches of rarely changing things (routes, agents) are valid
     /// while it stands still.
-    pub(crate) fn change_generation(&self) -> u64 {
+    pub fn change_generation(&self) -> u64 {
         self.cache.generation()
     }
 
