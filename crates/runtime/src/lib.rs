@@ -30,7 +30,7 @@ pub use latchkey_core::text::sanitize_for_log;
 pub use pool::{CallPool, PoolConfig, PoolError};
 pub use state::{CallCredential, PluginCache};
 
-use bindings::{CallContext, SchemePlugin, SchemePluginPre};
+use bindings::{CallContext, Edit, SchemePlugin, SchemePluginPre};
 use state::{CredentialHandle, State};
 
 use latchkey_core::secret::Secret;
@@ -320,8 +320,30 @@ pub struct Runtime {
     cache: Arc<PluginCache>,
     rng: Arc<ring::rand::SystemRandom>,
     pool: CallPool,
+    templates: Templates,
     _ticker: Ticker,
 }
+
+/// Answers of request-independent schemes, reused per credential state
+/// instead of instantiating the plugin for every call. An entry is the
+/// plugin's raw answer — edits whose secrets are references by field name,
+/// never values — and the fields the call touched, so a hit is checked and
+/// spliced exactly as a fresh answer is. The key is an HMAC, under a salt
+/// of this process, of the plugin's digest, the config and the secret
+/// values: any change to the credential (or another credential) misses.
+/// Plugins granted raw secrets are never cached (their text could hold one).
+struct Templates {
+    salt: ring::hmac::Key,
+    map: std::sync::Mutex<HashMap<[u8; 32], Arc<Template>>>,
+}
+
+struct Template {
+    edits: Vec<Edit>,
+    touched: Touched,
+}
+
+/// Templates kept at most; when full, the map starts again.
+const MAX_TEMPLATES: usize = 10_000;
 
 impl Runtime {
     /// Create the engine and load the plugin folder. Built-in plugins are
@@ -369,14 +391,18 @@ impl Runtime {
         SchemePlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(setup)?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
         let ticker = Ticker::start(&engine);
+        let rng = Arc::new(ring::rand::SystemRandom::new());
+        let salt = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, rng.as_ref())
+            .map_err(|_| PluginError::Load { plugin: "runtime".into(), reason: "no random numbers".into() })?;
         let mut rt = Runtime {
             engine,
             linker,
             builtins: builtin::BUILTIN.iter().map(|(n, b)| (*n, *b, OnceLock::new())).collect(),
             external: HashMap::new(),
             cache: Arc::new(PluginCache::default()),
-            rng: Arc::new(ring::rand::SystemRandom::new()),
+            rng,
             pool: CallPool::start(config.pool.clone()),
+            templates: Templates { salt, map: Default::default() },
             _ticker: ticker,
             config,
         };
@@ -623,11 +649,45 @@ impl Runtime {
             p.latchkey_plugin_scheme().call_apply(store, &ctx, handle, request)
         })?;
         let edits = answer.map_err(|e| PluginError::Scheme { plugin: plugin.info.name.clone(), error: e.into() })?;
-        let exposures = edits::Exposures { info: &plugin.info, keyed: &touched.keyed, granted: plugin.reads_secrets };
-        let digested = touched.digested.iter().any(|f| exposures.of(f) != Exposure::Identifier);
-        let edits = edits::check(edits, exposures, cred)
-            .map_err(|reason| PluginError::Failed { plugin: plugin.info.name.clone(), reason })?;
-        Ok(Applied { edits, digested })
+        if let Some(key) = self.template_key(plugin, cred) {
+            let mut map = self.templates.map.lock().unwrap_or_else(|e| e.into_inner());
+            if map.len() >= MAX_TEMPLATES {
+                map.clear();
+            }
+            map.insert(key, Arc::new(Template { edits: edits.clone(), touched: touched.clone() }));
+        }
+        finish_apply(plugin, cred, edits, &touched)
+    }
+
+    /// The answer of a request-independent scheme for this credential state,
+    /// if one is held: checked and spliced as a fresh answer is, without an
+    /// instance. `None`: call the plugin ([`Runtime::apply_call`]).
+    pub fn apply_template(&self, plugin: &Plugin, cred: &Arc<CallCredential>) -> Option<Result<Applied, PluginError>> {
+        let key = self.template_key(plugin, cred)?;
+        let template = self.templates.map.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned()?;
+        Some(finish_apply(plugin, cred, template.edits.clone(), &template.touched))
+    }
+
+    fn template_key(&self, plugin: &Plugin, cred: &CallCredential) -> Option<[u8; 32]> {
+        if !plugin.info.request_independent || plugin.reads_secrets {
+            return None;
+        }
+        let mut ctx = ring::hmac::Context::with_key(&self.templates.salt);
+        let mut field = |bytes: &[u8]| {
+            ctx.update(&(bytes.len() as u64).to_le_bytes());
+            ctx.update(bytes);
+        };
+        field(plugin.digest.as_bytes());
+        for (k, v) in &cred.config {
+            field(k.as_bytes());
+            field(v.as_bytes());
+        }
+        field(b"secrets");
+        for name in cred.secret_names() {
+            field(name.as_bytes());
+            field(cred.secret(name).map(|s| s.expose().as_bytes()).unwrap_or_default());
+        }
+        ctx.sign().as_ref().try_into().ok()
     }
 
     /// What a scheme signs for this request (canonical request, string to sign).
@@ -815,7 +875,23 @@ pub struct Applied {
     pub digested: bool,
 }
 
+/// Check a plugin's answer against its declaration (tightened by the
+/// fields the call used as keys) and splice the secrets in.
+fn finish_apply(
+    plugin: &Plugin,
+    cred: &CallCredential,
+    edits: Vec<Edit>,
+    touched: &Touched,
+) -> Result<Applied, PluginError> {
+    let exposures = edits::Exposures { info: &plugin.info, keyed: &touched.keyed, granted: plugin.reads_secrets };
+    let digested = touched.digested.iter().any(|f| exposures.of(f) != Exposure::Identifier);
+    let edits = edits::check(edits, exposures, cred)
+        .map_err(|reason| PluginError::Failed { plugin: plugin.info.name.clone(), reason })?;
+    Ok(Applied { edits, digested })
+}
+
 /// The secret fields a call used as keys or hashed.
+#[derive(Clone)]
 struct Touched {
     keyed: Vec<String>,
     digested: Vec<String>,

@@ -344,11 +344,19 @@ impl Broker {
         let (plugin, cred) = (ticket.plugin.clone(), ticket.call_credential());
         let (request, now) = (prepared.request().clone(), prepared.now());
         let started = Instant::now();
-        let applied = self
-            .runtime
-            .pool()
-            .run(ticket.plugin.name(), ticket.caller.org(), move || runtime.apply_call(&plugin, &cred, now, &request))
-            .await?;
+        // A request-independent scheme's answer for this credential state is
+        // reused (checked and spliced afresh); other calls run the plugin.
+        let applied = match self.runtime.apply_template(&plugin, &cred) {
+            Some(applied) => applied,
+            None => {
+                self.runtime
+                    .pool()
+                    .run(ticket.plugin.name(), ticket.caller.org(), move || {
+                        runtime.apply_call(&plugin, &cred, now, &request)
+                    })
+                    .await?
+            }
+        };
         let applied = match applied {
             Ok(a) => a,
             Err(e) if ticket.plugin.reads_secrets => {

@@ -94,3 +94,31 @@ fn signing_schemes_never_import_raw_secrets() {
         assert!(p.imports.iter().all(|i| !i.starts_with("wasi:sockets") && !i.starts_with("wasi:http")), "{name}");
     }
 }
+
+#[test]
+fn request_independent_answers_are_reused_per_credential_state() {
+    let rt = runtime();
+    let p = rt.get("api-key").unwrap();
+    assert!(p.info.request_independent);
+    let key = crate::support::canary("tpl");
+    let c = cred(&[("prefix", "Bearer ")], &[("key", &key)]);
+    assert!(rt.apply_template(&p, &c).is_none(), "nothing is held before a call");
+    let fresh = rt.apply_call(&p, &c, at(), &get("https://a.test/")).unwrap();
+    // The same credential state: the held answer, checked and spliced again,
+    // is the fresh one, for any request.
+    let held = rt.apply_template(&p, &c).expect("held after a call").unwrap();
+    assert_eq!(set(&held.edits), set(&fresh.edits));
+    assert_eq!(set(&held.edits), vec![("Authorization".into(), format!("Bearer {key}"), true)]);
+    // A rotated secret, a changed config, another credential: not held.
+    let rotated = cred(&[("prefix", "Bearer ")], &[("key", &format!("{key}-2"))]);
+    assert!(rt.apply_template(&p, &rotated).is_none());
+    assert!(rt.apply_template(&p, &cred(&[("prefix", "Token ")], &[("key", &key)])).is_none());
+    // A scheme that signs the request is never held.
+    let aws = rt.get("aws-sigv4").unwrap();
+    let c = cred(
+        &[("region", "us-east-1"), ("service", "iam")],
+        &[("access_key_id", "AKIDEXAMPLE"), ("secret_access_key", &key)],
+    );
+    rt.apply_call(&aws, &c, at(), &get("https://iam.amazonaws.com/")).unwrap();
+    assert!(rt.apply_template(&aws, &c).is_none());
+}
