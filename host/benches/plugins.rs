@@ -153,6 +153,17 @@ fn bench(c: &mut Criterion) {
             black_box(hs)
         })
     });
+    // The broker's path for a request-independent scheme: the answer held
+    // for this credential state, checked and spliced (no instance).
+    rt.apply_call(&api_key, &key_cred, at, &request).unwrap();
+    g.bench_function("plugin_template", |b| {
+        b.iter(|| {
+            let applied = rt.apply_template(&api_key, black_box(&key_cred)).expect("held").unwrap();
+            let (mut url, mut hs) = (URL.to_string(), to_headers(&headers));
+            edits::apply(&mut url, &mut hs, applied.edits);
+            black_box(hs)
+        })
+    });
     g.finish();
 }
 
