@@ -145,6 +145,8 @@ error_codes! {
     ListenFailed = "listen_failed", 500;
     /// The server stopped with an error.
     ServeFailed = "serve_failed", 500;
+    /// A file, pipe or terminal could not be read or written.
+    Io = "io", 500;
     /// The upstream cannot be reached (DNS, connect, TLS).
     UpstreamUnreachable = "upstream_unreachable", 502;
     /// The upstream connection failed mid-call.

@@ -240,7 +240,7 @@ fn with_vault(rt_args: &RuntimeArgs, vault_args: &cli::config::VaultArgs, comman
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure::new("io", format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| Failure::new(ErrorCode::Io, format!("cannot start the async runtime: {e}")))?;
     tokio.block_on(async move {
         let mut options = resolved.options;
         options.watch = matches!(command, Command::Serve(_));
@@ -268,9 +268,10 @@ fn with_vault(rt_args: &RuntimeArgs, vault_args: &cli::config::VaultArgs, comman
 pub(crate) fn split_kv<'a>(s: &'a str, what: &str) -> Result<(&'a str, &'a str), Failure> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k, v)),
-        _ => {
-            Err(Failure::new(ErrorCode::InvalidArgument, format!("{what} `{}` is not of the form name=value", redact_value(s))))
-        }
+        _ => Err(Failure::new(
+            ErrorCode::InvalidArgument,
+            format!("{what} `{}` is not of the form name=value", redact_value(s)),
+        )),
     }
 }
 
@@ -341,15 +342,17 @@ fn sign_parts(args: &SignArgs) -> Result<SignParts, Failure> {
     }
     let at = match &args.at {
         None => None,
-        Some(t) => Some(
-            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| Failure::new(ErrorCode::InvalidArgument, format!("--at `{t}` is not an RFC 3339 time: {e}")))?,
-        ),
+        Some(t) => {
+            Some(time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).map_err(|e| {
+                Failure::new(ErrorCode::InvalidArgument, format!("--at `{t}` is not an RFC 3339 time: {e}"))
+            })?)
+        }
     };
     let body = match &args.body_file {
         None => Vec::new(),
-        Some(p) => std::fs::read(p)
-            .map_err(|e| Failure::new(ErrorCode::InvalidArgument, format!("cannot read body file {}: {e}", p.display())))?,
+        Some(p) => std::fs::read(p).map_err(|e| {
+            Failure::new(ErrorCode::InvalidArgument, format!("cannot read body file {}: {e}", p.display()))
+        })?,
     };
     let input = SignInput {
         method: args.method.clone(),
@@ -437,8 +440,8 @@ fn sign_and_print(
 
 fn print_signed(signed: &sign::SignedRequest) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, signed).map_err(|e| Failure::new("io", e.to_string()))?;
-    writeln!(out).map_err(|e| Failure::new("io", e.to_string()))?;
+    serde_json::to_writer(&mut out, signed).map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
+    writeln!(out).map_err(|e| Failure::new(ErrorCode::Io, e.to_string()))?;
     Ok(())
 }
 

@@ -25,7 +25,7 @@ pub enum SignError {
     InvalidRequest(String),
     /// A secret field is missing or not declared by the scheme.
     #[error("{0}")]
-    Secret(String, &'static str),
+    Secret(String, ErrorCode),
     /// The plugin runtime or the scheme refused.
     #[error(transparent)]
     Plugin(#[from] PluginError),
@@ -36,7 +36,7 @@ impl SignError {
     pub fn code(&self) -> ErrorCode {
         match self {
             SignError::InvalidRequest(_) => ErrorCode::InvalidRequest,
-            SignError::Secret(_, code) => code,
+            SignError::Secret(_, code) => *code,
             SignError::Plugin(e) => e.code(),
         }
     }
@@ -176,7 +176,7 @@ pub fn check_credential(
         // Offline signing has no other layer to fall back on, so a missing
         // field is the call's missing key, as a scheme would report it.
         let code = match e.code() {
-            "missing_secret_field" => ErrorCode::ProviderKeyMissing,
+            ErrorCode::MissingSecretField => ErrorCode::ProviderKeyMissing,
             code => code,
         };
         SignError::Secret(e.to_string(), code)

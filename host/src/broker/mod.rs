@@ -253,7 +253,7 @@ impl Broker {
     ) -> Result<Ticket, CallError> {
         let result = self.open_inner(caller, name, overrides, scheme).await;
         if let Err(e) = &result {
-            self.record_refusal(caller, name, None, None, None, e.code);
+            self.record_refusal(caller, name, None, None, None, e.code.as_str());
         }
         result
     }
@@ -313,7 +313,7 @@ impl Broker {
         let host = url::Url::parse(&input.url).ok().and_then(|u| u.host_str().map(str::to_string));
         let result = self.sign_inner(ticket, input, delivery, host.as_deref()).await;
         if let Err(e) = &result {
-            self.refused(ticket, host.as_deref(), e.code);
+            self.refused(ticket, host.as_deref(), e.code.as_str());
         }
         result
     }

@@ -1,7 +1,7 @@
 //! `latchkey token …`, `latchkey agent …` and `latchkey route …`.
 
-use latchkey::error::ErrorCode;
 use clap::Subcommand;
+use latchkey::error::ErrorCode;
 use latchkey::vault::agents::{DEFAULT_REGISTRATION_TTL, Route};
 use latchkey::vault::{Vault, parse_org};
 use time::format_description::well_known::Rfc3339;
@@ -294,19 +294,18 @@ pub async fn idp(vault: &Vault, cmd: IdpCmd) -> Result<(), Failure> {
     use latchkey::vault::identity::{DEFAULT_REFRESH_SECONDS, IdentityProvider, JwksSource};
     match cmd {
         IdpCmd::Add { name, issuer, alg, jwks_url, jwks_file, audience, leeway, refresh, subject_claim, org } => {
-            let jwks =
-                match (jwks_url, jwks_file) {
-                    (Some(url), _) => JwksSource::Url(url),
-                    (None, Some(file)) => JwksSource::Static(std::fs::read_to_string(&file).map_err(|e| {
-                        Failure::new(ErrorCode::InvalidArgument, format!("--jwks-file {}: {e}", file.display()))
-                    })?),
-                    (None, None) => return Err(Failure::new(ErrorCode::InvalidArgument, "give --jwks-url or --jwks-file")),
-                };
+            let jwks = match (jwks_url, jwks_file) {
+                (Some(url), _) => JwksSource::Url(url),
+                (None, Some(file)) => JwksSource::Static(std::fs::read_to_string(&file).map_err(|e| {
+                    Failure::new(ErrorCode::InvalidArgument, format!("--jwks-file {}: {e}", file.display()))
+                })?),
+                (None, None) => return Err(Failure::new(ErrorCode::InvalidArgument, "give --jwks-url or --jwks-file")),
+            };
             let refresh_seconds = match refresh {
                 None => DEFAULT_REFRESH_SECONDS,
-                Some(r) => parse_duration(&r)
-                    .map(|d| d.whole_seconds())
-                    .ok_or_else(|| Failure::new(ErrorCode::InvalidArgument, format!("--refresh `{r}`: give 90s, 5m or 1h")))?,
+                Some(r) => parse_duration(&r).map(|d| d.whole_seconds()).ok_or_else(|| {
+                    Failure::new(ErrorCode::InvalidArgument, format!("--refresh `{r}`: give 90s, 5m or 1h"))
+                })?,
             };
             let p = IdentityProvider {
                 org: org_of(&org)?,

@@ -62,8 +62,9 @@ impl FileConfig {
         let Some(path) = path else { return Ok(FileConfig::default()) };
         let text = std::fs::read_to_string(path)
             .map_err(|e| Failure::new(ErrorCode::InvalidConfigFile, format!("cannot read {}: {e}", path.display())))?;
-        toml::from_str(&text)
-            .map_err(|e| Failure::new(ErrorCode::InvalidConfigFile, format!("{}: {}", path.display(), e.message().trim_end())))
+        toml::from_str(&text).map_err(|e| {
+            Failure::new(ErrorCode::InvalidConfigFile, format!("{}: {}", path.display(), e.message().trim_end()))
+        })
     }
 }
 

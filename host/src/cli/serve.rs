@@ -44,7 +44,10 @@ pub async fn serve(vault: Arc<Vault>, args: ServeArgs, listen: &str) -> Result<(
     let mut allow = Vec::new();
     for n in &args.allow_networks {
         allow.push(n.parse().map_err(|_| {
-            Failure::new(ErrorCode::InvalidArgument, format!("--allow-upstream-network `{n}` is not a CIDR like 10.0.0.0/8"))
+            Failure::new(
+                ErrorCode::InvalidArgument,
+                format!("--allow-upstream-network `{n}` is not a CIDR like 10.0.0.0/8"),
+            )
         })?);
     }
     let config = ServerConfig {

@@ -321,7 +321,10 @@ fn secrets_of(args: &SecretArgs) -> Result<(BTreeMap<String, latchkey::secret::S
     let verbatim: BTreeSet<String> = args.verbatim.iter().cloned().collect();
     for v in &verbatim {
         if !secrets.contains_key(v) {
-            return Err(Failure::new(ErrorCode::InvalidArgument, format!("--verbatim {v}: no --secret {v}=… was given")));
+            return Err(Failure::new(
+                ErrorCode::InvalidArgument,
+                format!("--verbatim {v}: no --secret {v}=… was given"),
+            ));
         }
     }
     Ok((secrets, verbatim))

@@ -92,7 +92,8 @@ fn with_notices(info: &CredentialInfo, notices: &[crate::vault::model::Notice]) 
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON body: {e}")))
 }
 
 async fn list_credentials(
@@ -544,7 +545,8 @@ async fn audit(
     let action = match q.action.as_deref() {
         None => None,
         Some(a) => Some(
-            AuditAction::parse(a).ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, format!("unknown action `{a}`")))?,
+            AuditAction::parse(a)
+                .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, format!("unknown action `{a}`")))?,
         ),
     };
     let filter = AuditFilter { org: q.org, credential: q.credential, action, since: None, limit: q.limit };

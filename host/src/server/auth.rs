@@ -117,7 +117,7 @@ pub async fn agent(app: &Arc<AppState>, headers: &HeaderMap, tls: bool) -> Resul
             Ok((_, TokenSource::Basic)) => "basic",
             _ => "token",
         };
-        app.metrics.auth_refused(kind, e.code);
+        app.metrics.auth_refused(kind, e.code.as_str());
     }
     result
 }

@@ -78,7 +78,10 @@ fn kids_of(doc: &str) -> HashSet<String> {
 }
 
 fn unavailable(p: &IdentityProvider, why: impl std::fmt::Display) -> ApiError {
-    ApiError::new(ErrorCode::JwksUnavailable, format!("the JWKS of identity provider `{}` cannot be fetched: {why}", p.name))
+    ApiError::new(
+        ErrorCode::JwksUnavailable,
+        format!("the JWKS of identity provider `{}` cannot be fetched: {why}", p.name),
+    )
 }
 
 impl JwksStore {

@@ -229,7 +229,9 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
                 .into_response()
         }
         // Not ready is 503 whatever the cause; the cause's own code is in the message.
-        Err(e) => ApiError::new(ErrorCode::VaultUnavailable, format!("not ready: {} ({})", e, e.code())).into_response(),
+        Err(e) => {
+            ApiError::new(ErrorCode::VaultUnavailable, format!("not ready: {} ({})", e, e.code())).into_response()
+        }
     }
 }
 
@@ -247,8 +249,9 @@ struct RegisterBody {
 
 /// `POST /v1/agents/register`: redeem a registration token for an agent token.
 async fn register(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let body: RegisterBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("expected {{\"token\", \"org\", \"name\"}}: {e}")))?;
+    let body: RegisterBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(ErrorCode::InvalidRequest, format!("expected {{\"token\", \"org\", \"name\"}}: {e}"))
+    })?;
     let issued = app.vault.redeem_registration_token(&body.token, &body.org, &body.name).await?;
     app.metrics.registrations.inc();
     Ok((

@@ -174,7 +174,7 @@ pub struct AddressRefused {
 
 impl AddressRefused {
     /// The refusal somewhere in an error's chain of causes, if there is one.
-    pub fn find(e: &(dyn std::error::Error + 'static)) -> Option<&AddressRefused> {
+    pub fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a AddressRefused> {
         let mut cur = Some(e);
         while let Some(err) = cur {
             if let Some(r) = err.downcast_ref::<AddressRefused>() {

@@ -79,7 +79,7 @@ async fn handle(app: Arc<AppState>, route_name: String, req: Request) -> Respons
     let result = forward(&app, &route_name, req, &mut scheme).await;
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(e) => e.code,
+        Err(e) => e.code.as_str(),
     };
     app.metrics.call("proxy", &scheme, &route_name, outcome, started.elapsed());
     match result {
@@ -119,7 +119,7 @@ async fn forward(
         Ok(x) => x,
         Err(e) => {
             // The proxy's own refusals; the call path records its own.
-            app.broker.refused(&ticket, host.as_deref(), e.code);
+            app.broker.refused(&ticket, host.as_deref(), e.code.as_str());
             return Err(e);
         }
     };
@@ -191,7 +191,8 @@ async fn proxy_input(
         url.push('?');
         url.push_str(q);
     }
-    let parsed = url::Url::parse(&url).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("upstream URL: {e}")))?;
+    let parsed =
+        url::Url::parse(&url).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("upstream URL: {e}")))?;
     let host = parsed.host_str().unwrap_or_default().to_string();
     *host_out = Some(host.clone());
     if let Some(why) = app.config.address_policy.literal_refusal(&parsed) {

@@ -52,7 +52,7 @@ pub(super) async fn sign(
     let ticket = match app.broker.open(&Caller::Agent(agent), &body.credential, &Overrides::new(), None).await {
         Ok(t) => t,
         Err(e) => {
-            app.metrics.call("sign", "-", "-", e.code, started.elapsed());
+            app.metrics.call("sign", "-", "-", e.code.as_str(), started.elapsed());
             return Err(e.into());
         }
     };
@@ -60,8 +60,8 @@ pub(super) async fn sign(
     let input = match input(&app, &ticket, body) {
         Ok(i) => i,
         Err(e) => {
-            app.broker.refused(&ticket, host.as_deref(), e.code);
-            app.metrics.call("sign", ticket.scheme(), "-", e.code, started.elapsed());
+            app.broker.refused(&ticket, host.as_deref(), e.code.as_str());
+            app.metrics.call("sign", ticket.scheme(), "-", e.code.as_str(), started.elapsed());
             return Err(e);
         }
     };
@@ -72,7 +72,7 @@ pub(super) async fn sign(
             Ok(Json(signed.request).into_response())
         }
         Err(e) => {
-            app.metrics.call("sign", ticket.scheme(), "-", e.code, started.elapsed());
+            app.metrics.call("sign", ticket.scheme(), "-", e.code.as_str(), started.elapsed());
             Err(e.into())
         }
     }

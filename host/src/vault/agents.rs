@@ -594,7 +594,7 @@ impl Vault {
         if let Err(e) = self.set_attachment(org, credential, AttachmentKind::Route, name, false, actor).await
             && e.code() != "credential_not_found"
         {
-            tracing::warn!(org = %org, credential = %credential, route = %name, code = e.code(), "could not detach a route");
+            tracing::warn!(org = %org, credential = %credential, route = %name, code = e.code().as_str(), "could not detach a route");
         }
     }
 }

@@ -1169,7 +1169,7 @@ mod tests {
             VaultCryptoError::Integrity(stage) => format!("integrity/{stage:?}"),
             VaultCryptoError::UnknownTerm(term) => format!("unknown_term/{term}"),
             VaultCryptoError::UnsupportedVersion(v) => format!("unsupported_version/{v}"),
-            other => other.code().to_owned(),
+            other => other.code().as_str().to_owned(),
         }
     }
 
@@ -1259,9 +1259,9 @@ mod tests {
             flipped[bit / 8] ^= 1 << (bit % 8);
             let err = open(&ring, &flipped, &ctx).unwrap_err();
             let expected = match bit / 8 {
-                0..VERSION_AT => ErrorCode::VaultBadBlob.to_owned(),
+                0..VERSION_AT => ErrorCode::VaultBadBlob.as_str().to_owned(),
                 VERSION_AT => format!("unsupported_version/{}", flipped[VERSION_AT]),
-                TERM_AT..WRAP_NONCE_AT if blob_term(&flipped).is_err() => ErrorCode::VaultBadBlob.to_owned(),
+                TERM_AT..WRAP_NONCE_AT if blob_term(&flipped).is_err() => ErrorCode::VaultBadBlob.as_str().to_owned(),
                 TERM_AT..DATA_NONCE_AT => "integrity/KeyUnwrap".to_owned(),
                 _ => "integrity/SecretFields".to_owned(),
             };

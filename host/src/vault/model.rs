@@ -1886,7 +1886,7 @@ mod tests {
         ];
         for (input, want) in cases {
             let err = OrgId::parse(input).unwrap_err();
-            assert_eq!((err.code(), err.to_string().as_str()), ("invalid_name", want), "{input:?}");
+            assert_eq!((err.code().as_str(), err.to_string().as_str()), ("invalid_name", want), "{input:?}");
         }
         assert!(OrgId::parse(&"o".repeat(65)).is_err());
     }
@@ -2305,7 +2305,7 @@ mod tests {
         // Stale writers are refused, at validation and at apply.
         let stale = RawUpdate { enabled: Some(true), expected_version: Some(3), ..Default::default() };
         let err = validate_update(rt(), &c, stale, never).unwrap_err();
-        assert_eq!((err.code(), err.http_status()), ("version_conflict", 409));
+        assert_eq!((err.code().as_str(), err.http_status()), ("version_conflict", 409));
         let u = up(&c, RawUpdate { enabled: Some(true), expected_version: Some(4), ..Default::default() });
         let mut other = c.clone();
         other.version = 5;
@@ -2351,7 +2351,7 @@ mod tests {
         c.attachments.agents.insert("ci-bot".into());
         c.attachments.routes.extend(["openai".to_string(), "azure".to_string()]);
         let err = c.check_delete(false).unwrap_err();
-        assert_eq!((err.code(), err.http_status()), ("credential_attached", 409));
+        assert_eq!((err.code().as_str(), err.http_status()), ("credential_attached", 409));
         assert_eq!(
             err.to_string(),
             "credential `k` is attached to 1 agent (ci-bot) and 2 routes (azure, openai); detach it first, or force \
@@ -2434,7 +2434,7 @@ mod tests {
             env_of(&[("OPENAI_API_KEY", "from-env")]),
         )
         .unwrap_err();
-        assert_eq!((err.code(), err.http_status()), ("credential_disabled", 401));
+        assert_eq!((err.code().as_str(), err.http_status()), ("credential_disabled", 401));
         assert_eq!(
             err.to_string(),
             "credential `openai` is disabled; every use fails until an operator enables it again"
@@ -2444,7 +2444,7 @@ mod tests {
     #[test]
     fn missing_names_what_was_looked_for_in_every_layer() {
         let err = resolve("openai", &Overrides::new(), None, &EnvMapping::default(), env_of(&[])).unwrap_err();
-        assert_eq!((err.code(), err.http_status()), ("provider_key_missing", 404));
+        assert_eq!((err.code().as_str(), err.http_status()), ("provider_key_missing", 404));
         assert_eq!(
             err.to_string(),
             "no layer has a secret for `openai`: override: none given for `openai` or OPENAI_API_KEY; vault: no \
@@ -2566,7 +2566,7 @@ mod tests {
 
         for bad in ["openai", "1x=A", "x=1A", "x=A B", "x=f:A,f:B", "x=f:A?", "x=f A:B"] {
             let err = m.apply_entry(bad).unwrap_err();
-            assert_eq!((err.code(), err.http_status()), ("invalid_env_mapping", 500), "{bad}");
+            assert_eq!((err.code().as_str(), err.http_status()), ("invalid_env_mapping", 500), "{bad}");
         }
         assert!(EnvMapping::empty().iter().next().is_none());
     }
@@ -2575,10 +2575,10 @@ mod tests {
     fn every_code_has_its_status() {
         let e = ModelError::CredentialNotFound { name: "x".into() };
         assert_eq!(
-            (e.code(), e.http_status(), e.to_string().as_str()),
+            (e.code().as_str(), e.http_status(), e.to_string().as_str()),
             ("credential_not_found", 404, "no credential named `x`")
         );
         let e = ModelError::CredentialExists { name: "x".into() };
-        assert_eq!((e.code(), e.http_status()), ("credential_exists", 409));
+        assert_eq!((e.code().as_str(), e.http_status()), ("credential_exists", 409));
     }
 }

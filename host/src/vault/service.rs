@@ -1199,7 +1199,7 @@ impl Vault {
                 match crypto::rewrap(&keyring, blob, &aad) {
                     Ok(new_blob) => updates.push((id, blob, new_blob)),
                     Err(e) => {
-                        tracing::error!(org = %org, credential = %name, code = e.code(), "could not re-wrap a data key");
+                        tracing::error!(org = %org, credential = %name, code = e.code().as_str(), "could not re-wrap a data key");
                         failed.push((org.clone(), name.clone(), e.code().to_string()));
                     }
                 }

@@ -780,7 +780,7 @@ async fn registration_race(db: &TestDb) {
     assert!(e.to_string().contains("already used"), "{e}");
     let other = a.create_registration_token("acme", time::Duration::hours(1), "t").await.unwrap();
     let e = a.redeem_registration_token(other.token.expose(), "globex", "x").await.unwrap_err();
-    assert_eq!((e.code(), e.http_status()), ("org_mismatch", 403));
+    assert_eq!((e.code().as_str(), e.code().http_status()), ("org_mismatch", 403));
     let e = a.redeem_registration_token(&format!(" {}\n", other.token.expose()), "acme", "x").await.unwrap_err();
     assert!(e.code() == "invalid_token" && e.to_string().contains("whitespace"), "{e}");
     let e = a.redeem_registration_token(&other.token.expose()[..30], "acme", "x").await.unwrap_err();
@@ -789,7 +789,7 @@ async fn registration_race(db: &TestDb) {
     let short = a.create_registration_token("acme", time::Duration::seconds(1), "t").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let e = a.redeem_registration_token(short.token.expose(), "acme", "x").await.unwrap_err();
-    assert_eq!((e.code(), e.http_status()), ("expired_token", 401));
+    assert_eq!((e.code().as_str(), e.code().http_status()), ("expired_token", 401));
     // The redeemed agent token works; stored only as a hash.
     a.close().await;
     b.close().await;

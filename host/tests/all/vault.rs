@@ -84,7 +84,7 @@ async fn lifecycle(db: &TestDb) {
     // Disable: every use fails with 401, whatever the environment holds.
     vault.set_enabled(ORG, "openai", false, "test").await.unwrap();
     let e = vault.resolve(ORG, "openai", &Overrides::new()).await.unwrap_err();
-    assert_eq!((e.code(), e.http_status()), ("credential_disabled", 401));
+    assert_eq!((e.code().as_str(), e.http_status()), ("credential_disabled", 401));
     vault.set_enabled(ORG, "openai", true, "test").await.unwrap();
     assert_eq!(key_of(&vault, "openai").await.unwrap(), rotated);
 
@@ -185,7 +185,7 @@ async fn version_conflicts_and_concurrent_writers(db: &TestDb) {
     vault.create(api_key("busy", "sk-1"), "test").await.unwrap();
     let stale = RawUpdate { enabled: Some(false), expected_version: Some(7), ..RawUpdate::default() };
     let e = vault.update(ORG, "busy", stale, "test").await.unwrap_err();
-    assert_eq!((e.code(), e.http_status()), ("version_conflict", 409));
+    assert_eq!((e.code().as_str(), e.http_status()), ("version_conflict", 409));
 
     // 16 writers, 4 changes each, no expected version: none is lost.
     let mut tasks = Vec::new();
@@ -416,7 +416,7 @@ async fn resolution_layers(db: &TestDb) {
     assert_eq!(e.code(), "credential_disabled");
     // Nothing anywhere: every layer named.
     let e = vault.resolve(ORG, "anthropic", &Overrides::new()).await.unwrap_err();
-    assert_eq!((e.code(), e.http_status()), ("provider_key_missing", 404));
+    assert_eq!((e.code().as_str(), e.http_status()), ("provider_key_missing", 404));
     let msg = e.to_string();
     assert!(msg.contains("override") && msg.contains("vault") && msg.contains("ANTHROPIC_API_KEY is unset"), "{msg}");
     // Destinations: only the allowed hosts.
@@ -424,7 +424,7 @@ async fn resolution_layers(db: &TestDb) {
     let r = vault.resolve(ORG, "stored", &Overrides::new()).await.unwrap();
     assert!(r.check_destination("api.openai.com").is_ok());
     let e = r.check_destination("evil.example.com").unwrap_err();
-    assert_eq!((e.code(), e.http_status()), ("destination_not_allowed", 403));
+    assert_eq!((e.code().as_str(), e.http_status()), ("destination_not_allowed", 403));
     // Organisations are separate namespaces: acme's `stored` is its own.
     let mut acme = api_key("stored", "sk-acme");
     acme.org = Some("acme".into());
