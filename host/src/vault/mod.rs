@@ -15,7 +15,7 @@ mod watch;
 
 pub use audit::{AuditAction, AuditEvent, AuditFilter, UseEvent};
 pub use service::{
-    AttachmentKind, CredentialInfo, CredentialRef, EnvLookup, KeyOrigin, KeySource, Resolution, RotationReport, Vault,
-    VaultError, VaultOptions, parse_org,
+    AttachmentKind, AttachmentsView, CredentialInfo, CredentialRef, CredentialView, EnvLookup, KeyOrigin, KeySource,
+    Resolution, RotationReport, Vault, VaultError, VaultOptions, parse_org,
 };
 pub use store::Location;

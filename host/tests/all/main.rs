@@ -6,6 +6,7 @@ mod cli;
 mod db;
 mod hostile;
 mod identity;
+mod openapi;
 mod pipeline;
 mod s3;
 mod s3_upstream;
