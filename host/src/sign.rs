@@ -73,7 +73,7 @@ pub enum BodyDigest {
 
 /// The outgoing request after the scheme was applied, as `latchkey sign`
 /// prints it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SignedRequest {
     /// The method.
     pub method: String,

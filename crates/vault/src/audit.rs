@@ -164,12 +164,13 @@ impl AuditAction {
 }
 
 /// One audit record as stored and as `latchkey audit --json` prints it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     /// Position in the trail (increasing).
     pub seq: i64,
     /// When it happened.
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: OffsetDateTime,
     /// The credential's organisation.
     pub org: String,

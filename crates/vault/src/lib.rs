@@ -22,8 +22,8 @@ pub mod storage;
 
 pub use audit::{AuditAction, AuditEvent, AuditFilter, UseEvent};
 pub use credentials::service::{
-    AttachmentKind, CredentialInfo, CredentialRef, EnvLookup, KeyOrigin, KeySource, Resolution, RotationReport, Vault,
-    VaultError, VaultOptions, parse_org,
+    AttachmentKind, AttachmentsView, CredentialInfo, CredentialRef, CredentialView, EnvLookup, KeyOrigin, KeySource,
+    Resolution, RotationReport, Vault, VaultError, VaultOptions, parse_org,
 };
 pub use credentials::{crypto, model};
 pub use directory::{agents, identity};

@@ -1,9 +1,15 @@
 //! The broker's HTTP surfaces (axum): the signing endpoint, the sidecar
-//! proxy, agent registration, health and metrics.
+//! proxy, agent registration, the admin API, health and metrics.
 //!
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a
 //! stable code and the status [`crate::error::ErrorCode::http_status`] gives
 //! it. No message or log line carries a secret or a whole token.
+//!
+//! The OpenAPI 3.1 document (`/v1/openapi.json`) is generated from the
+//! handlers: each carries its operation (`#[utoipa::path]`: parameters,
+//! request and response types, security), and the router registers it with
+//! `utoipa_axum::routes!`, so the routes served and the paths documented
+//! come from the same declarations.
 
 mod admin;
 pub mod auth;
@@ -19,11 +25,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, OptionalFromRequest, Request, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{any, get, post};
-use serde::Deserialize;
+use axum::routing::any;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{OpenApi as _, ToResponse, ToSchema};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
+use utoipa_axum::routes;
 
 use crate::vault::agents::RegistrationError;
 use crate::vault::{Vault, VaultError};
@@ -100,16 +112,85 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer: `{"error": {"code", "message"}}`.
+#[derive(Serialize, ToSchema, ToResponse)]
+#[response(description = "An error with a stable code (see `code`); its HTTP status is the code's")]
+struct ErrorBody {
+    /// The error.
+    error: ErrorDetail,
+}
+
+/// A stable code and one sentence.
+#[derive(Serialize, ToSchema)]
+struct ErrorDetail {
+    /// The stable, machine-readable code.
+    #[schema(schema_with = error_code_schema)]
+    code: ErrorCode,
+    /// One sentence for a person, never a secret.
+    message: String,
+}
+
+/// The schema of an error code: a string, one of [`ErrorCode::ALL`].
+fn error_code_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(ErrorCode::ALL.iter().map(|c| c.as_str())))
+        .build()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message } };
         let mut r = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer realm=\"latchkey\""));
         }
         r
     }
+}
+
+/// A JSON request body, for any content type (the API never required
+/// one). A body that is not the expected JSON — malformed, a missing field,
+/// an unknown one where the type denies them — is answered 400
+/// `invalid_request` in the error shape above; a body over the limit 413
+/// `payload_too_large`. As `Option<JsonBody<T>>` an empty body is `None`.
+struct JsonBody<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<JsonBody<T>, ApiError> {
+        JsonBody::parse(&body_bytes(req, state).await?)
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<JsonBody<T>>, ApiError> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.is_empty() { Ok(None) } else { JsonBody::parse(&bytes).map(Some) }
+    }
+}
+
+impl<T: DeserializeOwned> JsonBody<T> {
+    fn parse(bytes: &[u8]) -> Result<JsonBody<T>, ApiError> {
+        serde_json::from_slice(bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("malformed JSON body: {e}")))
+    }
+}
+
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<bytes::Bytes, ApiError> {
+    bytes::Bytes::from_request(req, state).await.map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::PayloadTooLarge
+        } else {
+            ErrorCode::InvalidRequest
+        };
+        ApiError::new(code, e.body_text())
+    })
 }
 
 impl From<VaultError> for ApiError {
@@ -177,19 +258,110 @@ pub fn state(
 pub fn router(state: Arc<AppState>) -> Router {
     let prefix = format!("/{}", state.config.proxy_prefix.trim_matches('/'));
     let max_body = state.config.max_body;
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::render))
-        .route("/v1/sign", post(sign::sign).layer(DefaultBodyLimit::max(max_body.saturating_mul(2))))
-        .route("/v1/agents/register", post(register))
-        .route("/v1/openapi.json", get(admin::openapi))
+    // The document is served by a route of the router it describes: the
+    // handler reads it from this cell, filled once the router is complete.
+    let document = Document::default();
+    let with_document = {
+        let document = document.clone();
+        move |r: axum::routing::MethodRouter<Arc<AppState>>| r.layer(axum::Extension(document))
+    };
+    let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics::render))
+        .routes(routes!(sign::sign).layer(DefaultBodyLimit::max(max_body.saturating_mul(2))))
+        .routes(routes!(register))
+        .routes(routes!(openapi).map(with_document))
         .nest("/v1/admin", admin::routes())
+        .split_for_parts();
+    // The proxy's paths depend on the configured prefix, so they are
+    // documented here, from the handlers' declarations, at that prefix.
+    // `{*rest}` matches any number of segments; OpenAPI has no such
+    // parameter, so the document calls it `{rest}`.
+    document_at::<proxy::__path_proxy_root>(&mut api, &format!("{prefix}/{{route}}"), "agent");
+    document_at::<proxy::__path_proxy>(&mut api, &format!("{prefix}/{{route}}/{{rest}}"), "agent");
+    let json = serde_json::to_vec(&api).unwrap_or_default();
+    let _ = document.0.set(bytes::Bytes::from(json));
+    router
         .route(&format!("{prefix}/{{route}}"), any(proxy::proxy_root))
         .route(&format!("{prefix}/{{route}}/{{*rest}}"), any(proxy::proxy))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// Add the operation `P` declares (`#[utoipa::path]`) to `api` at `path`,
+/// under `tag`, once per method, each with its own operation id
+/// (`proxy_get`, `proxy_post`, …: ids are unique in a document).
+fn document_at<P: utoipa::Path>(api: &mut utoipa::openapi::OpenApi, path: &str, tag: &str) {
+    let methods = P::methods();
+    let several = methods.len() > 1;
+    for method in methods {
+        let mut op = P::operation();
+        op.tags = Some(vec![tag.to_string()]);
+        if several {
+            let name = serde_json::to_value(&method).ok().and_then(|v| v.as_str().map(str::to_string));
+            op.operation_id = op.operation_id.zip(name).map(|(id, m)| format!("{id}_{m}"));
+        }
+        api.paths.add_path_operation(path, vec![method], op);
+    }
+}
+
+/// What the document says besides its operations: the title, the security
+/// schemes and the error body. The operations come from the router.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Latchkey broker",
+        description = "A credential broker for AI agents. Errors are {\"error\": {\"code\", \"message\"}} with stable codes."
+    ),
+    components(schemas(ErrorBody, ErrorDetail), responses(ErrorBody)),
+    modifiers(&SecuritySchemes)
+)]
+struct ApiDoc;
+
+/// The security schemes operations name: `admin` (the admin token),
+/// `agent` and `agentBasic` (agent credentials).
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let http = |scheme, description: &str| {
+            SecurityScheme::Http(HttpBuilder::new().scheme(scheme).description(Some(description)).build())
+        };
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("admin", http(HttpAuthScheme::Bearer, "LATCHKEY_ADMIN_TOKEN"));
+        components.add_security_scheme(
+            "agent",
+            http(
+                HttpAuthScheme::Bearer,
+                "An agent token (lk_agt_…; X-Api-Key also accepted), or a JWT from a trusted identity provider \
+                 (see /v1/admin/identity-providers)",
+            ),
+        );
+        components.add_security_scheme(
+            "agentBasic",
+            http(HttpAuthScheme::Basic, "agent-name:agent-token; only over TLS unless --allow-basic-over-http"),
+        );
+    }
+}
+
+/// The serialised OpenAPI document, once the router is built.
+#[derive(Clone, Default)]
+struct Document(Arc<std::sync::OnceLock<bytes::Bytes>>);
+
+/// The OpenAPI document
+///
+/// The OpenAPI 3.1 document of every HTTP surface: this one.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
+)]
+async fn openapi(axum::Extension(document): axum::Extension<Document>) -> Response {
+    let json = document.0.get().cloned().unwrap_or_default();
+    ([(CONTENT_TYPE, "application/json")], json).into_response()
 }
 
 /// Give every request an id: the caller's `X-Request-Id` when it is a short
@@ -222,20 +394,43 @@ async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Nex
     response
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(serde_json::json!({"status": "ok"}))
+/// `GET /healthz`'s answer.
+#[derive(Serialize, ToSchema)]
+struct Alive {
+    /// `ok`.
+    status: &'static str,
 }
 
-async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+/// Liveness
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "Alive", body = Alive)))]
+async fn healthz() -> Json<Alive> {
+    Json(Alive { status: "ok" })
+}
+
+/// `GET /readyz`'s answer.
+#[derive(Serialize, ToSchema)]
+struct Ready {
+    /// `ready`.
+    status: &'static str,
+    /// The vault's backend (`sqlite`, `postgres`).
+    vault: &'static str,
+}
+
+/// Readiness: the vault is reachable
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "meta",
+    responses(
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, response = ErrorBody),
+    )
+)]
+async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Ready>, ApiError> {
     match app.vault.ping().await {
-        Ok(()) => {
-            (StatusCode::OK, Json(serde_json::json!({"status": "ready", "vault": app.vault.location().backend()})))
-                .into_response()
-        }
+        Ok(()) => Ok(Json(Ready { status: "ready", vault: app.vault.location().backend() })),
         // Not ready is 503 whatever the cause; the cause's own code is in the message.
-        Err(e) => {
-            ApiError::new(ErrorCode::VaultUnavailable, format!("not ready: {} ({})", e, e.code())).into_response()
-        }
+        Err(e) => Err(ApiError::new(ErrorCode::VaultUnavailable, format!("not ready: {} ({})", e, e.code()))),
     }
 }
 
@@ -243,29 +438,60 @@ async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }
 
-#[derive(Deserialize)]
+/// A registration token redeemed for an agent.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RegisterBody {
+    /// The registration token (`lk_reg_…`).
     token: String,
+    /// The organisation the token was made for.
     org: String,
+    /// The new agent's name.
     name: String,
 }
 
-/// `POST /v1/agents/register`: redeem a registration token for an agent token.
-async fn register(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+/// `POST /v1/agents/register`'s answer: the agent, and its token (shown once).
+#[derive(Serialize, ToSchema)]
+struct Registered {
+    /// The new agent.
+    agent: RegisteredAgent,
+    /// Its token (`lk_agt_…`); only its hash is stored.
+    token: String,
+}
+
+/// The agent a registration created.
+#[derive(Serialize, ToSchema)]
+struct RegisteredAgent {
+    /// Random id.
+    id: String,
+    /// Its organisation.
+    org: String,
+    /// Its name.
+    name: String,
+}
+
+/// Redeem a registration token for an agent token
+#[utoipa::path(
+    post,
+    path = "/v1/agents/register",
+    tag = "agent",
+    request_body = RegisterBody,
+    responses(
+        (status = 201, description = "The agent and its token", body = Registered),
+        (status = "default", response = ErrorBody),
+    )
+)]
+async fn register(
+    State(app): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Registered>), ApiError> {
     let body: RegisterBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(ErrorCode::InvalidRequest, format!("expected {{\"token\", \"org\", \"name\"}}: {e}"))
     })?;
     let issued = app.vault.redeem_registration_token(&body.token, &body.org, &body.name).await?;
     app.metrics.registrations.inc();
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({
-            "agent": {"id": issued.agent.id, "org": issued.agent.org, "name": issued.agent.name},
-            "token": issued.token.expose(),
-        })),
-    )
-        .into_response())
+    let agent = RegisteredAgent { id: issued.agent.id, org: issued.agent.org, name: issued.agent.name };
+    Ok((StatusCode::CREATED, Json(Registered { agent, token: issued.token.expose().to_string() })))
 }
 
 /// The broker's own TLS: a certificate chain and key from PEM files.

@@ -57,6 +57,24 @@ const HOP_BY_HOP: &[&str] = &[
 /// Headers of the agent's own SigV4 signature, replaced by the real one.
 const AGENT_SIGV4: &[&str] = &["x-amz-date", "x-amz-content-sha256", "x-amz-security-token"];
 
+/// Sidecar proxy, at the route's root: forward to the route's upstream with its credential
+///
+/// Any method; the path is relative to the configured proxy prefix.
+#[utoipa::path(
+    method(get, put, post, delete, options, head, patch, trace),
+    path = "/{route}",
+    security(("agent" = []), ("agentBasic" = [])),
+    params(("route" = String, Path, description = "The route's name")),
+    responses(
+        (
+            status = 200,
+            description = "The upstream's answer: its status, headers and body, streamed",
+            content_type = "*/*",
+            body = String
+        ),
+        (status = "default", response = super::ErrorBody),
+    )
+)]
 pub(super) async fn proxy_root(
     State(app): State<Arc<AppState>>,
     axum::extract::Path(route): axum::extract::Path<String>,
@@ -65,9 +83,31 @@ pub(super) async fn proxy_root(
     handle(app, route, req).await
 }
 
+/// Sidecar proxy: forward to the route's upstream with its credential
+///
+/// Any method; the path after the route is forwarded as sent. The path is
+/// relative to the configured proxy prefix.
+#[utoipa::path(
+    method(get, put, post, delete, options, head, patch, trace),
+    path = "/{route}/{rest}",
+    security(("agent" = []), ("agentBasic" = [])),
+    params(
+        ("route" = String, Path, description = "The route's name"),
+        ("rest" = String, Path, description = "The upstream path: any number of segments"),
+    ),
+    responses(
+        (
+            status = 200,
+            description = "The upstream's answer: its status, headers and body, streamed",
+            content_type = "*/*",
+            body = String
+        ),
+        (status = "default", response = super::ErrorBody),
+    )
+)]
 pub(super) async fn proxy(
     State(app): State<Arc<AppState>>,
-    axum::extract::Path((route, _)): axum::extract::Path<(String, String)>,
+    axum::extract::Path((route, _rest)): axum::extract::Path<(String, String)>,
     req: Request,
 ) -> Response {
     handle(app, route, req).await

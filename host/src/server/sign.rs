@@ -20,25 +20,51 @@ use crate::broker::{Caller, Delivery, aws_chunked};
 use crate::sign::{BodyDigest, SignInput};
 use crate::vault::model::Overrides;
 
-#[derive(Deserialize)]
+/// A request to sign with a credential attached to the calling agent.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SignBody {
+    /// The credential's name.
     credential: String,
+    /// The request to sign.
     request: RequestBody,
+    /// The signing time (RFC 3339); now when absent.
+    #[schema(format = DateTime)]
     at: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The outgoing request, as the agent will send it.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RequestBody {
+    /// The method.
     method: String,
+    /// The full URL.
     url: String,
+    /// Headers in order, as `[name, value]` pairs.
     #[serde(default)]
     headers: Vec<(String, String)>,
+    /// The body, standard base64; or give `body_sha256`.
     body_base64: Option<String>,
+    /// The body's SHA-256, lower hex, for a body the broker need not see.
     body_sha256: Option<String>,
 }
 
+/// Sign a request with a credential attached to the calling agent
+///
+/// The answer is the signed request, which the agent sends itself. An answer
+/// that would hand the agent a secret is refused (`secret_in_output`).
+#[utoipa::path(
+    post,
+    path = "/v1/sign",
+    tag = "agent",
+    security(("agent" = []), ("agentBasic" = [])),
+    request_body = SignBody,
+    responses(
+        (status = 200, description = "The signed request", body = crate::sign::SignedRequest),
+        (status = "default", response = super::ErrorBody),
+    )
+)]
 pub(super) async fn sign(
     State(app): State<Arc<AppState>>,
     tls: Option<axum::Extension<auth::ArrivedOverTls>>,

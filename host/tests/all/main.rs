@@ -8,6 +8,7 @@ mod db;
 mod directory;
 mod hostile;
 mod identity;
+mod openapi;
 mod pipeline;
 mod s3;
 mod s3_upstream;

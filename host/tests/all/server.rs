@@ -25,7 +25,7 @@ use crate::db::{Backend, TestDb};
 
 pub(crate) const OPENAI_KEY: &str = "sk-test-openai-4f9c2a7e1b";
 const ANTHROPIC_KEY: &str = "sk-ant-test-9d8e7f6a5b";
-const ADMIN_TOKEN: &str = "admin-test-token-5f1e2d3c";
+pub(crate) const ADMIN_TOKEN: &str = "admin-test-token-5f1e2d3c";
 const AWS_ID: &str = "AKIDTESTLATCHKEY";
 const AWS_SECRET: &str = "test/aws+secret/key/not-real-0123456789";
 

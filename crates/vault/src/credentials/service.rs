@@ -5,7 +5,7 @@
 //! replicas, and resolves a credential for a call through the three layers.
 
 use latchkey_core::error::ErrorCode;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -204,29 +204,81 @@ pub struct CredentialInfo {
 }
 
 impl CredentialInfo {
-    /// The JSON form the CLI (`--json`) and the admin API print: every
-    /// field of the record, never a secret value.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// The form the CLI (`--json`) and the admin API show.
+    pub fn view(&self) -> CredentialView {
         use time::format_description::well_known::Rfc3339;
         let c = &self.credential;
-        serde_json::json!({
-            "name": c.name.as_str(),
-            "org": c.org.as_str(),
-            "scheme": c.scheme,
-            "enabled": c.enabled,
-            "state": if c.enabled { "enabled" } else { "disabled" },
-            "config": c.config.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
-            "secret_fields": c.secret_fields,
-            "destinations": c.destinations.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "attachments": {"agents": c.attachments.agents, "routes": c.attachments.routes},
-            "created_at": c.created_at.format(&Rfc3339).ok(),
-            "updated_at": c.updated_at.format(&Rfc3339).ok(),
-            "last_used_at": self.last_used_at.and_then(|t| t.format(&Rfc3339).ok()),
-            "version": c.version,
-            "secret_version": self.secret_version,
-            "key_term": self.key_term,
-        })
+        CredentialView {
+            name: c.name.as_str().to_string(),
+            org: c.org.as_str().to_string(),
+            scheme: c.scheme.clone(),
+            enabled: c.enabled,
+            state: if c.enabled { "enabled" } else { "disabled" },
+            config: c.config.clone(),
+            secret_fields: c.secret_fields.clone(),
+            destinations: c.destinations.iter().map(ToString::to_string).collect(),
+            attachments: AttachmentsView { agents: c.attachments.agents.clone(), routes: c.attachments.routes.clone() },
+            created_at: c.created_at.format(&Rfc3339).ok(),
+            updated_at: c.updated_at.format(&Rfc3339).ok(),
+            last_used_at: self.last_used_at.and_then(|t| t.format(&Rfc3339).ok()),
+            version: c.version,
+            secret_version: self.secret_version,
+            key_term: self.key_term,
+        }
     }
+
+    /// [`CredentialInfo::view`] as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.view()).unwrap_or_default()
+    }
+}
+
+/// A credential as the CLI (`--json`) and the admin API show it: every
+/// field of the record, never a secret value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct CredentialView {
+    /// The name, unique in its organisation.
+    pub name: String,
+    /// Its organisation.
+    pub org: String,
+    /// The scheme that applies it.
+    pub scheme: String,
+    /// Whether it may be used.
+    pub enabled: bool,
+    /// `enabled` or `disabled`.
+    pub state: &'static str,
+    /// Non-secret configuration, as `[name, value]` pairs in the order given.
+    pub config: Vec<(String, String)>,
+    /// The names of its secret fields (never their values).
+    pub secret_fields: BTreeSet<String>,
+    /// Hosts it may be sent to.
+    pub destinations: Vec<String>,
+    /// Agents and routes that use it.
+    pub attachments: AttachmentsView,
+    /// When it was created (RFC 3339).
+    #[schema(format = DateTime)]
+    pub created_at: Option<String>,
+    /// When it last changed (RFC 3339).
+    #[schema(format = DateTime)]
+    pub updated_at: Option<String>,
+    /// Its last successful use (RFC 3339), if any.
+    #[schema(format = DateTime)]
+    pub last_used_at: Option<String>,
+    /// 1 at creation, plus one for every change.
+    pub version: u64,
+    /// How many times its secret values were set.
+    pub secret_version: u64,
+    /// The master key term its data key is wrapped under.
+    pub key_term: u32,
+}
+
+/// Who uses a credential.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct AttachmentsView {
+    /// Agents allowed to use it.
+    pub agents: BTreeSet<String>,
+    /// Routes that send it upstream.
+    pub routes: BTreeSet<String>,
 }
 
 impl From<&StoredCredential> for CredentialInfo {
