@@ -244,6 +244,11 @@ fn with_vault(rt_args: &RuntimeArgs, vault_args: &cli::config::VaultArgs, comman
     tokio.block_on(async move {
         let mut options = resolved.options;
         options.watch = matches!(command, Command::Serve(_));
+        // Only the broker prunes and writes a sink: a one-shot command keeps
+        // the defaults (the log; no pruning).
+        if let Command::Serve(args) = &command {
+            options.audit = cli::serve::audit_options(args, &resolved.file)?;
+        }
         let vault = Arc::new(Vault::open(options, runtime.clone()).await?);
         let result = match command {
             Command::Serve(args) => {

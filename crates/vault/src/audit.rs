@@ -1,28 +1,51 @@
-//! The audit trail: every lifecycle change and every use of a credential,
-//! stored in the vault and emitted as a `tracing` event (target
-//! `latchkey::audit`). No event carries a secret: only names, hosts, codes,
-//! layers and versions.
+//! The audit trail: every lifecycle change and every use of a credential.
+//! No event carries a secret: only names, hosts, codes, layers, versions and
+//! HMAC fingerprints.
 //!
 //! Lifecycle events (create, update, enable, disable, delete, rotate, attach,
-//! detach, rewrap) are written in the transaction of the change they record,
-//! so there is never a change without its event or an event without its
-//! change.
+//! detach, rewrap, and the directory's) are rows of `audit_events`, written
+//! in the transaction of the change they record, so there is never a change
+//! without its event or an event without its change. Each is also emitted as
+//! a `tracing` event (target `latchkey::audit`).
 //!
-//! Use events come in two kinds. A call that releases a credential (the
-//! proxy forwarding, `/v1/sign` answering) waits for its event to be
-//! committed **before** the credential leaves the process
-//! ([`UseRecorder::record_durable`]): if the store refuses the write, or the
+//! Uses are too many for one row each (a gateway makes thousands a second).
+//! The store keeps **counts**: table `audit_use_counts`, one row per (org,
+//! credential, agent, outcome, minute), so `latchkey audit --action use`
+//! still says who used which credential when, in a table whose size follows
+//! the number of distinct callers, not the call rate. The **full event** of
+//! each use (org, credential, version, agent, destination, outcome, layer,
+//! fingerprint, time) goes to the [`AuditSink`] the operator chose: the
+//! `tracing` log (the default), JSON lines on stdout, or a size-rotated
+//! JSON-lines file ([`sink`]).
+//!
+//! Fail closed: a call that releases a credential (the proxy forwarding,
+//! `/v1/sign` answering) waits until its use is **committed** to the counts
+//! ([`UseRecorder::record_durable`]); if the store refuses the write, the
 //! queue is full, or the commit does not come in time, the call fails with
-//! `audit_unavailable` and nothing is sent (fail closed). A refused call
-//! (no credential left) is queued without waiting. One writer task commits
-//! whatever is queued as one transaction (group commit, up to [`BATCH`]
-//! events), so under load many calls share one commit; it also updates
-//! `last_used_at`. Every use event is also in the log the moment it happens.
-//! Use events name the credential version and carry an HMAC fingerprint of
-//! its secret values under the installation's salt ([`fingerprint`]).
+//! `audit_unavailable` and nothing is sent. A refused call (nothing
+//! released) never waits: its use is added to an in-memory map of counts,
+//! which the writer commits with the next batch (or within [`TICK`]); the
+//! map is bounded by distinct keys, not by the call rate, so no refusal is
+//! dropped, and counts whose commit failed stay in the map and are retried.
+//!
+//! One writer task does every write (group commit: all the uses waiting
+//! form one transaction of multi-row upserts, plus `last_used_at`), writes
+//! the sink, and prunes counts older than the retention. Its connection runs
+//! with relaxed durability, so a commit costs no fsync: on SQLite
+//! `synchronous=NORMAL` (in WAL mode a commit then survives a crash of the
+//! process but not a power loss or kernel crash: the last moments of counts
+//! may be lost; the credentials, written on the other connections with
+//! `synchronous=FULL`, are not affected), on PostgreSQL
+//! `synchronous_commit=off` (a crash of the database server may lose the
+//! last few hundred milliseconds of commits; it never corrupts). A call is
+//! released only after the database has accepted its commit, so a broken or
+//! full store still stops calls.
 
-use std::sync::Arc;
+pub mod sink;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -32,10 +55,24 @@ use tokio::sync::{mpsc, oneshot};
 use crate::credentials::model::Layer;
 use crate::storage::{Db, StoreError, from_micros, on_db, to_micros};
 
-/// Most use events written in one transaction.
+pub use sink::AuditSink;
+
+/// Most releasing uses committed in one transaction.
 pub const BATCH: usize = 512;
-/// Use events queued before new ones are refused (durable) or dropped.
+/// Releasing uses queued before new ones are refused (the call fails closed).
 pub const QUEUE: usize = 65_536;
+/// How often the writer commits refusals when no releasing use carries them,
+/// retries counts whose commit failed, and hands events to the sink.
+pub const TICK: Duration = Duration::from_millis(200);
+/// Distinct count keys of refusals held in memory before further refusals
+/// of new keys are counted under the credential name [`OTHER`] (so a caller
+/// asking for endless invented names cannot grow the map without bound;
+/// the count per org, agent and outcome stays exact).
+pub const MAX_PENDING_KEYS: usize = 50_000;
+/// The credential name counts are folded under beyond [`MAX_PENDING_KEYS`].
+pub const OTHER: &str = "(other)";
+/// How often the writer prunes counts older than the retention.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Longest a releasing call waits for its use event to commit.
 pub const DURABLE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -166,7 +203,7 @@ impl AuditAction {
 /// One audit record as stored and as `latchkey audit --json` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditEvent {
-    /// Position in the trail (increasing).
+    /// Position in the trail (increasing); 0 for a count of uses.
     pub seq: i64,
     /// When it happened.
     #[serde(with = "time::serde::rfc3339")]
@@ -195,6 +232,11 @@ pub struct AuditEvent {
     /// For a use that released the credential, the HMAC fingerprint of the
     /// secret values used ([`fingerprint`]).
     pub fingerprint: Option<String>,
+    /// For a count of uses (`seq` 0, `at` the start of its minute): how many
+    /// uses of this credential by this agent ended with this outcome in that
+    /// minute. `None` for an event row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 /// A lifecycle event to write with its change.
@@ -227,6 +269,19 @@ pub struct UseEvent {
     pub version: Option<u64>,
     /// HMAC fingerprint of the secret values used ([`fingerprint`]).
     pub fingerprint: Option<String>,
+}
+
+/// How the vault records uses: where the full events go and how long the
+/// counts are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditOptions {
+    /// Where each use's full event goes (the `tracing` log by default).
+    pub sink: AuditSink,
+    /// Counts (and legacy per-use rows) older than this are pruned by the
+    /// writer task, at start and every [`PRUNE_EVERY`]; `None` keeps them
+    /// all. `latchkey serve` sets it (default 90 days); one-shot commands
+    /// leave it `None`, so they never prune.
+    pub retention: Option<Duration>,
 }
 
 /// Which events [`crate::Vault::audit`] returns.
@@ -299,15 +354,28 @@ impl Change<'_> {
             version: self.version,
             detail: self.detail.clone(),
             fingerprint: None,
+            count: None,
         }
     }
 }
 
-/// Read events matching `filter`, oldest first.
+/// Microseconds in a minute: counts are kept per minute.
+const MINUTE_US: i64 = 60_000_000;
+
+/// The start of the minute holding `us` (Unix microseconds).
+fn minute_of(us: i64) -> i64 {
+    us - us.rem_euclid(MINUTE_US)
+}
+
+/// Read events matching `filter`, oldest first: lifecycle rows (and any
+/// legacy per-use rows) from `audit_events`, and counts of uses from
+/// `audit_use_counts` as events with [`AuditEvent::count`] set, merged by
+/// time (a count sorts at the start of its minute).
 pub(crate) async fn query(db: &Db, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
     let limit = i64::from(filter.limit.unwrap_or(100).clamp(1, 100_000));
     let since = filter.since.map(to_micros);
     let action = filter.action.map(AuditAction::as_str);
+    let with_counts = matches!(filter.action, None | Some(AuditAction::Use));
     let mut events = on_db!(db, pool => {
         let rows = sqlx::query(
             "SELECT seq, at, org, credential, action, actor, agent, destination, outcome, layer, version, detail, \
@@ -323,7 +391,7 @@ pub(crate) async fn query(db: &Db, filter: &AuditFilter) -> Result<Vec<AuditEven
         .bind(limit)
         .fetch_all(pool)
         .await?;
-        rows.iter()
+        let mut events = rows.iter()
             .map(|r| {
                 use sqlx::Row as _;
                 Ok(AuditEvent {
@@ -340,60 +408,220 @@ pub(crate) async fn query(db: &Db, filter: &AuditFilter) -> Result<Vec<AuditEven
                     version: r.try_get::<Option<i64>, _>(10)?.and_then(|v| u64::try_from(v).ok()),
                     detail: r.try_get(11)?,
                     fingerprint: r.try_get(12)?,
+                    count: None,
                 })
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        if with_counts {
+            // A minute that began before `since` may hold uses after it. The
+            // boundary minute is read whole, so the most recent `limit` are
+            // chosen below in one order (the database's collation may differ).
+            let rows = sqlx::query(
+                "SELECT minute, org, credential, agent, outcome, count FROM audit_use_counts \
+                 WHERE ($1 IS NULL OR org = $1) AND ($2 IS NULL OR credential = $2) AND ($3 IS NULL OR minute >= $3) \
+                   AND minute >= COALESCE((SELECT MIN(minute) FROM (SELECT minute FROM audit_use_counts \
+                     WHERE ($1 IS NULL OR org = $1) AND ($2 IS NULL OR credential = $2) \
+                       AND ($3 IS NULL OR minute >= $3) ORDER BY minute DESC LIMIT $4) AS recent), 0)",
+            )
+            .bind(filter.org.as_deref())
+            .bind(filter.credential.as_deref())
+            .bind(since.map(minute_of))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            for r in &rows {
+                use sqlx::Row as _;
+                let agent: String = r.try_get(3)?;
+                let count = u64::try_from(r.try_get::<i64, _>(5)?).unwrap_or(0);
+                events.push(AuditEvent {
+                    seq: 0,
+                    at: from_micros(r.try_get(0)?),
+                    org: r.try_get(1)?,
+                    credential: r.try_get(2)?,
+                    action: AuditAction::Use.as_str().into(),
+                    actor: None,
+                    agent: (!agent.is_empty()).then_some(agent),
+                    destination: None,
+                    outcome: r.try_get(4)?,
+                    layer: None,
+                    version: None,
+                    detail: Some(format!("count {count}")),
+                    fingerprint: None,
+                    count: Some(count),
+                });
+            }
+        }
+        events
     });
-    events.reverse();
+    // Most recent `limit`, oldest first.
+    events.sort_by(|a, b| {
+        (a.at, a.seq, &a.org, &a.credential, &a.agent, &a.outcome).cmp(&(
+            b.at,
+            b.seq,
+            &b.org,
+            &b.credential,
+            &b.agent,
+            &b.outcome,
+        ))
+    });
+    let excess = events.len().saturating_sub(limit as usize);
+    events.drain(..excess);
     Ok(events)
 }
+
+/// What a count row is keyed by (the primary key's order, which is also the
+/// order a batch upserts in, so two replicas lock rows in the same order).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct CountKey {
+    org: String,
+    credential: String,
+    /// `""` when no agent is known.
+    agent: String,
+    outcome: String,
+    minute: i64,
+}
+
+impl CountKey {
+    fn of(e: &UseEvent, at: OffsetDateTime, outcome: &str) -> CountKey {
+        CountKey {
+            org: e.org.clone(),
+            credential: e.credential.clone(),
+            agent: e.agent.clone().unwrap_or_default(),
+            outcome: outcome.to_string(),
+            minute: minute_of(to_micros(at)),
+        }
+    }
+}
+
+/// Add `n` to `key` in a map of refusals, folding a new key under [`OTHER`]
+/// once the map holds [`MAX_PENDING_KEYS`].
+fn add_bounded<M: CountMap>(map: &mut M, mut key: CountKey, n: u64) {
+    if map.len() >= MAX_PENDING_KEYS && !map.has(&key) {
+        key.credential = OTHER.into();
+    }
+    *map.slot(key) += n;
+}
+
+trait CountMap {
+    fn len(&self) -> usize;
+    fn has(&self, key: &CountKey) -> bool;
+    fn slot(&mut self, key: CountKey) -> &mut u64;
+}
+
+impl CountMap for HashMap<CountKey, u64> {
+    fn len(&self) -> usize {
+        HashMap::len(self)
+    }
+    fn has(&self, key: &CountKey) -> bool {
+        self.contains_key(key)
+    }
+    fn slot(&mut self, key: CountKey) -> &mut u64 {
+        self.entry(key).or_default()
+    }
+}
+
+impl CountMap for BTreeMap<CountKey, u64> {
+    fn len(&self) -> usize {
+        BTreeMap::len(self)
+    }
+    fn has(&self, key: &CountKey) -> bool {
+        self.contains_key(key)
+    }
+    fn slot(&mut self, key: CountKey) -> &mut u64 {
+        self.entry(key).or_default()
+    }
+}
+
+/// A use and when it happened.
+type Stamped = (UseEvent, OffsetDateTime);
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
 enum Msg {
-    Use(UseEvent, OffsetDateTime, Option<Ack>),
+    /// A releasing use: acknowledged once committed.
+    Use(UseEvent, OffsetDateTime, Ack),
+    /// Commit everything recorded so far and flush the sink.
     Flush(oneshot::Sender<()>),
+    /// Prune now; answers the number of rows deleted.
+    Prune(oneshot::Sender<Result<u64, String>>),
 }
 
-/// Refusal events queued before new ones are dropped. They have a queue of
-/// their own, written after the releasing uses, so a flood of refusals
-/// cannot hold up (or fail) the calls that wait for their record.
-pub const REFUSAL_QUEUE: usize = 8_192;
+/// Refusals recorded since the writer last took them.
+#[derive(Default)]
+struct Refusals {
+    counts: HashMap<CountKey, u64>,
+    /// Their full events, for the sink (at most [`sink::BACKLOG`]).
+    events: Vec<Stamped>,
+}
 
-/// The queues of use events and their writer task.
+/// State shared by the call path and the writer.
+struct Shared {
+    refusals: Mutex<Refusals>,
+    /// Whether the sink takes events at all.
+    sink_on: bool,
+    /// Events the sink did not get (its backlog was full).
+    sink_dropped: AtomicU64,
+}
+
+impl Shared {
+    fn sink_dropped(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let before = self.sink_dropped.fetch_add(n, Ordering::Relaxed);
+        if (before + n).ilog2() != before.checked_ilog2().unwrap_or(u32::MAX) {
+            tracing::warn!(
+                dropped = before + n,
+                "audit sink backlog full: full use events are being dropped (the counts in the store are exact)"
+            );
+        }
+    }
+}
+
+/// The queue of releasing uses, the map of refusals, and their writer task.
 pub(crate) struct UseRecorder {
     tx: mpsc::Sender<Msg>,
-    refusals: mpsc::Sender<Msg>,
-    dropped: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    db: Db,
 }
 
 impl UseRecorder {
-    /// Start the writer task on the current tokio runtime.
-    pub(crate) fn start(db: Db) -> UseRecorder {
+    /// Start the writer task (and the sink's thread) on the current tokio
+    /// runtime. `db` is the writer's own pool (see [`Db::connect_audit`]).
+    pub(crate) fn start(db: Db, options: &AuditOptions) -> std::io::Result<UseRecorder> {
+        let out = sink::Output::open(&options.sink)?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        let (refusals, refusals_rx) = mpsc::channel(REFUSAL_QUEUE);
-        tokio::spawn(writer(db, rx, refusals_rx));
-        UseRecorder { tx, refusals, dropped: Arc::new(AtomicU64::new(0)) }
+        let shared = Arc::new(Shared {
+            refusals: Mutex::default(),
+            sink_on: options.sink != AuditSink::None,
+            sink_dropped: AtomicU64::new(0),
+        });
+        tokio::spawn(writer(db.clone(), options.retention, out, shared.clone(), rx));
+        Ok(UseRecorder { tx, shared, db })
     }
 
-    /// Queue a use that released nothing; never waits. The tracing event is
-    /// emitted now.
+    /// Count a use that released nothing; never waits and never drops it.
     pub(crate) fn record(&self, event: UseEvent) {
-        let at = Self::log(&event);
-        if self.refusals.try_send(Msg::Use(event, at, None)).is_err() {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(dropped = n, "audit queue full: use events are being dropped from the store");
+        let at = OffsetDateTime::now_utc();
+        let key = CountKey::of(&event, at, &event.outcome);
+        let mut r = self.shared.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        add_bounded(&mut r.counts, key, 1);
+        if self.shared.sink_on {
+            if r.events.len() < sink::BACKLOG {
+                r.events.push((event, at));
+            } else {
+                drop(r);
+                self.shared.sink_dropped(1);
             }
         }
     }
 
-    /// Store a use and wait until it is committed: the call may release
+    /// Count a use and wait until it is committed: the call may release
     /// its credential only after this returns `Ok`.
     pub(crate) async fn record_durable(&self, event: UseEvent) -> Result<(), AuditUnavailable> {
-        let at = Self::log(&event);
+        let at = OffsetDateTime::now_utc();
         let (ack, committed) = oneshot::channel();
-        self.tx.try_send(Msg::Use(event, at, Some(ack))).map_err(|e| {
+        self.tx.try_send(Msg::Use(event, at, ack)).map_err(|e| {
             AuditUnavailable(match e {
                 mpsc::error::TrySendError::Full(_) => format!("the audit queue is full ({QUEUE} events)"),
                 mpsc::error::TrySendError::Closed(_) => "the audit writer has stopped".into(),
@@ -407,25 +635,8 @@ impl UseRecorder {
         }
     }
 
-    fn log(event: &UseEvent) -> OffsetDateTime {
-        let at = OffsetDateTime::now_utc();
-        tracing::info!(
-            target: "latchkey::audit",
-            action = "use",
-            org = %event.org,
-            credential = %event.credential,
-            agent = event.agent.as_deref(),
-            destination = event.destination.as_deref(),
-            outcome = %event.outcome,
-            layer = event.layer.map(Layer::as_str),
-            version = event.version,
-            fingerprint = event.fingerprint.as_deref(),
-            "audit"
-        );
-        at
-    }
-
-    /// Wait until every use queued so far is stored.
+    /// Wait until every use recorded so far is committed (or its commit
+    /// failed) and handed to the sink, and the sink flushed.
     pub(crate) async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Msg::Flush(done)).await.is_ok() {
@@ -433,125 +644,296 @@ impl UseRecorder {
         }
     }
 
-    /// Use events dropped because the queue was full.
+    /// Prune counts (and legacy per-use rows) older than the retention now;
+    /// the number of rows deleted (0 without a retention).
+    pub(crate) async fn prune(&self) -> Result<u64, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Msg::Prune(done))
+            .await
+            .map_err(|_| StoreError::Database("the audit writer has stopped".into()))?;
+        wait.await
+            .map_err(|_| StoreError::Database("the audit writer has stopped".into()))?
+            .map_err(StoreError::Database)
+    }
+
+    /// Full use events the sink did not get because its backlog was full.
     pub(crate) fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.shared.sink_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Flush, then close the writer's connections.
+    pub(crate) async fn close(&self) {
+        self.flush().await;
+        self.db.close().await;
     }
 }
 
-async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>, mut refusals: mpsc::Receiver<Msg>) {
-    let mut batch: Vec<(UseEvent, OffsetDateTime)> = Vec::with_capacity(BATCH);
-    let mut acks: Vec<Option<Ack>> = Vec::with_capacity(BATCH);
-    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+/// A batch of releasing uses, grouped by count key.
+#[derive(Default)]
+struct Releases {
+    groups: BTreeMap<CountKey, Vec<(Stamped, Ack)>>,
+    len: usize,
+}
+
+impl Releases {
+    fn push(&mut self, e: UseEvent, at: OffsetDateTime, ack: Ack) {
+        let key = CountKey::of(&e, at, &e.outcome);
+        self.groups.entry(key).or_default().push(((e, at), ack));
+        self.len += 1;
+    }
+}
+
+/// The writer task: see the module's documentation.
+async fn writer(
+    db: Db,
+    retention: Option<Duration>,
+    mut out: sink::Output,
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Msg>,
+) {
+    // Refusals (and uses that failed closed) not yet committed.
+    let mut pending: BTreeMap<CountKey, u64> = BTreeMap::new();
+    // After a failed commit of `pending`, releasing batches do not carry it
+    // again until this instant (a poisoned count must not fail every call).
+    let mut pending_retry = tokio::time::Instant::now();
+    let mut next_prune = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // Releasing uses first; refusals when none wait.
-        let first = tokio::select! {
+        let mut releases = Releases::default();
+        let mut flushes = Vec::new();
+        let mut prunes = Vec::new();
+        let mut sink_events: Vec<Stamped> = Vec::new();
+        let mut closed = false;
+        let mut ticked = false;
+        let mut take = |msg: Msg, releases: &mut Releases| match msg {
+            // A caller that gave up waiting has already failed closed (and
+            // its surface records that refusal): not a release.
+            Msg::Use(_, _, ack) if ack.is_closed() => {}
+            Msg::Use(e, at, ack) => releases.push(e, at, ack),
+            Msg::Flush(done) => flushes.push(done),
+            Msg::Prune(done) => prunes.push(done),
+        };
+        tokio::select! {
             biased;
-            m = rx.recv() => m,
-            Some(m) = refusals.recv() => Some(m),
-        };
-        let Some(first) = first else { break };
-        let mut flush = false;
-        let mut take = |msg: Msg, batch: &mut Vec<_>, acks: &mut Vec<Option<Ack>>, flush: &mut bool| match msg {
-            // A caller that gave up waiting has already failed closed: its
-            // use must not be recorded as a release.
-            Msg::Use(_, _, Some(ack)) if ack.is_closed() => {}
-            Msg::Use(e, at, ack) => {
-                batch.push((e, at));
-                acks.push(ack);
-            }
-            Msg::Flush(done) => {
-                waiting.push(done);
-                *flush = true;
-            }
-        };
+            m = rx.recv() => match m {
+                Some(m) => take(m, &mut releases),
+                None => closed = true,
+            },
+            _ = tick.tick() => ticked = true,
+        }
         // Group commit: everything already queued goes into this transaction;
         // calls that arrive while it commits form the next one.
-        take(first, &mut batch, &mut acks, &mut flush);
-        while batch.len() < BATCH {
+        while releases.len < BATCH {
             let Ok(msg) = rx.try_recv() else { break };
-            take(msg, &mut batch, &mut acks, &mut flush);
+            take(msg, &mut releases);
         }
-        while batch.len() < BATCH || flush {
-            let Ok(msg) = refusals.try_recv() else { break };
-            take(msg, &mut batch, &mut acks, &mut flush);
+        let taken = std::mem::take(&mut *shared.refusals.lock().unwrap_or_else(|e| e.into_inner()));
+        for (key, n) in taken.counts {
+            add_bounded(&mut pending, key, n);
         }
-        if !batch.is_empty() {
-            let result = write_uses(&db, &batch).await.map_err(|e| e.to_string());
-            match result {
-                Ok(()) => {
-                    for ack in acks.drain(..).flatten() {
-                        let _ = ack.send(Ok(()));
+        let refusal_events = taken.events;
+
+        let now = tokio::time::Instant::now();
+        let urgent = closed || !flushes.is_empty();
+        let carry = !pending.is_empty() && (urgent || (now >= pending_retry && (ticked || releases.len > 0)));
+        let mut outcomes: Vec<(Stamped, Ack, Result<(), String>)> = Vec::new();
+        if releases.len > 0 || carry {
+            let mut counts: BTreeMap<CountKey, u64> =
+                releases.groups.iter().map(|(k, v)| (k.clone(), v.len() as u64)).collect();
+            let last_used = latest_uses(releases.groups.values().flatten().map(|(s, _)| s));
+            if carry {
+                for (k, n) in &pending {
+                    *counts.entry(k.clone()).or_default() += n;
+                }
+            }
+            let mut result = write_counts(&db, &counts, &last_used).await.map_err(|e| e.to_string());
+            if carry {
+                match &result {
+                    Ok(()) => pending.clear(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, keys = pending.len(), "could not store counts of refused calls; retrying them");
+                        pending_retry = now + Duration::from_secs(1);
+                        if releases.len > 0 {
+                            // The releases alone, without the refusals.
+                            let counts: BTreeMap<CountKey, u64> =
+                                releases.groups.iter().map(|(k, v)| (k.clone(), v.len() as u64)).collect();
+                            result = write_counts(&db, &counts, &last_used).await.map_err(|e| e.to_string());
+                        }
                     }
                 }
-                Err(e) if batch.len() > 1 => {
-                    // One bad row must not fail the others: write each alone.
-                    tracing::warn!(error = %e, events = batch.len(), "a batch of use events failed; writing them one by one");
-                    for (event, ack) in batch.iter().zip(acks.drain(..)) {
-                        let one = write_uses(&db, std::slice::from_ref(event)).await.map_err(|e| e.to_string());
-                        if let Err(e) = &one {
-                            tracing::error!(error = %e, "could not store a use event; a call waiting on it fails closed");
-                        }
-                        if let Some(ack) = ack {
-                            let _ = ack.send(one);
-                        }
+            }
+            let groups = std::mem::take(&mut releases.groups);
+            match result {
+                Ok(()) => {
+                    for v in groups.into_values() {
+                        outcomes.extend(v.into_iter().map(|(s, ack)| (s, ack, Ok(()))));
+                    }
+                }
+                Err(e) if groups.len() > 1 => {
+                    // One bad key must not fail the others: write each alone.
+                    tracing::warn!(error = %e, keys = groups.len(), "a batch of use counts failed; writing them one by one");
+                    for (key, v) in groups {
+                        let last_used = latest_uses(v.iter().map(|(s, _)| s));
+                        let one = BTreeMap::from([(key, v.len() as u64)]);
+                        let r = write_counts(&db, &one, &last_used).await.map_err(|e| e.to_string());
+                        outcomes.extend(v.into_iter().map(|(s, ack)| (s, ack, r.clone())));
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "could not store a use event; a call waiting on it fails closed");
-                    for ack in acks.drain(..).flatten() {
-                        let _ = ack.send(Err(e.clone()));
+                    for v in groups.into_values() {
+                        outcomes.extend(v.into_iter().map(|(s, ack)| (s, ack, Err(e.clone()))));
                     }
                 }
             }
-            batch.clear();
         }
-        for done in waiting.drain(..) {
+        for ((e, at), ack, result) in outcomes {
+            match &result {
+                Ok(()) => sink_events.push((e, at)),
+                // The call fails closed, and its surface records that refusal
+                // (`audit_unavailable`) like any other: counted and in the sink.
+                Err(why) => tracing::error!(error = %why, "could not store a use; the call waiting on it fails closed"),
+            }
+            let _ = ack.send(result);
+        }
+        if shared.sink_on {
+            sink_events.extend(refusal_events);
+            // In the order the uses happened, whichever path they took.
+            sink_events.sort_by_key(|(_, at)| *at);
+            if !sink_events.is_empty() {
+                let lost = out.write(sink_events.iter().map(|(e, at)| (e, *at)));
+                shared.sink_dropped(lost);
+            }
+        }
+
+        let prune_due = retention.is_some() && now >= next_prune;
+        if prune_due || !prunes.is_empty() {
+            let result = match retention {
+                Some(keep) => prune(&db, OffsetDateTime::now_utc() - keep).await.map_err(|e| e.to_string()),
+                None => Ok(0),
+            };
+            match &result {
+                Ok(n) if *n > 0 => tracing::info!(rows = n, "pruned audit counts older than the retention"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not prune the audit counts; retrying later"),
+            }
+            next_prune = now + PRUNE_EVERY;
+            for done in prunes {
+                let _ = done.send(result.clone());
+            }
+        }
+        if urgent {
+            out.flush().await;
+        }
+        for done in flushes {
             let _ = done.send(());
+        }
+        if closed {
+            break;
         }
     }
 }
 
-async fn write_uses(db: &Db, batch: &[(UseEvent, OffsetDateTime)]) -> Result<(), StoreError> {
+/// The latest successful vault-layer use per credential.
+fn latest_uses<'a>(uses: impl Iterator<Item = &'a Stamped>) -> BTreeMap<(String, String), i64> {
+    let mut last: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for (e, at) in uses.filter(|(e, _)| e.outcome == "ok" && e.layer == Some(Layer::Vault)) {
+        let t = last.entry((e.org.clone(), e.credential.clone())).or_insert(i64::MIN);
+        *t = (*t).max(to_micros(*at));
+    }
+    last
+}
+
+/// Rows per upsert statement (6 parameters each, well under both
+/// backends' limits).
+const UPSERT_ROWS: usize = 500;
+
+/// Add `counts` to `audit_use_counts` and move `last_used_at` forward, in one
+/// transaction, in key order.
+async fn write_counts(
+    db: &Db,
+    counts: &BTreeMap<CountKey, u64>,
+    last_used: &BTreeMap<(String, String), i64>,
+) -> Result<(), StoreError> {
     use crate::storage::BeginWrite as _;
+    let rows: Vec<(&CountKey, &u64)> = counts.iter().collect();
     on_db!(db, pool => {
         let mut tx = pool.begin_write().await?;
-        for (e, at) in batch {
-            sqlx::query(
-                "INSERT INTO audit_events \
-                 (at, org, credential, action, agent, destination, outcome, layer, version, fingerprint) \
-                 VALUES ($1, $2, $3, 'use', $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(to_micros(*at))
-            .bind(&e.org)
-            .bind(&e.credential)
-            .bind(e.agent.as_deref())
-            .bind(e.destination.as_deref())
-            .bind(&e.outcome)
-            .bind(e.layer.map(Layer::as_str))
-            .bind(e.version.map(crate::storage::db_int))
-            .bind(e.fingerprint.as_deref())
-            .execute(&mut *tx)
-            .await?;
+        for chunk in rows.chunks(UPSERT_ROWS) {
+            let mut sql = String::from("INSERT INTO audit_use_counts (org, credential, agent, outcome, minute, count) VALUES ");
+            for i in 0..chunk.len() {
+                let b = i * 6;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6));
+            }
+            sql.push_str(
+                " ON CONFLICT (org, credential, agent, outcome, minute) \
+                 DO UPDATE SET count = audit_use_counts.count + excluded.count",
+            );
+            let mut q = sqlx::query(&sql);
+            for (k, n) in chunk {
+                q = q
+                    .bind(k.org.as_str())
+                    .bind(k.credential.as_str())
+                    .bind(k.agent.as_str())
+                    .bind(k.outcome.as_str())
+                    .bind(k.minute)
+                    .bind(crate::storage::db_int(**n));
+            }
+            q.execute(&mut *tx).await?;
         }
-        // One update per credential used, to its latest use in the batch.
-        let mut last: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
-        for (e, at) in batch.iter().filter(|(e, _)| e.outcome == "ok" && e.layer == Some(Layer::Vault)) {
-            let t = last.entry((e.org.as_str(), e.credential.as_str())).or_default();
-            *t = (*t).max(to_micros(*at));
-        }
-        for ((org, name), at) in last {
+        for ((org, name), at) in last_used {
             sqlx::query(
                 "UPDATE credentials SET last_used_at = $1 \
                  WHERE org = $2 AND name = $3 AND (last_used_at IS NULL OR last_used_at < $1)",
             )
-            .bind(at)
-            .bind(org)
-            .bind(name)
+            .bind(*at)
+            .bind(org.as_str())
+            .bind(name.as_str())
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
         Ok(())
     })
+}
+
+/// Rows deleted per statement while pruning, so no transaction holds the
+/// write lock for long.
+const PRUNE_CHUNK: i64 = 10_000;
+
+/// Delete counts of minutes before `cutoff` and legacy per-use rows of
+/// `audit_events` older than it; lifecycle events are kept. The number of
+/// rows deleted.
+async fn prune(db: &Db, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
+    let cutoff = to_micros(cutoff);
+    let mut total = 0;
+    on_db!(db, pool => {
+        loop {
+            let n = sqlx::query("DELETE FROM audit_use_counts WHERE minute < $1")
+                .bind(minute_of(cutoff))
+                .execute(pool)
+                .await?
+                .rows_affected();
+            total += n;
+            let n2 = sqlx::query(
+                "DELETE FROM audit_events WHERE seq IN \
+                 (SELECT seq FROM audit_events WHERE action = 'use' AND at < $1 LIMIT $2)",
+            )
+            .bind(cutoff)
+            .bind(PRUNE_CHUNK)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            total += n2;
+            if n2 < PRUNE_CHUNK as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    Ok(total)
 }

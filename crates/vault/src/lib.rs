@@ -7,7 +7,7 @@
 //!   identity providers.
 //! - [`storage`]: the SQLite and PostgreSQL pools, migrations, the change
 //!   feed and the caches it invalidates.
-//! - [`audit`]: lifecycle and use events.
+//! - [`audit`]: lifecycle events, use counts, and the sink of full use events.
 //!
 //! One rule for every write, in either room: the row change, its change
 //! record (which every replica's feed reads) and its audit event commit in
@@ -20,7 +20,7 @@ pub mod credentials;
 pub mod directory;
 pub mod storage;
 
-pub use audit::{AuditAction, AuditEvent, AuditFilter, UseEvent};
+pub use audit::{AuditAction, AuditEvent, AuditFilter, AuditOptions, AuditSink, UseEvent};
 pub use credentials::service::{
     AttachmentKind, AttachmentsView, CredentialInfo, CredentialRef, CredentialView, EnvLookup, KeyOrigin, KeySource,
     Resolution, RotationReport, Vault, VaultError, VaultOptions, parse_org,

@@ -9,6 +9,10 @@
 //! keyring_file = "/etc/latchkey/keyring"  # master keys by term
 //! plugin_dir = "/etc/latchkey/plugins"
 //! listen = "127.0.0.1:8080"
+//! audit_sink = "file:/var/log/latchkey/audit.jsonl"   # serve: full use events (default: the log)
+//! audit_sink_max_bytes = 104857600        # serve: rotate the file sink at this size
+//! audit_sink_keep = 5                     # serve: rotated files kept
+//! audit_retention = "30d"                 # serve: prune use counts older than this (default 90d)
 //!
 //! [env]                                   # names → host environment variables
 //! openai = "OPENAI_API_KEY"
@@ -53,6 +57,10 @@ pub struct FileConfig {
     pub keyring_file: Option<PathBuf>,
     pub plugin_dir: Option<PathBuf>,
     pub listen: Option<String>,
+    pub audit_sink: Option<String>,
+    pub audit_sink_max_bytes: Option<u64>,
+    pub audit_sink_keep: Option<u32>,
+    pub audit_retention: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
 }

@@ -11,6 +11,8 @@ use latchkey::server::{self, ServerConfig, net};
 use latchkey::vault::{KeyOrigin, Vault};
 
 use crate::Failure;
+use crate::cli::config::FileConfig;
+use latchkey::vault::{AuditOptions, AuditSink};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -38,6 +40,51 @@ pub struct ServeArgs {
     /// Accept `Authorization: Basic` agent credentials on a plain-HTTP listener (they are readable on the wire).
     #[arg(long)]
     pub allow_basic_over_http: bool,
+    /// Where each use's full event goes: `log` (a tracing event), `stdout` (JSON lines), `file:PATH` (JSON lines,
+    /// rotated by size) or `none` [default: log, or `audit_sink` in the config file]. The store keeps counts per minute.
+    #[arg(long, env = "LATCHKEY_AUDIT_SINK", value_name = "SINK")]
+    pub audit_sink: Option<String>,
+    /// Rotate the file sink before it grows past this many bytes [default: 104857600].
+    #[arg(long, value_name = "BYTES")]
+    pub audit_sink_max_bytes: Option<u64>,
+    /// Rotated files of the file sink kept (PATH.1 … PATH.N) [default: 5].
+    #[arg(long, value_name = "N")]
+    pub audit_sink_keep: Option<u32>,
+    /// Prune use counts older than this, e.g. 30d; `0` or `forever` keeps them all [default: 90d, or
+    /// `audit_retention` in the config file].
+    #[arg(long, env = "LATCHKEY_AUDIT_RETENTION", value_name = "DURATION")]
+    pub audit_retention: Option<String>,
+}
+
+/// The default `--audit-retention`.
+pub const DEFAULT_AUDIT_RETENTION: &str = "90d";
+
+/// The audit settings of `serve`: flags, then the config file, then defaults.
+pub fn audit_options(args: &ServeArgs, file: &FileConfig) -> Result<AuditOptions, Failure> {
+    let invalid = |m: String| Failure::new(ErrorCode::InvalidArgument, m);
+    let max_bytes = args
+        .audit_sink_max_bytes
+        .or(file.audit_sink_max_bytes)
+        .unwrap_or(latchkey::vault::audit::sink::DEFAULT_MAX_BYTES);
+    let keep = args.audit_sink_keep.or(file.audit_sink_keep).unwrap_or(latchkey::vault::audit::sink::DEFAULT_KEEP);
+    let sink = match args.audit_sink.as_deref().or(file.audit_sink.as_deref()) {
+        Some(s) => AuditSink::parse(s, max_bytes, keep).map_err(|e| invalid(format!("--audit-sink: {e}")))?,
+        None => AuditSink::Log,
+    };
+    let retention =
+        args.audit_retention.as_deref().or(file.audit_retention.as_deref()).unwrap_or(DEFAULT_AUDIT_RETENTION);
+    Ok(AuditOptions { sink, retention: parse_retention(retention).map_err(invalid)? })
+}
+
+/// `30d`, `12h`…; `0` or `forever` keeps everything (`None`).
+pub fn parse_retention(s: &str) -> Result<Option<std::time::Duration>, String> {
+    if s == "0" || s == "forever" {
+        return Ok(None);
+    }
+    match crate::cli::agents::parse_duration(s).map(|d| d.whole_seconds()) {
+        Some(secs) if secs > 0 => Ok(Some(std::time::Duration::from_secs(secs.unsigned_abs()))),
+        _ => Err(format!("--audit-retention `{s}`: give a duration like 30d or 12h, or `forever`")),
+    }
 }
 
 pub async fn serve(

@@ -224,7 +224,8 @@ pub struct AuditArgs {
     /// Only this credential.
     #[arg(long)]
     pub credential: Option<String>,
-    /// Only this action: create, update, enable, disable, delete, rotate, attach, detach, rewrap, use.
+    /// Only this action: create, update, enable, disable, delete, rotate, attach, detach, rewrap, use (counts per
+    /// minute, agent and outcome).
     #[arg(long)]
     pub action: Option<String>,
     /// Only events since this long ago (`90s`, `15m`, `2h`, `7d`) or this RFC 3339 time.
@@ -700,7 +701,8 @@ pub async fn audit(vault: &Vault, a: AuditArgs) -> Result<(), Failure> {
             detail.push(d.clone());
         }
         rows.push(vec![
-            e.seq.to_string(),
+            // A count of uses (one minute's) has no place in the trail's sequence.
+            if e.count.is_some() { "-".into() } else { e.seq.to_string() },
             time_text(e.at.replace_nanosecond(0).ok()),
             e.org.clone(),
             // Directory events (an agent, an identity provider) name no credential.

@@ -348,7 +348,10 @@ fn vault_commands_workflow() {
     assert!(out.contains("credential_disabled"), "the refused use is audited: {out}");
     let (code, out, _) = run(&["audit", "--json", "--action", "use"]);
     assert_eq!(code, 0);
-    assert_eq!(out.lines().count(), 2, "{out}");
+    // Counts per minute and outcome: two uses, whichever minutes they fell in.
+    let uses: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(uses.iter().map(|u| u["count"].as_u64().unwrap()).sum::<u64>(), 2, "{out}");
+    assert!(uses.iter().any(|u| u["outcome"] == "credential_disabled"), "{out}");
     let (code, _, err) = run(&["audit", "--since", "yesterday"]);
     assert_eq!(code, 1);
     assert!(err.contains("error[invalid_argument]"), "{err}");

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use latchkey::vault::crypto::MasterKey;
-use latchkey::vault::{KeySource, Location, Vault, VaultOptions};
+use latchkey::vault::{AuditSink, KeySource, Location, Vault, VaultOptions};
 use latchkey::{Runtime, RuntimeConfig};
 use zeroize::Zeroizing;
 
@@ -99,9 +99,56 @@ impl TestDb {
         VaultOptions::new(self.location.clone(), keys)
     }
 
+    /// The file sink [`TestDb::options_with_sink`] configures.
+    pub fn sink_path(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+
+    /// [`TestDb::options`] with full use events going to [`TestDb::sink_path`]
+    /// (rotated at `max_bytes`, `keep` rotated files).
+    pub fn options_with_sink(&self, max_bytes: u64, keep: u32) -> VaultOptions {
+        let mut options = self.options();
+        options.audit.sink = AuditSink::File { path: self.sink_path(), max_bytes, keep };
+        options
+    }
+
+    /// Every line of the sink, oldest first (rotated files first), parsed as
+    /// JSON (a line that does not parse fails the test).
+    pub fn sink_lines(&self) -> Vec<serde_json::Value> {
+        let mut files: Vec<PathBuf> = (1..100)
+            .map(|n| PathBuf::from(format!("{}.{n}", self.sink_path().display())))
+            .filter(|p| p.exists())
+            .collect();
+        files.reverse();
+        files.push(self.sink_path());
+        let mut lines = Vec::new();
+        for f in files.iter().filter(|p| p.exists()) {
+            for line in std::fs::read_to_string(f).unwrap().lines() {
+                lines.push(serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {e}: {line}", f.display())));
+            }
+        }
+        lines
+    }
+
     /// Open a vault with [`TestDb::options`].
     pub async fn open(&self) -> Vault {
         Vault::open(self.options(), runtime()).await.expect("open vault")
+    }
+
+    /// Run one SQL statement on this database, outside any vault.
+    pub async fn execute(&self, sql: &str) {
+        match &self.location {
+            Location::SqliteFile(p) => {
+                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", p.display())).await.unwrap();
+                sqlx::query(sql).execute(&pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+                pool.close().await;
+            }
+            Location::Postgres(url) => {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                sqlx::query(sql).execute(&pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+                pool.close().await;
+            }
+        }
     }
 
     /// The PostgreSQL schema of this test.

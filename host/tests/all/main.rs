@@ -5,6 +5,7 @@ mod cli;
 mod codes;
 #[macro_use]
 mod db;
+mod audit;
 mod directory;
 mod hostile;
 mod identity;

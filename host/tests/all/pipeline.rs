@@ -50,7 +50,7 @@ pub(crate) async fn bench(backend: Backend, guest_paths: &[&str], runtime: Runti
     })
     .unwrap();
     let rt = Arc::new(rt);
-    let vault = Arc::new(Vault::open(db.options(), rt.clone()).await.unwrap());
+    let vault = Arc::new(Vault::open(db.options_with_sink(64 << 20, 2), rt.clone()).await.unwrap());
 
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
@@ -302,29 +302,35 @@ async fn sign_never_returns_a_secret(backend: Backend) {
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("public-id-123"));
 
-    // Each use names the credential version and a fingerprint, never a value.
+    // The store counts uses per minute, agent and outcome; the sink has each
+    // use in full: the credential version and a fingerprint, never a value.
     b.vault.close().await;
     let vault = b.db.open().await;
     let uses = vault
         .audit(&AuditFilter { action: Some(AuditAction::Use), limit: Some(10_000), ..Default::default() })
         .await
         .unwrap();
-    let ok: Vec<_> = uses.iter().filter(|u| u.outcome == "ok").collect();
+    let lines = b.db.sink_lines();
+    let counted: u64 = uses.iter().map(|u| u.count.unwrap()).sum();
+    assert_eq!(counted, lines.len() as u64, "every use counted once, and in the sink once");
+    assert!(uses.iter().all(|u| u.agent.as_deref() == Some("bot")), "{uses:?}");
+    let ok: Vec<_> = lines.iter().filter(|u| u["outcome"] == "ok").collect();
     assert!(!ok.is_empty());
-    let rendered = format!("{uses:?}");
+    let rendered = format!("{uses:?}{}", std::fs::read_to_string(b.db.sink_path()).unwrap());
     for (_, value) in custom_ref.iter().chain(&hidden_ref).chain(&[("k", key.as_str()), ("p", pass.as_str())]) {
         assert!(!rendered.contains(value), "the audit trail holds a secret value");
     }
     assert!(uses.iter().any(|u| u.outcome == "secret_in_output" && u.credential == "ak"));
+    assert!(lines.iter().any(|u| u["outcome"] == "secret_in_output" && u["credential"] == "ak"));
     // Released uses name the version and a fingerprint; every process on the
     // store (a replica) derives the same one: one salt per installation.
-    let aws_uses: Vec<_> = ok.iter().filter(|u| u.credential == "aws").collect();
+    let aws_uses: Vec<_> = ok.iter().filter(|u| u["credential"] == "aws").collect();
     assert!(aws_uses.len() >= 2, "{aws_uses:?}");
-    let fp = aws_uses[0].fingerprint.clone().expect("a released use carries a fingerprint");
+    let fp = aws_uses[0]["fingerprint"].as_str().expect("a released use carries a fingerprint").to_string();
     assert!(fp.len() == 32 && fp.bytes().all(|c| c.is_ascii_hexdigit()), "{fp}");
     let version = vault.get("default", "aws").await.unwrap().credential.version;
     assert!(
-        aws_uses.iter().all(|u| u.fingerprint.as_deref() == Some(fp.as_str()) && u.version == Some(version)),
+        aws_uses.iter().all(|u| u["fingerprint"] == fp.as_str() && u["version"] == version && u["layer"] == "vault"),
         "{aws_uses:?}"
     );
     let aws_secrets = BTreeMap::from([
@@ -333,7 +339,7 @@ async fn sign_never_returns_a_secret(backend: Backend) {
         ("session_token".to_string(), Secret::new("IQoJsessiontoken")),
     ]);
     assert_eq!(vault.fingerprint(&aws_secrets).await.unwrap(), fp);
-    assert!(uses.iter().filter(|u| u.outcome != "ok").all(|u| u.fingerprint.is_none()));
+    assert!(lines.iter().filter(|u| u["outcome"] != "ok").all(|u| u["fingerprint"].is_null()));
     vault.close().await;
     b.db.cleanup().await;
 }
@@ -425,19 +431,21 @@ async fn the_call_fails_closed_when_the_audit_store_refuses_writes() {
     assert_eq!(proxied(&b, "up").await.0, 200);
     assert_eq!(b.hits.load(Ordering::SeqCst), 1);
 
-    // The audit store starts refusing use rows (a full disk, a broken table).
+    // The audit store starts refusing use counts (a full disk, a broken table).
     let file = match b.db.options().location {
         latchkey::vault::Location::SqliteFile(p) => p,
         other => panic!("{other:?}"),
     };
     let admin = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display())).await.unwrap();
-    sqlx::query(
-        "CREATE TRIGGER refuse_uses BEFORE INSERT ON audit_events WHEN NEW.action = 'use' \
-         BEGIN SELECT RAISE(ABORT, 'the audit store refuses writes'); END",
-    )
-    .execute(&admin)
-    .await
-    .unwrap();
+    for (name, op) in [("refuse_new_counts", "INSERT"), ("refuse_counts", "UPDATE")] {
+        sqlx::query(&format!(
+            "CREATE TRIGGER {name} BEFORE {op} ON audit_use_counts \
+             BEGIN SELECT RAISE(ABORT, 'the audit store refuses writes'); END"
+        ))
+        .execute(&admin)
+        .await
+        .unwrap();
+    }
     let (status, json) = proxied(&b, "up").await;
     assert_eq!((status, json["error"]["code"].as_str()), (503, Some("audit_unavailable")), "{json}");
     assert_eq!(b.hits.load(Ordering::SeqCst), 1, "a request reached the upstream without its audit record");
@@ -454,10 +462,16 @@ async fn the_call_fails_closed_when_the_audit_store_refuses_writes() {
     assert_eq!((status, code.as_str()), (503, "audit_unavailable"), "{answer}");
     assert!(!answer.contains("Signature="), "a signature left without its audit record: {answer}");
 
-    // Writable again: calls go through again.
-    sqlx::query("DROP TRIGGER refuse_uses").execute(&admin).await.unwrap();
+    // Writable again: calls go through again, and the calls that failed
+    // closed are counted as such (their counts were kept and retried).
+    for name in ["refuse_new_counts", "refuse_counts"] {
+        sqlx::query(&format!("DROP TRIGGER {name}")).execute(&admin).await.unwrap();
+    }
     assert_eq!(proxied(&b, "up").await.0, 200);
     assert_eq!(b.hits.load(Ordering::SeqCst), 2);
+    let uses = b.vault.audit(&AuditFilter { action: Some(AuditAction::Use), ..Default::default() }).await.unwrap();
+    let count = |outcome: &str| uses.iter().filter(|u| u.outcome == outcome).map(|u| u.count.unwrap()).sum::<u64>();
+    assert_eq!((count("ok"), count("audit_unavailable")), (2, 2), "{uses:?}");
     admin.close().await;
     b.close().await;
 }

@@ -349,7 +349,7 @@ pub(crate) async fn world(backend: Backend) -> Option<(World, String)> {
     let port = serve_tls(upstream(cell.clone(), slow.clone()), &pki).await;
     cell.set(port).unwrap();
     let upstream_url = format!("https://localhost:{port}");
-    let vault = Arc::new(db.open().await);
+    let vault = Arc::new(Vault::open(db.options_with_sink(64 << 20, 2), crate::db::runtime()).await.unwrap());
     let add = |name: &str, scheme: &str, config: &[(&str, &str)], secrets: &[(&str, &str)]| {
         let mut raw = RawCredential::new(name, scheme);
         raw.config = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -476,16 +476,17 @@ async fn official_sdks_through_the_proxy() {
     assert_streamed(&run_client("anthropic_client.py", &["stream"], anthropic, token.clone()).await);
     let v = run_client("boto3_client.py", &[], format!("{}/proxy/aws", w.base), token.clone()).await;
     assert_eq!(v["tables"], serde_json::json!(["verified-by-sigv4"]), "the upstream verified the broker's SigV4");
-    // Every use is audited with the agent and destination.
+    // Every use is counted with the agent, and in the sink with the destination.
     let uses = w
         .vault
         .audit(&latchkey::vault::AuditFilter { action: Some(latchkey::vault::AuditAction::Use), ..Default::default() })
         .await
         .unwrap();
-    assert_eq!(uses.len(), 5);
-    assert!(uses.iter().all(|u| u.outcome == "ok"
-        && u.agent.as_deref() == Some("bot")
-        && u.destination.as_deref() == Some("localhost")));
+    assert_eq!(uses.iter().map(|u| u.count.unwrap()).sum::<u64>(), 5, "{uses:?}");
+    assert!(uses.iter().all(|u| u.outcome == "ok" && u.agent.as_deref() == Some("bot")), "{uses:?}");
+    let lines = w.db.sink_lines();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert!(lines.iter().all(|u| u["outcome"] == "ok" && u["agent"] == "bot" && u["destination"] == "localhost"));
     w.close().await;
 }
 

@@ -441,35 +441,64 @@ async fn use_audit_and_last_used(db: &TestDb) {
     let vault = db.open().await;
     vault.create(api_key("used", "sk-used"), "test").await.unwrap();
     assert!(vault.get(ORG, "used").await.unwrap().last_used_at.is_none());
-    for outcome in ["ok", "ok", "destination_not_allowed"] {
-        vault.record_use(UseEvent {
-            org: ORG.into(),
-            credential: "used".into(),
-            agent: Some("ci-bot".into()),
-            destination: Some("api.openai.com".into()),
-            outcome: outcome.into(),
-            layer: Some(Layer::Vault),
-            version: Some(1),
-            fingerprint: None,
-        });
-    }
+    let event = |agent: Option<&str>, outcome: &str| UseEvent {
+        org: ORG.into(),
+        credential: "used".into(),
+        agent: agent.map(str::to_string),
+        destination: Some("api.openai.com".into()),
+        outcome: outcome.into(),
+        layer: Some(Layer::Vault),
+        version: Some(1),
+        fingerprint: None,
+    };
+    let before = time::OffsetDateTime::now_utc();
+    vault.record_use_durable(event(Some("ci-bot"), "ok")).await.unwrap();
+    vault.record_use_durable(event(Some("ci-bot"), "ok")).await.unwrap();
+    vault.record_use_durable(event(Some("other-bot"), "ok")).await.unwrap();
+    vault.record_use(event(Some("ci-bot"), "destination_not_allowed"));
+    vault.record_use(event(None, "agent_unknown"));
     let uses = vault.audit(&AuditFilter { action: Some(AuditAction::Use), ..AuditFilter::default() }).await.unwrap();
-    assert_eq!(uses.len(), 3);
-    assert_eq!(uses[0].agent.as_deref(), Some("ci-bot"));
-    assert_eq!(uses[0].layer.as_deref(), Some("vault"));
-    assert_eq!(uses[2].outcome, "destination_not_allowed");
+    // Counts per (agent, outcome, minute): the uses may straddle a minute.
+    let count = |agent: Option<&str>, outcome: &str| -> u64 {
+        uses.iter().filter(|u| u.agent.as_deref() == agent && u.outcome == outcome).map(|u| u.count.unwrap()).sum()
+    };
+    assert_eq!(count(Some("ci-bot"), "ok"), 2, "{uses:?}");
+    assert_eq!(count(Some("other-bot"), "ok"), 1, "{uses:?}");
+    assert_eq!(count(Some("ci-bot"), "destination_not_allowed"), 1, "{uses:?}");
+    assert_eq!(count(None, "agent_unknown"), 1, "{uses:?}");
+    assert!((4..=8).contains(&uses.len()), "one row per key and minute: {uses:?}");
+    let minute = |t: time::OffsetDateTime| t.replace_second(0).unwrap().replace_nanosecond(0).unwrap();
+    for u in &uses {
+        assert_eq!((u.seq, u.action.as_str(), u.credential.as_str()), (0, "use", "used"));
+        assert_eq!(u.at, minute(u.at), "a count is at the start of its minute");
+        assert!(u.at >= minute(before) && u.at <= time::OffsetDateTime::now_utc());
+        assert_eq!(u.detail, Some(format!("count {}", u.count.unwrap())));
+        assert_eq!((&u.destination, &u.layer, u.version, &u.fingerprint), (&None, &None, None, &None));
+    }
     assert!(vault.get(ORG, "used").await.unwrap().last_used_at.is_some());
-    // Filters: by credential, since, limit (most recent, oldest first).
+    // With every action: the lifecycle events are there too, in time order.
+    let all = vault.audit(&AuditFilter::default()).await.unwrap();
+    assert_eq!(all.len(), uses.len() + 1);
+    assert_eq!(all.iter().filter(|e| e.action == "create").count(), 1);
+    assert!(all.windows(2).all(|w| w[0].at <= w[1].at), "{all:?}");
+    // Filters: by credential and organisation, since, limit (most recent, oldest first).
     let last = vault.audit(&AuditFilter { limit: Some(2), ..AuditFilter::default() }).await.unwrap();
     assert_eq!(last.len(), 2);
-    assert!(last[0].seq < last[1].seq);
-    let none = vault
-        .audit(&AuditFilter {
+    assert_eq!(last[..], all[all.len() - 2..]);
+    for filter in [
+        AuditFilter { credential: Some("other".into()), ..AuditFilter::default() },
+        AuditFilter { org: Some("acme".into()), ..AuditFilter::default() },
+        AuditFilter {
             since: Some(time::OffsetDateTime::now_utc() + time::Duration::hours(1)),
             ..AuditFilter::default()
-        })
-        .await
-        .unwrap();
-    assert!(none.is_empty());
+        },
+    ] {
+        assert!(vault.audit(&filter).await.unwrap().is_empty(), "{filter:?}");
+    }
+    let recent = vault.audit(&AuditFilter { since: Some(before), ..AuditFilter::default() }).await.unwrap();
+    assert!(
+        recent.iter().filter(|e| e.action == "use").count() == uses.len(),
+        "a since inside a minute keeps its count"
+    );
     vault.close().await;
 }

@@ -166,6 +166,8 @@ pub struct VaultOptions {
     pub watch: bool,
     /// How often an SQLite vault checks for other processes' commits.
     pub sqlite_watch_interval: Duration,
+    /// Where full use events go and how long use counts are kept.
+    pub audit: crate::audit::AuditOptions,
 }
 
 impl VaultOptions {
@@ -179,6 +181,7 @@ impl VaultOptions {
             env: Arc::new(|var| std::env::var(var).ok()),
             watch: false,
             sqlite_watch_interval: Duration::from_millis(20),
+            audit: crate::audit::AuditOptions::default(),
         }
     }
 }
@@ -474,10 +477,27 @@ impl Vault {
             db.close().await;
             return Err(e);
         }
+        let uses = match Db::connect_audit(&options.location).await {
+            Ok(audit_db) => UseRecorder::start(audit_db.clone(), &options.audit).map_err(|e| {
+                let what = match &options.audit.sink {
+                    crate::audit::AuditSink::File { path, .. } => format!("the audit sink {}", path.display()),
+                    _ => "the audit sink".into(),
+                };
+                VaultError::InvalidArgument(format!("cannot open {what}: {e}"))
+            }),
+            Err(e) => Err(e.into()),
+        };
+        let uses = match uses {
+            Ok(u) => u,
+            Err(e) => {
+                db.close().await;
+                return Err(e);
+            }
+        };
         let (stop, _) = watch::channel(false);
         let vault = Vault {
             audit_salt: tokio::sync::OnceCell::new(),
-            uses: UseRecorder::start(db.clone()),
+            uses,
             db,
             location: options.location.clone(),
             catalogue,
@@ -504,7 +524,7 @@ impl Vault {
 
     /// Drop change records older than [`CHANGE_RETENTION`]: feeds read them
     /// within milliseconds, so old ones only take space. (The audit trail is
-    /// kept whole; its retention is the operator's call.)
+    /// pruned by the audit writer; see [`crate::audit::AuditOptions`].)
     async fn prune_changes(&self) -> Result<(), VaultError> {
         let cutoff = to_micros(OffsetDateTime::now_utc() - CHANGE_RETENTION);
         on_db!(&self.db, pool => {
@@ -551,10 +571,10 @@ impl Vault {
         Ok(())
     }
 
-    /// Store every queued use event, stop the change feed and close the
-    /// database.
+    /// Store every queued use, flush the audit sink, stop the change feed
+    /// and close the database.
     pub async fn close(&self) {
-        self.uses.flush().await;
+        self.uses.close().await;
         let _ = self.stop.send(true);
         let tasks: Vec<_> = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
         for t in tasks {
@@ -691,9 +711,18 @@ impl Vault {
         Ok(audit::query(&self.db, filter).await?)
     }
 
-    /// Use events dropped because the audit queue was full.
+    /// Full use events the audit sink did not get because its backlog was
+    /// full (the use counts in the store are never dropped).
     pub fn audit_dropped(&self) -> u64 {
         self.uses.dropped()
+    }
+
+    /// Prune use counts (and legacy per-use rows) older than
+    /// [`crate::audit::AuditOptions::retention`] now, as the audit writer
+    /// does at start and every [`crate::audit::PRUNE_EVERY`]; the number of
+    /// rows deleted (0 without a retention). Lifecycle events are kept.
+    pub async fn prune_audit(&self) -> Result<u64, VaultError> {
+        Ok(self.uses.prune().await?)
     }
 
     fn open_secrets(&self, row: &StoredCredential) -> Result<BTreeMap<String, Secret>, VaultCryptoError> {
@@ -797,8 +826,9 @@ impl Vault {
         Ok(Resolution { entry, resolved })
     }
 
-    /// Record one use of a credential that released nothing (queued; see
-    /// `vault::audit`).
+    /// Record one use of a credential that released nothing (counted in
+    /// memory, committed by the writer within [`crate::audit::TICK`]; never
+    /// dropped; see `vault::audit`).
     pub fn record_use(&self, event: UseEvent) {
         self.uses.record(event);
     }
