@@ -962,12 +962,7 @@ impl Vault {
                 }
             };
             if applied {
-                sqlx::query("INSERT INTO vault_changes (org, name, at) VALUES ($1, $2, $3)")
-                    .bind(change.org)
-                    .bind(change.credential)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await
+                crate::storage::insert_change_record!(&mut *tx, change.org, change.credential, at)
                     .map_err(StoreError::from)?;
                 insert_change_event!(&mut *tx, at, change).map_err(StoreError::from)?;
                 tx.commit().await.map_err(StoreError::from)?;

@@ -48,12 +48,7 @@ macro_rules! record_change {
     ($tx:expr, $change:expr) => {{
         let c = &$change;
         async {
-            sqlx::query("INSERT INTO vault_changes (org, name, at) VALUES ($1, $2, $3)")
-                .bind(c.org)
-                .bind(&c.object)
-                .bind(c.at)
-                .execute(&mut *$tx)
-                .await?;
+            crate::storage::insert_change_record!(&mut *$tx, c.org, &c.object, c.at)?;
             sqlx::query(
                 "INSERT INTO audit_events (at, org, credential, action, actor, agent, outcome, detail) \
                  VALUES ($1, $2, $3, $4, $5, $6, 'ok', $7)",
@@ -121,25 +116,17 @@ macro_rules! attachment_in_tx {
                 .bind(&id)
                 .execute(&mut *$tx)
                 .await?;
-            sqlx::query("INSERT INTO vault_changes (org, name, at) VALUES ($1, $2, $3)")
-                .bind(org)
-                .bind(credential)
-                .bind(at)
-                .execute(&mut *$tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO audit_events (at, org, credential, action, actor, outcome, version, detail) \
-                 VALUES ($1, $2, $3, $4, $5, 'ok', $6, $7)",
-            )
-            .bind(at)
-            .bind(org)
-            .bind(credential)
-            .bind(if attach { AuditAction::Attach.as_str() } else { AuditAction::Detach.as_str() })
-            .bind(actor)
-            .bind(version + 1)
-            .bind(format!("{} {}", kind.as_str(), target))
-            .execute(&mut *$tx)
-            .await?;
+            crate::storage::insert_change_record!(&mut *$tx, org, credential, at)?;
+            // The event a credential write records (`Vault::set_attachment`).
+            let event = crate::audit::Change {
+                org,
+                credential,
+                action: if attach { AuditAction::Attach } else { AuditAction::Detach },
+                actor,
+                version: u64::try_from(version + 1).ok(),
+                detail: Some(format!("{} {}", kind.as_str(), target)),
+            };
+            crate::audit::insert_change_event!(&mut *$tx, at, event)?;
             Ok::<bool, sqlx::Error>(true)
         }
         .await

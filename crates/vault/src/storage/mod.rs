@@ -50,6 +50,21 @@ macro_rules! on_db {
 }
 pub(crate) use on_db;
 
+/// Insert the change record of `$name` in `$org` at `$at` on the executor
+/// `$conn` (the change's own transaction): what every replica's feed reads
+/// to invalidate its caches. Evaluates to `Result<_, sqlx::Error>`.
+macro_rules! insert_change_record {
+    ($conn:expr, $org:expr, $name:expr, $at:expr) => {
+        sqlx::query("INSERT INTO vault_changes (org, name, at) VALUES ($1, $2, $3)")
+            .bind($org)
+            .bind($name)
+            .bind($at)
+            .execute($conn)
+            .await
+    };
+}
+pub(crate) use insert_change_record;
+
 /// A storage failure, already stripped of anything but the database's own
 /// message (sqlx errors never carry bound values; ours bind ciphertext,
 /// names and times only).
