@@ -13,7 +13,9 @@ use anyhow::{Context, Result, bail};
 use crate::{cargo, run, write_table};
 
 const ROUNDS: usize = 3;
-const WRK: [&str; 3] = ["-t1", "-c16", "--latency"];
+const C16: [&str; 3] = ["-t1", "-c16", "--latency"];
+const C64: [&str; 3] = ["-t1", "-c64", "--latency"];
+const C1: [&str; 3] = ["-t1", "-c1", "--latency"];
 const MEASURE: &str = "10s";
 const WARM_UP: &str = "2s";
 
@@ -113,59 +115,132 @@ pub fn bench_http(root: &Path) -> Result<()> {
         ),
     )?;
     let url = |port: u16, path: &str| format!("http://127.0.0.1:{port}{path}");
-    let targets: [(&str, String, Vec<String>); 5] = [
-        ("direct to the upstream (nginx, key sent by wrk)", url(upstream, "/anything"), header(&key_auth)),
-        ("nginx reference proxy", url(proxy, "/anything"), header(&agent_auth)),
-        ("broker proxy `GET /proxy/bench/anything`", url(broker, "/proxy/bench/anything"), header(&agent_auth)),
-        ("broker `POST /v1/sign` (SigV4)", url(broker, "/v1/sign"), {
-            let mut h = header(&agent_auth);
-            h.extend(["-s".to_string(), script.display().to_string()]);
-            h
-        }),
-        ("broker `GET /healthz` (no-op)", url(broker, "/healthz"), header(&agent_auth)),
+    // Whose CPU time each target is charged: the nginx proxy's processes
+    // (master and worker), the broker's process (all its threads).
+    let nginx_proxy = Cpu::of_tree(lab.children[1].id());
+    let broker_cpu = Cpu::of_tree(lab.children[2].id());
+    let sign_headers = {
+        let mut h = header(&agent_auth);
+        h.extend(["-s".to_string(), script.display().to_string()]);
+        h
+    };
+    let targets: Vec<Target> = vec![
+        Target::new(
+            "direct to the upstream (nginx, key sent by wrk)",
+            url(upstream, "/anything"),
+            header(&key_auth),
+            &C16,
+            None,
+        ),
+        Target::new("nginx reference proxy", url(proxy, "/anything"), header(&agent_auth), &C16, Some(&nginx_proxy)),
+        Target::new(
+            "broker proxy `GET /proxy/bench/anything`",
+            url(broker, "/proxy/bench/anything"),
+            header(&agent_auth),
+            &C16,
+            Some(&broker_cpu),
+        ),
+        Target::new("broker `POST /v1/sign` (SigV4)", url(broker, "/v1/sign"), sign_headers, &C16, Some(&broker_cpu)),
+        Target::new(
+            "broker `GET /healthz` (no-op)",
+            url(broker, "/healthz"),
+            header(&agent_auth),
+            &C16,
+            Some(&broker_cpu),
+        ),
+        Target::new(
+            "nginx reference proxy, 64 connections",
+            url(proxy, "/anything"),
+            header(&agent_auth),
+            &C64,
+            Some(&nginx_proxy),
+        ),
+        Target::new(
+            "broker proxy, 64 connections",
+            url(broker, "/proxy/bench/anything"),
+            header(&agent_auth),
+            &C64,
+            Some(&broker_cpu),
+        ),
+        Target::new(
+            "broker proxy, one sequential client",
+            url(broker, "/proxy/bench/anything"),
+            header(&agent_auth),
+            &C1,
+            Some(&broker_cpu),
+        ),
     ];
-    for (name, url, extra) in &targets {
-        eprintln!("xtask: warm-up {WARM_UP}: {name}");
-        wrk(url, extra, WARM_UP)?;
+    for t in &targets {
+        eprintln!("xtask: warm-up {WARM_UP}: {}", t.name);
+        wrk_with(t.shape, &t.url, &t.extra, WARM_UP, None)?;
     }
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); targets.len()];
     for round in 1..=ROUNDS {
-        for ((name, url, extra), out) in targets.iter().zip(&mut samples) {
-            let s = wrk(url, extra, MEASURE)?;
-            eprintln!("xtask: round {round}/{ROUNDS} {name}: {:.0} req/s, p50 {}, p99 {}", s.rps, ms(s.p50), ms(s.p99));
+        for (t, out) in targets.iter().zip(&mut samples) {
+            let s = wrk_with(t.shape, &t.url, &t.extra, MEASURE, t.cpu.as_ref())?;
+            eprintln!(
+                "xtask: round {round}/{ROUNDS} {}: {:.0} req/s, p50 {}, p99 {}, CPU {}",
+                t.name,
+                s.rps,
+                ms(s.p50),
+                ms(s.p99),
+                cpu_text(s.cpu_us)
+            );
             out.push(s);
         }
     }
     drop(lab);
 
     let m: Vec<Sample> = samples.iter().map(|s| Sample::median(s)).collect();
-    let [direct, nginx, proxied, sign, healthz] = [m[0], m[1], m[2], m[3], m[4]];
-    let mut table = String::from("| target | requests/s | p50 | p99 |\n|---|---|---|---|\n");
-    for ((name, ..), s) in targets.iter().zip(&m) {
-        table += &format!("| {name} | {:.0} | {} | {} |\n", s.rps, ms(s.p50), ms(s.p99));
+    let [direct, nginx, proxied, sign, healthz, nginx64, proxied64, sequential] =
+        [m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]];
+    let mut table = String::from(
+        "| target | connections | requests/s | p50 | p99 | CPU per request |\n|---|---|---|---|---|---|\n",
+    );
+    for (t, s) in targets.iter().zip(&m) {
+        table += &format!(
+            "| {} | {} | {:.0} | {} | {} | {} |\n",
+            t.name,
+            t.shape[1].trim_start_matches("-c"),
+            s.rps,
+            ms(s.p50),
+            ms(s.p99),
+            cpu_text(s.cpu_us)
+        );
     }
-    let goal = |ratio: f64, min: f64| if ratio >= min { "met" } else { "**not met**" };
+    let at_least = |ratio: f64, min: f64| if ratio >= min { "met" } else { "**not met**" };
+    let at_most = |ratio: f64, max: f64| if ratio <= max { "met" } else { "**not met**" };
     let proxy_ratio = proxied.rps / nginx.rps;
+    let proxy64_ratio = proxied64.rps / nginx64.rps;
+    let cpu_ratio = proxied.cpu_us.zip(nginx.cpu_us).map_or(f64::NAN, |(b, n)| b / n);
     let sign_ratio = sign.rps / healthz.rps;
     let added = |s: Sample| format!("{:+.2} / {:+.2} ms", (s.p50 - direct.p50) / 1e3, (s.p99 - direct.p99) / 1e3);
     table += &format!(
         "\n| ratio | measured | goal |\n|---|---|---|\n\
-         | (f) broker proxy ÷ nginx proxy, requests/s | **{proxy_ratio:.2}** | ≥ 0.95: {} |\n\
+         | (f) broker proxy ÷ nginx proxy, requests/s, 16 connections | **{proxy_ratio:.2}** | ≥ 0.95: {} |\n\
+         | (f) the same, 64 connections | **{proxy64_ratio:.2}** | ≥ 0.95: {} |\n\
+         | CPU per proxied request, broker ÷ nginx (16 connections) | **{cpu_ratio:.2}** | ≤ 1.2: {} |\n\
          | added latency over direct, nginx proxy (p50 / p99) | {} | (reference) |\n\
          | added latency over direct, broker proxy (p50 / p99) | {} | |\n\
-         | (g) `/v1/sign` ÷ `/healthz`, requests/s | **{sign_ratio:.2}** | ≥ 0.85: {} |\n",
-        goal(proxy_ratio, 0.95),
+         | (g) `/v1/sign` ÷ `/healthz`, requests/s | **{sign_ratio:.2}** | ≥ 0.85: {} |\n\
+         | sequential client p99, broker proxy | **{}** | ≤ 2 ms: {} |\n",
+        at_least(proxy_ratio, 0.95),
+        at_least(proxy64_ratio, 0.95),
+        at_most(cpu_ratio, 1.2),
         added(nginx),
         added(proxied),
-        goal(sign_ratio, 0.85),
+        at_least(sign_ratio, 0.85),
+        ms(sequential.p99),
+        at_most(sequential.p99, 2000.0),
     );
     let date = Command::new("date").arg("+%F").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     table += &format!(
         "\nMeasured {} on a {cores}-core machine, wrk, nginx and the broker sharing the cores; medians of \
-         {ROUNDS} interleaved rounds of `wrk {} -d{MEASURE}`.\n",
+         {ROUNDS} interleaved rounds of `wrk -t1 -cN --latency -d{MEASURE}`. CPU per request is the \
+         process's utime + stime (from `/proc`, all its threads; for nginx its master and worker) over \
+         the round, divided by the requests wrk completed.\n",
         date.unwrap_or_default(),
-        WRK.join(" "),
     );
     write_table(root, "http-bench", &table)
 }
@@ -385,6 +460,8 @@ struct Sample {
     /// Latency percentiles in microseconds.
     p50: f64,
     p99: f64,
+    /// CPU time of the measured process per completed request, µs.
+    cpu_us: Option<f64>,
 }
 
 impl Sample {
@@ -395,23 +472,92 @@ impl Sample {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        Sample { rps: med(|s| s.rps), p50: med(|s| s.p50), p99: med(|s| s.p99) }
+        let cpu = med(|s| s.cpu_us.unwrap_or(f64::NAN));
+        Sample { rps: med(|s| s.rps), p50: med(|s| s.p50), p99: med(|s| s.p99), cpu_us: (!cpu.is_nan()).then_some(cpu) }
     }
+}
+
+/// One load target of `bench-http`.
+struct Target {
+    name: &'static str,
+    url: String,
+    extra: Vec<String>,
+    shape: &'static [&'static str],
+    cpu: Option<Cpu>,
+}
+
+impl Target {
+    fn new(
+        name: &'static str,
+        url: String,
+        extra: Vec<String>,
+        shape: &'static [&'static str],
+        cpu: Option<&Cpu>,
+    ) -> Target {
+        Target { name, url, extra, shape, cpu: cpu.cloned() }
+    }
+}
+
+/// The processes whose CPU time a target is charged: a process and its
+/// children (an nginx master and its worker).
+#[derive(Clone)]
+struct Cpu(Vec<u32>);
+
+impl Cpu {
+    fn of_tree(pid: u32) -> Cpu {
+        let mut pids = vec![pid];
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+                if proc_stat(child).is_some_and(|(ppid, _)| ppid == pid) {
+                    pids.push(child);
+                }
+            }
+        }
+        Cpu(pids)
+    }
+
+    /// utime + stime of the processes, in clock ticks.
+    fn ticks(&self) -> u64 {
+        self.0.iter().filter_map(|p| proc_stat(*p)).map(|(_, t)| t).sum()
+    }
+}
+
+/// A process's parent and its utime + stime (ticks), from `/proc/<pid>/stat`.
+fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state, ppid, …, utime (14th), stime (15th).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let (utime, stime): (u64, u64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+    Some((ppid, utime + stime))
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn cpu_text(us: Option<f64>) -> String {
+    us.map_or("–".into(), |us| format!("{us:.1} µs"))
 }
 
 fn ms(us: f64) -> String {
     format!("{:.2} ms", us / 1000.0)
 }
 
-/// Run wrk and read Requests/sec and the 50% and 99% latencies; any non-2xx answer fails the run.
-fn wrk(url: &str, extra: &[String], duration: &str) -> Result<Sample> {
-    wrk_with(&WRK, url, extra, duration)
-}
-
-fn wrk_with(shape: &[&str], url: &str, extra: &[String], duration: &str) -> Result<Sample> {
+/// Run wrk and read Requests/sec, the 50% and 99% latencies and, for `cpu`,
+/// the CPU time per request; any non-2xx answer fails the run.
+fn wrk_with(shape: &[&str], url: &str, extra: &[String], duration: &str, cpu: Option<&Cpu>) -> Result<Sample> {
     let mut cmd = Command::new("wrk");
     cmd.args(shape).arg(format!("-d{duration}")).args(extra).arg(url);
+    let before = cpu.map(Cpu::ticks);
     let out = cmd.output().with_context(|| format!("running wrk on {url}"))?;
+    let after = cpu.map(Cpu::ticks);
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || text.contains("Non-2xx") {
         bail!("wrk on {url} failed or got errors:\n{text}{}", String::from_utf8_lossy(&out.stderr));
@@ -425,7 +571,21 @@ fn wrk_with(shape: &[&str], url: &str, extra: &[String], duration: &str) -> Resu
             .map(str::trim)
             .context(format!("wrk printed no `{prefix}`"))
     };
-    Ok(Sample { rps: field("Requests/sec:")?.parse()?, p50: micros(field("50%")?)?, p99: micros(field("99%")?)? })
+    // "  123456 requests in 10.00s, 12.34MB read"
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in ").map(|(n, _)| n.trim().to_string()))
+        .context("wrk printed no request count")?
+        .parse()?;
+    let cpu_us = before
+        .zip(after)
+        .map(|(b, a)| (a.saturating_sub(b)) as f64 / clock_ticks_per_second() * 1e6 / requests.max(1.0));
+    Ok(Sample {
+        rps: field("Requests/sec:")?.parse()?,
+        p50: micros(field("50%")?)?,
+        p99: micros(field("99%")?)?,
+        cpu_us,
+    })
 }
 
 /// wrk's `812.00us`, `1.23ms`, `2.00s` in microseconds.
@@ -486,7 +646,7 @@ pub fn bench_isolation(root: &Path) -> Result<()> {
     let (mut alone, mut loaded) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         eprintln!("xtask: round {}/{ROUNDS}", round + 1);
-        alone.push(wrk_with(&MEASURING, &fast, &header(&auth), MEASURE)?);
+        alone.push(wrk_with(&MEASURING, &fast, &header(&auth), MEASURE, None)?);
         let mut background = Command::new("wrk")
             .args(["-t1", LOOPING_CLIENTS, "-d16s"])
             .args(header(&auth))
@@ -496,7 +656,7 @@ pub fn bench_isolation(root: &Path) -> Result<()> {
             .spawn()
             .context("starting the looping clients")?;
         std::thread::sleep(Duration::from_secs(2));
-        let sample = wrk_with(&MEASURING, &fast, &header(&auth), MEASURE);
+        let sample = wrk_with(&MEASURING, &fast, &header(&auth), MEASURE, None);
         let _ = background.wait();
         loaded.push(sample?);
     }

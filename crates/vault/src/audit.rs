@@ -28,7 +28,7 @@
 //! map is bounded by distinct keys, not by the call rate, so no refusal is
 //! dropped, and counts whose commit failed stay in the map and are retried.
 //!
-//! One writer task does every write (group commit: all the uses waiting
+//! One writer thread does every write (group commit: all the uses waiting
 //! form one transaction of multi-row upserts, plus `last_used_at`), writes
 //! the sink, and prunes counts older than the retention. Its connection runs
 //! with relaxed durability, so a commit costs no fsync: on SQLite
@@ -45,15 +45,15 @@ pub mod sink;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::credentials::model::Layer;
-use crate::storage::{Db, StoreError, from_micros, on_db, to_micros};
+use crate::storage::{Db, Location, StoreError, from_micros, on_db, redact_url, to_micros};
 
 pub use sink::AuditSink;
 
@@ -278,7 +278,7 @@ pub struct AuditOptions {
     /// Where each use's full event goes (the `tracing` log by default).
     pub sink: AuditSink,
     /// Counts (and legacy per-use rows) older than this are pruned by the
-    /// writer task, at start and every [`PRUNE_EVERY`]; `None` keeps them
+    /// writer thread, at start and every [`PRUNE_EVERY`]; `None` keeps them
     /// all. `latchkey serve` sets it (default 90 days); one-shot commands
     /// leave it `None`, so they never prune.
     pub retention: Option<Duration>,
@@ -544,6 +544,9 @@ enum Msg {
     Flush(oneshot::Sender<()>),
     /// Prune now; answers the number of rows deleted.
     Prune(oneshot::Sender<Result<u64, String>>),
+    /// Commit everything recorded so far, flush the sink, close the store
+    /// and stop.
+    Close(oneshot::Sender<()>),
 }
 
 /// Refusals recorded since the writer last took them.
@@ -578,26 +581,53 @@ impl Shared {
     }
 }
 
-/// The queue of releasing uses, the map of refusals, and their writer task.
+/// Why the writer could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    /// The audit store could not be opened.
+    #[error("{0}")]
+    Store(StoreError),
+    /// The sink could not be opened.
+    #[error("{0}")]
+    Sink(std::io::Error),
+}
+
+/// The queue of releasing uses, the map of refusals, and their writer thread.
 pub(crate) struct UseRecorder {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::SyncSender<Msg>,
     shared: Arc<Shared>,
-    db: Db,
 }
 
 impl UseRecorder {
-    /// Start the writer task (and the sink's thread) on the current tokio
-    /// runtime. `db` is the writer's own pool (see [`Db::connect_audit`]).
-    pub(crate) fn start(db: Db, options: &AuditOptions) -> std::io::Result<UseRecorder> {
-        let out = sink::Output::open(&options.sink)?;
-        let (tx, rx) = mpsc::channel(QUEUE);
+    /// Open the audit store's own connection and the sink, and start the
+    /// writer thread.
+    pub(crate) async fn start(location: &Location, options: &AuditOptions) -> Result<UseRecorder, StartError> {
+        let out = sink::Output::open(&options.sink).map_err(StartError::Sink)?;
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
         let shared = Arc::new(Shared {
             refusals: Mutex::default(),
             sink_on: options.sink != AuditSink::None,
             sink_dropped: AtomicU64::new(0),
         });
-        tokio::spawn(writer(db.clone(), options.retention, out, shared.clone(), rx));
-        Ok(UseRecorder { tx, shared, db })
+        let (opened, open) = oneshot::channel();
+        let (location, retention, writer_shared) = (location.clone(), options.retention, shared.clone());
+        std::thread::Builder::new()
+            .name("latchkey-audit".into())
+            .spawn(move || match Store::open(&location) {
+                Ok(store) => {
+                    let _ = opened.send(Ok(()));
+                    Writer { store, retention, out, shared: writer_shared, rx }.run();
+                }
+                Err(e) => {
+                    let _ = opened.send(Err(e));
+                }
+            })
+            .map_err(|e| StartError::Store(StoreError::Database(format!("cannot start the audit writer: {e}"))))?;
+        match open.await {
+            Ok(Ok(())) => Ok(UseRecorder { tx, shared }),
+            Ok(Err(e)) => Err(StartError::Store(e)),
+            Err(_) => Err(StartError::Store(StoreError::Database("the audit writer stopped while starting".into()))),
+        }
     }
 
     /// Count a use that released nothing; never waits and never drops it.
@@ -623,8 +653,8 @@ impl UseRecorder {
         let (ack, committed) = oneshot::channel();
         self.tx.try_send(Msg::Use(event, at, ack)).map_err(|e| {
             AuditUnavailable(match e {
-                mpsc::error::TrySendError::Full(_) => format!("the audit queue is full ({QUEUE} events)"),
-                mpsc::error::TrySendError::Closed(_) => "the audit writer has stopped".into(),
+                mpsc::TrySendError::Full(_) => format!("the audit queue is full ({QUEUE} events)"),
+                mpsc::TrySendError::Disconnected(_) => "the audit writer has stopped".into(),
             })
         })?;
         match tokio::time::timeout(DURABLE_TIMEOUT, committed).await {
@@ -635,11 +665,24 @@ impl UseRecorder {
         }
     }
 
+    /// Hand `msg` to the writer, waiting for room in its queue off the
+    /// async workers (the queue is full only under an overload).
+    async fn send(&self, msg: Msg) -> bool {
+        match self.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::TrySendError::Disconnected(_)) => false,
+            Err(mpsc::TrySendError::Full(msg)) => {
+                let tx = self.tx.clone();
+                matches!(tokio::task::spawn_blocking(move || tx.send(msg).is_ok()).await, Ok(true))
+            }
+        }
+    }
+
     /// Wait until every use recorded so far is committed (or its commit
     /// failed) and handed to the sink, and the sink flushed.
     pub(crate) async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+        if self.send(Msg::Flush(done)).await {
             let _ = wait.await;
         }
     }
@@ -648,13 +691,11 @@ impl UseRecorder {
     /// the number of rows deleted (0 without a retention).
     pub(crate) async fn prune(&self) -> Result<u64, StoreError> {
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Msg::Prune(done))
-            .await
-            .map_err(|_| StoreError::Database("the audit writer has stopped".into()))?;
-        wait.await
-            .map_err(|_| StoreError::Database("the audit writer has stopped".into()))?
-            .map_err(StoreError::Database)
+        let stopped = || StoreError::Database("the audit writer has stopped".into());
+        if !self.send(Msg::Prune(done)).await {
+            return Err(stopped());
+        }
+        wait.await.map_err(|_| stopped())?.map_err(StoreError::Database)
     }
 
     /// Full use events the sink did not get because its backlog was full.
@@ -662,10 +703,13 @@ impl UseRecorder {
         self.shared.sink_dropped.load(Ordering::Relaxed)
     }
 
-    /// Flush, then close the writer's connections.
+    /// Commit and flush everything, then close the writer's connection and
+    /// stop its thread.
     pub(crate) async fn close(&self) {
-        self.flush().await;
-        self.db.close().await;
+        let (done, wait) = oneshot::channel();
+        if self.send(Msg::Close(done)).await {
+            let _ = wait.await;
+        }
     }
 }
 
@@ -684,153 +728,369 @@ impl Releases {
     }
 }
 
-/// The writer task: see the module's documentation.
-async fn writer(
-    db: Db,
-    retention: Option<Duration>,
-    mut out: sink::Output,
-    shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Msg>,
-) {
-    // Refusals (and uses that failed closed) not yet committed.
-    let mut pending: BTreeMap<CountKey, u64> = BTreeMap::new();
-    // After a failed commit of `pending`, releasing batches do not carry it
-    // again until this instant (a poisoned count must not fail every call).
-    let mut pending_retry = tokio::time::Instant::now();
-    let mut next_prune = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let mut releases = Releases::default();
-        let mut flushes = Vec::new();
-        let mut prunes = Vec::new();
-        let mut sink_events: Vec<Stamped> = Vec::new();
-        let mut closed = false;
-        let mut ticked = false;
-        let mut take = |msg: Msg, releases: &mut Releases| match msg {
-            // A caller that gave up waiting has already failed closed (and
-            // its surface records that refusal): not a release.
-            Msg::Use(_, _, ack) if ack.is_closed() => {}
-            Msg::Use(e, at, ack) => releases.push(e, at, ack),
-            Msg::Flush(done) => flushes.push(done),
-            Msg::Prune(done) => prunes.push(done),
-        };
-        tokio::select! {
-            biased;
-            m = rx.recv() => match m {
-                Some(m) => take(m, &mut releases),
-                None => closed = true,
-            },
-            _ = tick.tick() => ticked = true,
-        }
-        // Group commit: everything already queued goes into this transaction;
-        // calls that arrive while it commits form the next one.
-        while releases.len < BATCH {
-            let Ok(msg) = rx.try_recv() else { break };
-            take(msg, &mut releases);
-        }
-        let taken = std::mem::take(&mut *shared.refusals.lock().unwrap_or_else(|e| e.into_inner()));
-        for (key, n) in taken.counts {
-            add_bounded(&mut pending, key, n);
-        }
-        let refusal_events = taken.events;
+/// The writer's connection to the audit tables.
+///
+/// Every releasing call waits for a commit here, so a commit must cost as
+/// few thread hand-offs as possible. On SQLite the writer's own thread owns
+/// the connection (`rusqlite`: the statements run on that thread, with no
+/// executor and no connection worker between the batch and the disk); sqlx
+/// would run each statement of the transaction on its connection's worker
+/// thread and wake the caller after each one. On PostgreSQL, where a commit
+/// is a network round trip anyway, the thread drives an sqlx pool on a
+/// runtime of its own, so the writer does not depend on the server's
+/// runtime and closes cleanly whenever the vault is dropped.
+enum Store {
+    Sqlite(rusqlite::Connection),
+    Postgres { rt: tokio::runtime::Runtime, pool: sqlx::PgPool },
+}
 
-        let now = tokio::time::Instant::now();
-        let urgent = closed || !flushes.is_empty();
-        let carry = !pending.is_empty() && (urgent || (now >= pending_retry && (ticked || releases.len > 0)));
-        let mut outcomes: Vec<(Stamped, Ack, Result<(), String>)> = Vec::new();
-        if releases.len > 0 || carry {
-            let mut counts: BTreeMap<CountKey, u64> =
-                releases.groups.iter().map(|(k, v)| (k.clone(), v.len() as u64)).collect();
-            let last_used = latest_uses(releases.groups.values().flatten().map(|(s, _)| s));
-            if carry {
-                for (k, n) in &pending {
-                    *counts.entry(k.clone()).or_default() += n;
+/// The upsert of `rows` count rows: the same text on both backends.
+fn upsert_sql(rows: usize) -> String {
+    let mut sql = String::from("INSERT INTO audit_use_counts (org, credential, agent, outcome, minute, count) VALUES ");
+    for i in 0..rows {
+        let b = i * 6;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6));
+    }
+    sql.push_str(
+        " ON CONFLICT (org, credential, agent, outcome, minute) \
+         DO UPDATE SET count = audit_use_counts.count + excluded.count",
+    );
+    sql
+}
+
+const LAST_USED_SQL: &str = "UPDATE credentials SET last_used_at = $1 \
+     WHERE org = $2 AND name = $3 AND (last_used_at IS NULL OR last_used_at < $1)";
+const PRUNE_COUNTS_SQL: &str = "DELETE FROM audit_use_counts WHERE minute < $1";
+const PRUNE_USES_SQL: &str = "DELETE FROM audit_events WHERE seq IN \
+     (SELECT seq FROM audit_events WHERE action = 'use' AND at < $1 LIMIT $2)";
+
+/// Rows per upsert statement (6 parameters each, well under both
+/// backends' limits).
+const UPSERT_ROWS: usize = 500;
+
+/// Rows deleted per statement while pruning, so no transaction holds the
+/// write lock for long.
+const PRUNE_CHUNK: i64 = 10_000;
+
+impl Store {
+    fn open(location: &Location) -> Result<Store, StoreError> {
+        match location {
+            Location::SqliteFile(path) => {
+                let fail = |e: rusqlite::Error| StoreError::Database(format!("{}: {e}", path.display()));
+                // The vault created the file, its WAL journal and the tables.
+                let conn = rusqlite::Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(fail)?;
+                conn.busy_timeout(Duration::from_secs(10)).map_err(fail)?;
+                conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;").map_err(fail)?;
+                conn.set_prepared_statement_cache_capacity(32);
+                Ok(Store::Sqlite(conn))
+            }
+            Location::Postgres(url) => {
+                let fail = |e: &dyn std::fmt::Display| StoreError::Database(format!("{}: {e}", redact_url(url)));
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| fail(&e))?;
+                let options = url
+                    .parse::<sqlx::postgres::PgConnectOptions>()
+                    .map_err(|e| fail(&e))?
+                    .options([("synchronous_commit", "off")]);
+                let pool = rt
+                    .block_on(
+                        sqlx::postgres::PgPoolOptions::new()
+                            .max_connections(1)
+                            .acquire_timeout(Duration::from_secs(10))
+                            .connect_with(options),
+                    )
+                    .map_err(|e| fail(&e))?;
+                Ok(Store::Postgres { rt, pool })
+            }
+        }
+    }
+
+    /// Add `counts` to `audit_use_counts` and move `last_used_at` forward,
+    /// in one transaction, in key order.
+    fn write_counts(
+        &mut self,
+        counts: &BTreeMap<CountKey, u64>,
+        last_used: &BTreeMap<(String, String), i64>,
+    ) -> Result<(), String> {
+        let rows: Vec<(&CountKey, &u64)> = counts.iter().collect();
+        match self {
+            Store::Sqlite(conn) => {
+                let run = |conn: &mut rusqlite::Connection| -> rusqlite::Result<()> {
+                    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    for chunk in rows.chunks(UPSERT_ROWS) {
+                        let mut stmt = tx.prepare_cached(&upsert_sql(chunk.len()))?;
+                        let mut i = 0;
+                        for (k, n) in chunk {
+                            stmt.raw_bind_parameter(i + 1, k.org.as_str())?;
+                            stmt.raw_bind_parameter(i + 2, k.credential.as_str())?;
+                            stmt.raw_bind_parameter(i + 3, k.agent.as_str())?;
+                            stmt.raw_bind_parameter(i + 4, k.outcome.as_str())?;
+                            stmt.raw_bind_parameter(i + 5, k.minute)?;
+                            stmt.raw_bind_parameter(i + 6, crate::storage::db_int(**n))?;
+                            i += 6;
+                        }
+                        stmt.raw_execute()?;
+                    }
+                    {
+                        let mut stmt = tx.prepare_cached(LAST_USED_SQL)?;
+                        for ((org, name), at) in last_used {
+                            stmt.execute(rusqlite::params![at, org, name])?;
+                        }
+                    }
+                    tx.commit()
+                };
+                run(conn).map_err(|e| e.to_string())
+            }
+            Store::Postgres { rt, pool } => rt
+                .block_on(async {
+                    let mut tx = pool.begin().await?;
+                    for chunk in rows.chunks(UPSERT_ROWS) {
+                        let sql = upsert_sql(chunk.len());
+                        let mut q = sqlx::query(&sql);
+                        for (k, n) in chunk {
+                            q = q
+                                .bind(k.org.as_str())
+                                .bind(k.credential.as_str())
+                                .bind(k.agent.as_str())
+                                .bind(k.outcome.as_str())
+                                .bind(k.minute)
+                                .bind(crate::storage::db_int(**n));
+                        }
+                        q.execute(&mut *tx).await?;
+                    }
+                    for ((org, name), at) in last_used {
+                        sqlx::query(LAST_USED_SQL)
+                            .bind(*at)
+                            .bind(org.as_str())
+                            .bind(name.as_str())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await
+                })
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Delete counts of minutes before `cutoff` and legacy per-use rows of
+    /// `audit_events` older than it; lifecycle events are kept. The number
+    /// of rows deleted.
+    fn prune(&mut self, cutoff: OffsetDateTime) -> Result<u64, String> {
+        let cutoff = to_micros(cutoff);
+        let mut total = 0;
+        loop {
+            let (n, n2) = match self {
+                Store::Sqlite(conn) => {
+                    let run = |conn: &rusqlite::Connection| -> rusqlite::Result<(u64, u64)> {
+                        let n = conn.execute(PRUNE_COUNTS_SQL, [minute_of(cutoff)])?;
+                        let n2 = conn.execute(PRUNE_USES_SQL, [cutoff, PRUNE_CHUNK])?;
+                        Ok((n as u64, n2 as u64))
+                    };
+                    run(conn).map_err(|e| e.to_string())?
+                }
+                Store::Postgres { rt, pool } => rt
+                    .block_on(async {
+                        let n = sqlx::query(PRUNE_COUNTS_SQL)
+                            .bind(minute_of(cutoff))
+                            .execute(&*pool)
+                            .await?
+                            .rows_affected();
+                        let n2 = sqlx::query(PRUNE_USES_SQL)
+                            .bind(cutoff)
+                            .bind(PRUNE_CHUNK)
+                            .execute(&*pool)
+                            .await?
+                            .rows_affected();
+                        Ok::<_, sqlx::Error>((n, n2))
+                    })
+                    .map_err(|e| e.to_string())?,
+            };
+            total += n + n2;
+            if n2 < PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn close(self) {
+        match self {
+            Store::Sqlite(conn) => {
+                if let Err((_, e)) = conn.close() {
+                    tracing::warn!(error = %e, "closing the audit store's connection");
                 }
             }
-            let mut result = write_counts(&db, &counts, &last_used).await.map_err(|e| e.to_string());
-            if carry {
-                match &result {
-                    Ok(()) => pending.clear(),
+            Store::Postgres { rt, pool } => rt.block_on(pool.close()),
+        }
+    }
+}
+
+/// The writer thread's state: see the module's documentation.
+struct Writer {
+    store: Store,
+    retention: Option<Duration>,
+    out: sink::Output,
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Msg>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        // Refusals (and uses that failed closed) not yet committed.
+        let mut pending: BTreeMap<CountKey, u64> = BTreeMap::new();
+        // After a failed commit of `pending`, releasing batches do not carry
+        // it again until this instant (a poisoned count must not fail every
+        // call).
+        let mut pending_retry = Instant::now();
+        let mut next_prune = Instant::now();
+        let mut next_tick = Instant::now() + TICK;
+        let mut closing = None;
+        loop {
+            let mut releases = Releases::default();
+            let mut flushes = Vec::new();
+            let mut prunes = Vec::new();
+            let mut sink_events: Vec<Stamped> = Vec::new();
+            let mut disconnected = false;
+            let mut take = |msg: Msg, releases: &mut Releases| match msg {
+                // A caller that gave up waiting has already failed closed (and
+                // its surface records that refusal): not a release.
+                Msg::Use(_, _, ack) if ack.is_closed() => {}
+                Msg::Use(e, at, ack) => releases.push(e, at, ack),
+                Msg::Flush(done) => flushes.push(done),
+                Msg::Prune(done) => prunes.push(done),
+                Msg::Close(done) => closing = Some(done),
+            };
+            match self.rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+                Ok(m) => take(m, &mut releases),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => disconnected = true,
+            }
+            // Group commit: everything already queued goes into this
+            // transaction; calls that arrive while it commits form the next.
+            while releases.len < BATCH {
+                let Ok(msg) = self.rx.try_recv() else { break };
+                take(msg, &mut releases);
+            }
+            let taken = std::mem::take(&mut *self.shared.refusals.lock().unwrap_or_else(|e| e.into_inner()));
+            for (key, n) in taken.counts {
+                add_bounded(&mut pending, key, n);
+            }
+            let refusal_events = taken.events;
+
+            let now = Instant::now();
+            let ticked = now >= next_tick;
+            if ticked {
+                next_tick = now + TICK;
+            }
+            let stopping = disconnected || closing.is_some();
+            let urgent = stopping || !flushes.is_empty();
+            let carry = !pending.is_empty() && (urgent || (now >= pending_retry && (ticked || releases.len > 0)));
+            let mut outcomes: Vec<(Stamped, Ack, Result<(), String>)> = Vec::new();
+            if releases.len > 0 || carry {
+                let mut counts: BTreeMap<CountKey, u64> =
+                    releases.groups.iter().map(|(k, v)| (k.clone(), v.len() as u64)).collect();
+                let last_used = latest_uses(releases.groups.values().flatten().map(|(s, _)| s));
+                if carry {
+                    for (k, n) in &pending {
+                        *counts.entry(k.clone()).or_default() += n;
+                    }
+                }
+                let mut result = self.store.write_counts(&counts, &last_used);
+                if carry {
+                    match &result {
+                        Ok(()) => pending.clear(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, keys = pending.len(), "could not store counts of refused calls; retrying them");
+                            pending_retry = now + Duration::from_secs(1);
+                            if releases.len > 0 {
+                                // The releases alone, without the refusals.
+                                let counts: BTreeMap<CountKey, u64> =
+                                    releases.groups.iter().map(|(k, v)| (k.clone(), v.len() as u64)).collect();
+                                result = self.store.write_counts(&counts, &last_used);
+                            }
+                        }
+                    }
+                }
+                let groups = std::mem::take(&mut releases.groups);
+                match result {
+                    Ok(()) => {
+                        for v in groups.into_values() {
+                            outcomes.extend(v.into_iter().map(|(s, ack)| (s, ack, Ok(()))));
+                        }
+                    }
+                    Err(e) if groups.len() > 1 => {
+                        // One bad key must not fail the others: write each alone.
+                        tracing::warn!(error = %e, keys = groups.len(), "a batch of use counts failed; writing them one by one");
+                        for (key, v) in groups {
+                            let last_used = latest_uses(v.iter().map(|(s, _)| s));
+                            let one = BTreeMap::from([(key, v.len() as u64)]);
+                            let r = self.store.write_counts(&one, &last_used);
+                            outcomes.extend(v.into_iter().map(|(s, ack)| (s, ack, r.clone())));
+                        }
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, keys = pending.len(), "could not store counts of refused calls; retrying them");
-                        pending_retry = now + Duration::from_secs(1);
-                        if releases.len > 0 {
-                            // The releases alone, without the refusals.
-                            let counts: BTreeMap<CountKey, u64> =
-                                releases.groups.iter().map(|(k, v)| (k.clone(), v.len() as u64)).collect();
-                            result = write_counts(&db, &counts, &last_used).await.map_err(|e| e.to_string());
+                        for v in groups.into_values() {
+                            outcomes.extend(v.into_iter().map(|(s, ack)| (s, ack, Err(e.clone()))));
                         }
                     }
                 }
             }
-            let groups = std::mem::take(&mut releases.groups);
-            match result {
-                Ok(()) => {
-                    for v in groups.into_values() {
-                        outcomes.extend(v.into_iter().map(|(s, ack)| (s, ack, Ok(()))));
+            for ((e, at), ack, result) in outcomes {
+                match &result {
+                    Ok(()) => sink_events.push((e, at)),
+                    // The call fails closed, and its surface records that
+                    // refusal (`audit_unavailable`) like any other: counted
+                    // and in the sink.
+                    Err(why) => {
+                        tracing::error!(error = %why, "could not store a use; the call waiting on it fails closed")
                     }
                 }
-                Err(e) if groups.len() > 1 => {
-                    // One bad key must not fail the others: write each alone.
-                    tracing::warn!(error = %e, keys = groups.len(), "a batch of use counts failed; writing them one by one");
-                    for (key, v) in groups {
-                        let last_used = latest_uses(v.iter().map(|(s, _)| s));
-                        let one = BTreeMap::from([(key, v.len() as u64)]);
-                        let r = write_counts(&db, &one, &last_used).await.map_err(|e| e.to_string());
-                        outcomes.extend(v.into_iter().map(|(s, ack)| (s, ack, r.clone())));
-                    }
-                }
-                Err(e) => {
-                    for v in groups.into_values() {
-                        outcomes.extend(v.into_iter().map(|(s, ack)| (s, ack, Err(e.clone()))));
-                    }
+                let _ = ack.send(result);
+            }
+            if self.shared.sink_on {
+                sink_events.extend(refusal_events);
+                // In the order the uses happened, whichever path they took.
+                sink_events.sort_by_key(|(_, at)| *at);
+                if !sink_events.is_empty() {
+                    let lost = self.out.write(sink_events.iter().map(|(e, at)| (e, *at)));
+                    self.shared.sink_dropped(lost);
                 }
             }
-        }
-        for ((e, at), ack, result) in outcomes {
-            match &result {
-                Ok(()) => sink_events.push((e, at)),
-                // The call fails closed, and its surface records that refusal
-                // (`audit_unavailable`) like any other: counted and in the sink.
-                Err(why) => tracing::error!(error = %why, "could not store a use; the call waiting on it fails closed"),
-            }
-            let _ = ack.send(result);
-        }
-        if shared.sink_on {
-            sink_events.extend(refusal_events);
-            // In the order the uses happened, whichever path they took.
-            sink_events.sort_by_key(|(_, at)| *at);
-            if !sink_events.is_empty() {
-                let lost = out.write(sink_events.iter().map(|(e, at)| (e, *at)));
-                shared.sink_dropped(lost);
-            }
-        }
 
-        let prune_due = retention.is_some() && now >= next_prune;
-        if prune_due || !prunes.is_empty() {
-            let result = match retention {
-                Some(keep) => prune(&db, OffsetDateTime::now_utc() - keep).await.map_err(|e| e.to_string()),
-                None => Ok(0),
-            };
-            match &result {
-                Ok(n) if *n > 0 => tracing::info!(rows = n, "pruned audit counts older than the retention"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "could not prune the audit counts; retrying later"),
+            let prune_due = self.retention.is_some() && now >= next_prune;
+            if prune_due || !prunes.is_empty() {
+                let result = match self.retention {
+                    Some(keep) => self.store.prune(OffsetDateTime::now_utc() - keep),
+                    None => Ok(0),
+                };
+                match &result {
+                    Ok(n) if *n > 0 => tracing::info!(rows = n, "pruned audit counts older than the retention"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not prune the audit counts; retrying later"),
+                }
+                next_prune = now + PRUNE_EVERY;
+                for done in prunes {
+                    let _ = done.send(result.clone());
+                }
             }
-            next_prune = now + PRUNE_EVERY;
-            for done in prunes {
-                let _ = done.send(result.clone());
+            if urgent {
+                self.out.flush();
+            }
+            for done in flushes {
+                let _ = done.send(());
+            }
+            if stopping {
+                break;
             }
         }
-        if urgent {
-            out.flush().await;
-        }
-        for done in flushes {
+        self.store.close();
+        if let Some(done) = closing {
             let _ = done.send(());
-        }
-        if closed {
-            break;
         }
     }
 }
@@ -843,97 +1103,4 @@ fn latest_uses<'a>(uses: impl Iterator<Item = &'a Stamped>) -> BTreeMap<(String,
         *t = (*t).max(to_micros(*at));
     }
     last
-}
-
-/// Rows per upsert statement (6 parameters each, well under both
-/// backends' limits).
-const UPSERT_ROWS: usize = 500;
-
-/// Add `counts` to `audit_use_counts` and move `last_used_at` forward, in one
-/// transaction, in key order.
-async fn write_counts(
-    db: &Db,
-    counts: &BTreeMap<CountKey, u64>,
-    last_used: &BTreeMap<(String, String), i64>,
-) -> Result<(), StoreError> {
-    use crate::storage::BeginWrite as _;
-    let rows: Vec<(&CountKey, &u64)> = counts.iter().collect();
-    on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
-        for chunk in rows.chunks(UPSERT_ROWS) {
-            let mut sql = String::from("INSERT INTO audit_use_counts (org, credential, agent, outcome, minute, count) VALUES ");
-            for i in 0..chunk.len() {
-                let b = i * 6;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6));
-            }
-            sql.push_str(
-                " ON CONFLICT (org, credential, agent, outcome, minute) \
-                 DO UPDATE SET count = audit_use_counts.count + excluded.count",
-            );
-            let mut q = sqlx::query(&sql);
-            for (k, n) in chunk {
-                q = q
-                    .bind(k.org.as_str())
-                    .bind(k.credential.as_str())
-                    .bind(k.agent.as_str())
-                    .bind(k.outcome.as_str())
-                    .bind(k.minute)
-                    .bind(crate::storage::db_int(**n));
-            }
-            q.execute(&mut *tx).await?;
-        }
-        for ((org, name), at) in last_used {
-            sqlx::query(
-                "UPDATE credentials SET last_used_at = $1 \
-                 WHERE org = $2 AND name = $3 AND (last_used_at IS NULL OR last_used_at < $1)",
-            )
-            .bind(*at)
-            .bind(org.as_str())
-            .bind(name.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    })
-}
-
-/// Rows deleted per statement while pruning, so no transaction holds the
-/// write lock for long.
-const PRUNE_CHUNK: i64 = 10_000;
-
-/// Delete counts of minutes before `cutoff` and legacy per-use rows of
-/// `audit_events` older than it; lifecycle events are kept. The number of
-/// rows deleted.
-async fn prune(db: &Db, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
-    let cutoff = to_micros(cutoff);
-    let mut total = 0;
-    on_db!(db, pool => {
-        loop {
-            let n = sqlx::query("DELETE FROM audit_use_counts WHERE minute < $1")
-                .bind(minute_of(cutoff))
-                .execute(pool)
-                .await?
-                .rows_affected();
-            total += n;
-            let n2 = sqlx::query(
-                "DELETE FROM audit_events WHERE seq IN \
-                 (SELECT seq FROM audit_events WHERE action = 'use' AND at < $1 LIMIT $2)",
-            )
-            .bind(cutoff)
-            .bind(PRUNE_CHUNK)
-            .execute(pool)
-            .await?
-            .rows_affected();
-            total += n2;
-            if n2 < PRUNE_CHUNK as u64 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    });
-    Ok(total)
 }

@@ -1,7 +1,7 @@
 //! Where the full event of each use goes: the `tracing` log (the default),
 //! JSON lines on stdout, a JSON-lines file rotated by size, or nowhere.
 //!
-//! The writer task formats a batch's events and hands them, as one buffer,
+//! The writer thread formats a batch's events and hands them, as one buffer,
 //! to a thread of the sink's own, so a slow disk or a stalled stdout pipe
 //! never holds up a commit (and so a call). When that thread is too far
 //! behind ([`CHANNEL`] buffers), the buffer is dropped and counted
@@ -97,7 +97,7 @@ pub(crate) enum ToThread {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
-/// The writer task's end of the sink.
+/// The writer thread's end of the sink.
 pub(crate) enum Output {
     Log,
     Thread(std::sync::mpsc::SyncSender<ToThread>),
@@ -170,15 +170,14 @@ impl Output {
         }
     }
 
-    /// Wait until everything handed over is written and flushed.
-    pub(crate) async fn flush(&mut self) {
+    /// Wait until everything handed over is written and flushed (on the
+    /// writer's thread: it may block).
+    pub(crate) fn flush(&mut self) {
         if let Output::Thread(tx) = self {
             let (done, wait) = tokio::sync::oneshot::channel();
             // A full channel: wait for room rather than skip the flush.
-            let tx = tx.clone();
-            let sent = tokio::task::spawn_blocking(move || tx.send(ToThread::Flush(done)).is_ok()).await;
-            if matches!(sent, Ok(true)) {
-                let _ = wait.await;
+            if tx.send(ToThread::Flush(done)).is_ok() {
+                let _ = wait.blocking_recv();
             }
         }
     }

@@ -477,16 +477,16 @@ impl Vault {
             db.close().await;
             return Err(e);
         }
-        let uses = match Db::connect_audit(&options.location).await {
-            Ok(audit_db) => UseRecorder::start(audit_db.clone(), &options.audit).map_err(|e| {
+        let uses = UseRecorder::start(&options.location, &options.audit).await.map_err(|e| match e {
+            crate::audit::StartError::Store(e) => VaultError::from(e),
+            crate::audit::StartError::Sink(e) => {
                 let what = match &options.audit.sink {
                     crate::audit::AuditSink::File { path, .. } => format!("the audit sink {}", path.display()),
                     _ => "the audit sink".into(),
                 };
                 VaultError::InvalidArgument(format!("cannot open {what}: {e}"))
-            }),
-            Err(e) => Err(e.into()),
-        };
+            }
+        });
         let uses = match uses {
             Ok(u) => u,
             Err(e) => {

@@ -11,7 +11,7 @@
 //! the machine; write transactions start with `BEGIN IMMEDIATE`, so a
 //! read-then-write transaction never fails half-way on a lock upgrade.
 //! PostgreSQL gives the same with its defaults. The audit writer alone has
-//! its own, relaxed connection ([`Db::connect_audit`]).
+//! its own, relaxed connection (`crate::audit`).
 //!
 //! Nothing here decrypts: rows carry the sealed blob, and `credentials::service`
 //! opens it only for a call that needs it.
@@ -194,45 +194,6 @@ impl Db {
                     .await
                     .map_err(|e| StoreError::Database(format!("{}: {e}", redact_url(url))))?;
                 POSTGRES_MIGRATIONS.run(&pool).await.map_err(|e| StoreError::Migration(e.to_string()))?;
-                Ok(Db::Postgres(pool))
-            }
-        }
-    }
-
-    /// The audit writer's own pool, on a vault [`Db::connect`] has opened
-    /// (and migrated): one connection with relaxed durability, so a group
-    /// commit of use counts costs no fsync. SQLite: `synchronous=NORMAL` (in
-    /// WAL mode a commit survives a crash of the process, not a power loss
-    /// or a kernel crash; the other connections keep `FULL`). PostgreSQL:
-    /// `synchronous_commit=off` (a crash of the server may lose the last
-    /// moments of commits, never corrupt them). The trade-off is written up
-    /// in `crate::audit` and the README.
-    pub(crate) async fn connect_audit(location: &Location) -> Result<Db, StoreError> {
-        match location {
-            Location::SqliteFile(path) => {
-                let options = SqliteConnectOptions::new()
-                    .filename(path)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .foreign_keys(true)
-                    .busy_timeout(Duration::from_secs(10));
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(options)
-                    .await
-                    .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
-                Ok(Db::Sqlite(pool))
-            }
-            Location::Postgres(url) => {
-                let options = PgConnectOptions::from_str(url)
-                    .map_err(|e| StoreError::Database(format!("{}: {e}", redact_url(url))))?
-                    .options([("synchronous_commit", "off")]);
-                let pool = PgPoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(options)
-                    .await
-                    .map_err(|e| StoreError::Database(format!("{}: {e}", redact_url(url))))?;
                 Ok(Db::Postgres(pool))
             }
         }
