@@ -19,10 +19,23 @@
 //! JSON-lines file ([`sink`]).
 //!
 //! Fail closed: a call that releases a credential (the proxy forwarding,
-//! `/v1/sign` answering) waits until its use is **committed** to the counts
-//! ([`UseRecorder::record_durable`]); if the store refuses the write, the
+//! `/v1/sign` answering) does so only once a **committed** count covers its
+//! use ([`UseRecorder::record_durable`]); if the store refuses the write, the
 //! queue is full, or the commit does not come in time, the call fails with
-//! `audit_unavailable` and nothing is sent. A refused call (nothing
+//! `audit_unavailable` and nothing is sent.
+//!
+//! Leases keep that rule off the hot path. The commit that a key's waiting
+//! uses share (org, credential, agent, `ok`, minute; vault-layer uses only)
+//! also adds a lease: [`LEASE_FIRST`] more uses, committed ahead. Later
+//! calls on that key take one from the lease under a mutex and go on
+//! without waiting; when half is spent the writer commits the next lease
+//! (twice the last, at most [`LEASE_MAX`]) while the rest is spent. The
+//! unused part is given back (`count = count - unused`) when the minute
+//! ends, on a flush (so `latchkey audit` reads exact counts) and on close.
+//! At every moment the store's count of a key is at least the uses it
+//! released; a crash can leave it above them by at most 1.5 × [`LEASE_MAX`],
+//! never below. A store that stops accepting writes stops the calls once the
+//! leases already committed are spent. A refused call (nothing
 //! released) never waits: its use is added to an in-memory map of counts,
 //! which the writer commits with the next batch (or within [`TICK`]); the
 //! map is bounded by distinct keys, not by the call rate, so no refusal is
@@ -75,6 +88,12 @@ pub const OTHER: &str = "(other)";
 pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Longest a releasing call waits for its use event to commit.
 pub const DURABLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first lease of committed uses a count key gets (see [`UseRecorder`]).
+pub const LEASE_FIRST: u64 = 16;
+/// The largest lease: each top-up doubles the last, up to this. A crash can
+/// leave a key's count at most 1.5 × this above the uses released (half a
+/// lease left when the top-up is asked for, and the top-up).
+pub const LEASE_MAX: u64 = 1024;
 
 /// HMAC-SHA256 fingerprint of a credential's secret values under the
 /// installation's audit salt: 32 hex digits. Equal secrets give equal
@@ -544,22 +563,41 @@ enum Msg {
     Flush(oneshot::Sender<()>),
     /// Prune now; answers the number of rows deleted.
     Prune(oneshot::Sender<Result<u64, String>>),
+    /// A key's lease is half spent: commit the next one.
+    Refill(CountKey),
     /// Commit everything recorded so far, flush the sink, close the store
     /// and stop.
     Close(oneshot::Sender<()>),
 }
 
-/// Refusals recorded since the writer last took them.
+/// What the call path leaves for the writer without waiting for it.
 #[derive(Default)]
-struct Refusals {
-    counts: HashMap<CountKey, u64>,
-    /// Their full events, for the sink (at most [`sink::BACKLOG`]).
+struct Queued {
+    /// Refusals since the writer last took them.
+    refusals: HashMap<CountKey, u64>,
+    /// Full events of those refusals and of uses released on a lease, for
+    /// the sink (at most [`sink::BACKLOG`]).
     events: Vec<Stamped>,
+    /// Committed uses not yet released, per count key.
+    leases: HashMap<CountKey, Lease>,
+}
+
+/// Uses of one count key committed ahead of the calls that release them.
+#[derive(Debug, Default)]
+struct Lease {
+    /// Committed and not yet released.
+    left: u64,
+    /// The last grant.
+    size: u64,
+    /// A top-up has been asked for and not yet answered.
+    refilling: bool,
+    /// The latest release on this lease not yet written to `last_used_at`.
+    last_used: Option<i64>,
 }
 
 /// State shared by the call path and the writer.
 struct Shared {
-    refusals: Mutex<Refusals>,
+    queued: Mutex<Queued>,
     /// Whether the sink takes events at all.
     sink_on: bool,
     /// Events the sink did not get (its backlog was full).
@@ -567,6 +605,10 @@ struct Shared {
 }
 
 impl Shared {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.queued.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn sink_dropped(&self, n: u64) {
         if n == 0 {
             return;
@@ -592,7 +634,8 @@ pub(crate) enum StartError {
     Sink(std::io::Error),
 }
 
-/// The queue of releasing uses, the map of refusals, and their writer thread.
+/// The queue of releasing uses, the map of refusals, the leases, and their
+/// writer thread.
 pub(crate) struct UseRecorder {
     tx: mpsc::SyncSender<Msg>,
     shared: Arc<Shared>,
@@ -605,7 +648,7 @@ impl UseRecorder {
         let out = sink::Output::open(&options.sink).map_err(StartError::Sink)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let shared = Arc::new(Shared {
-            refusals: Mutex::default(),
+            queued: Mutex::default(),
             sink_on: options.sink != AuditSink::None,
             sink_dropped: AtomicU64::new(0),
         });
@@ -634,8 +677,8 @@ impl UseRecorder {
     pub(crate) fn record(&self, event: UseEvent) {
         let at = OffsetDateTime::now_utc();
         let key = CountKey::of(&event, at, &event.outcome);
-        let mut r = self.shared.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        add_bounded(&mut r.counts, key, 1);
+        let mut r = self.shared.queue();
+        add_bounded(&mut r.refusals, key, 1);
         if self.shared.sink_on {
             if r.events.len() < sink::BACKLOG {
                 r.events.push((event, at));
@@ -647,9 +690,11 @@ impl UseRecorder {
     }
 
     /// Count a use and wait until it is committed: the call may release
-    /// its credential only after this returns `Ok`.
+    /// its credential only after this returns `Ok`. A use covered by its
+    /// key's lease (already committed) returns at once.
     pub(crate) async fn record_durable(&self, event: UseEvent) -> Result<(), AuditUnavailable> {
         let at = OffsetDateTime::now_utc();
+        let Some(event) = self.take_leased(event, at) else { return Ok(()) };
         let (ack, committed) = oneshot::channel();
         self.tx.try_send(Msg::Use(event, at, ack)).map_err(|e| {
             AuditUnavailable(match e {
@@ -663,6 +708,39 @@ impl UseRecorder {
             Ok(Err(_)) => Err(AuditUnavailable("the audit writer has stopped".into())),
             Err(_) => Err(AuditUnavailable(format!("the audit store did not commit within {DURABLE_TIMEOUT:?}"))),
         }
+    }
+
+    /// Release `event` on a use its key's lease holds, if there is one:
+    /// the count that covers it is committed already. Only successful
+    /// vault-layer uses are leased (the uses that recur at gateway rates).
+    /// Gives the event back when no lease covers it.
+    fn take_leased(&self, event: UseEvent, at: OffsetDateTime) -> Option<UseEvent> {
+        if event.outcome != "ok" || event.layer != Some(Layer::Vault) {
+            return Some(event);
+        }
+        let key = CountKey::of(&event, at, "ok");
+        let mut q = self.shared.queue();
+        let Some(lease) = q.leases.get_mut(&key).filter(|l| l.left > 0) else { return Some(event) };
+        lease.left -= 1;
+        lease.last_used = lease.last_used.max(Some(to_micros(at)));
+        let refill = !lease.refilling && lease.left <= lease.size / 2;
+        lease.refilling |= refill;
+        if self.shared.sink_on {
+            if q.events.len() < sink::BACKLOG {
+                q.events.push((event, at));
+            } else {
+                drop(q);
+                self.shared.sink_dropped(1);
+            }
+        } else {
+            drop(q);
+        }
+        if refill {
+            // If the queue is full the top-up is skipped: the lease runs
+            // out, the next call waits, and its commit grants a new lease.
+            let _ = self.tx.try_send(Msg::Refill(key));
+        }
+        None
     }
 
     /// Hand `msg` to the writer, waiting for room in its queue off the
@@ -763,6 +841,9 @@ fn upsert_sql(rows: usize) -> String {
 
 const LAST_USED_SQL: &str = "UPDATE credentials SET last_used_at = $1 \
      WHERE org = $2 AND name = $3 AND (last_used_at IS NULL OR last_used_at < $1)";
+/// Give back a lease's unused uses: never below zero.
+const RETURN_SQL: &str = "UPDATE audit_use_counts SET count = count - $1 \
+     WHERE org = $2 AND credential = $3 AND agent = $4 AND outcome = $5 AND minute = $6 AND count >= $1";
 const PRUNE_COUNTS_SQL: &str = "DELETE FROM audit_use_counts WHERE minute < $1";
 const PRUNE_USES_SQL: &str = "DELETE FROM audit_events WHERE seq IN \
      (SELECT seq FROM audit_events WHERE action = 'use' AND at < $1 LIMIT $2)";
@@ -878,6 +959,50 @@ impl Store {
         }
     }
 
+    /// Subtract the unused part of expired or withdrawn leases, in one
+    /// transaction.
+    fn return_unused(&mut self, returns: &BTreeMap<CountKey, u64>) -> Result<(), String> {
+        match self {
+            Store::Sqlite(conn) => {
+                let run = |conn: &mut rusqlite::Connection| -> rusqlite::Result<()> {
+                    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    {
+                        let mut stmt = tx.prepare_cached(RETURN_SQL)?;
+                        for (k, n) in returns {
+                            stmt.execute(rusqlite::params![
+                                crate::storage::db_int(*n),
+                                k.org,
+                                k.credential,
+                                k.agent,
+                                k.outcome,
+                                k.minute
+                            ])?;
+                        }
+                    }
+                    tx.commit()
+                };
+                run(conn).map_err(|e| e.to_string())
+            }
+            Store::Postgres { rt, pool } => rt
+                .block_on(async {
+                    let mut tx = pool.begin().await?;
+                    for (k, n) in returns {
+                        sqlx::query(RETURN_SQL)
+                            .bind(crate::storage::db_int(*n))
+                            .bind(k.org.as_str())
+                            .bind(k.credential.as_str())
+                            .bind(k.agent.as_str())
+                            .bind(k.outcome.as_str())
+                            .bind(k.minute)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await
+                })
+                .map_err(|e| e.to_string()),
+        }
+    }
+
     /// Delete counts of minutes before `cutoff` and legacy per-use rows of
     /// `audit_events` older than it; lifecycle events are kept. The number
     /// of rows deleted.
@@ -947,6 +1072,12 @@ impl Writer {
         // it again until this instant (a poisoned count must not fail every
         // call).
         let mut pending_retry = Instant::now();
+        // Unused leases to give back, and when to retry after a failure.
+        let mut returns: BTreeMap<CountKey, u64> = BTreeMap::new();
+        let mut returns_retry = Instant::now();
+        // Latest releases per credential not yet in `last_used_at`.
+        let mut last_used: BTreeMap<(String, String), i64> = BTreeMap::new();
+        let mut refills: Vec<CountKey> = Vec::new();
         let mut next_prune = Instant::now();
         let mut next_tick = Instant::now() + TICK;
         let mut closing = None;
@@ -963,6 +1094,7 @@ impl Writer {
                 Msg::Use(e, at, ack) => releases.push(e, at, ack),
                 Msg::Flush(done) => flushes.push(done),
                 Msg::Prune(done) => prunes.push(done),
+                Msg::Refill(key) => refills.push(key),
                 Msg::Close(done) => closing = Some(done),
             };
             match self.rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
@@ -976,12 +1108,6 @@ impl Writer {
                 let Ok(msg) = self.rx.try_recv() else { break };
                 take(msg, &mut releases);
             }
-            let taken = std::mem::take(&mut *self.shared.refusals.lock().unwrap_or_else(|e| e.into_inner()));
-            for (key, n) in taken.counts {
-                add_bounded(&mut pending, key, n);
-            }
-            let refusal_events = taken.events;
-
             let now = Instant::now();
             let ticked = now >= next_tick;
             if ticked {
@@ -989,12 +1115,62 @@ impl Writer {
             }
             let stopping = disconnected || closing.is_some();
             let urgent = stopping || !flushes.is_empty();
+            let this_minute = minute_of(to_micros(OffsetDateTime::now_utc()));
+
+            // What the call path left: refusals, sink events, leases' last
+            // uses; and the leases to give back (expired, or all of them
+            // when flushing, so the counts a query reads are exact).
+            let refusal_events;
+            let mut grants: BTreeMap<CountKey, u64> = BTreeMap::new();
+            {
+                let mut q = self.shared.queue();
+                for (key, n) in std::mem::take(&mut q.refusals) {
+                    add_bounded(&mut pending, key, n);
+                }
+                refusal_events = std::mem::take(&mut q.events);
+                q.leases.retain(|key, lease| {
+                    if let Some(at) = lease.last_used.take() {
+                        let t = last_used.entry((key.org.clone(), key.credential.clone())).or_insert(at);
+                        *t = (*t).max(at);
+                    }
+                    let keep = key.minute >= this_minute && !urgent;
+                    if !keep && lease.left > 0 {
+                        *returns.entry(key.clone()).or_default() += lease.left;
+                    }
+                    keep
+                });
+                if !urgent {
+                    // Top-ups asked for, and a first lease for each key a
+                    // waiting use of this minute will commit.
+                    for key in refills.drain(..).filter(|k| k.minute == this_minute) {
+                        let size = q.leases.get(&key).map_or(LEASE_FIRST, |l| (l.size * 2).min(LEASE_MAX));
+                        grants.insert(key, size);
+                    }
+                    for (key, v) in &releases.groups {
+                        let leasable = key.minute == this_minute
+                            && v.iter().all(|((e, _), _)| e.outcome == "ok" && e.layer == Some(Layer::Vault));
+                        if leasable && !grants.contains_key(key) && q.leases.get(key).is_none_or(|l| l.left == 0) {
+                            let size = q.leases.get(key).map_or(LEASE_FIRST, |l| l.size.max(LEASE_FIRST));
+                            grants.insert(key.clone(), size);
+                        }
+                    }
+                }
+                refills.clear();
+            }
+
             let carry = !pending.is_empty() && (urgent || (now >= pending_retry && (ticked || releases.len > 0)));
             let mut outcomes: Vec<(Stamped, Ack, Result<(), String>)> = Vec::new();
-            if releases.len > 0 || carry {
+            if releases.len > 0 || carry || !grants.is_empty() || (ticked && !last_used.is_empty()) {
                 let mut counts: BTreeMap<CountKey, u64> =
                     releases.groups.iter().map(|(k, v)| (k.clone(), v.len() as u64)).collect();
-                let last_used = latest_uses(releases.groups.values().flatten().map(|(s, _)| s));
+                for (k, at) in latest_uses(releases.groups.values().flatten().map(|(s, _)| s)) {
+                    let t = last_used.entry(k).or_insert(at);
+                    *t = (*t).max(at);
+                }
+                for (k, n) in &grants {
+                    *counts.entry(k.clone()).or_default() += n;
+                }
+                let with_grants = counts.clone();
                 if carry {
                     for (k, n) in &pending {
                         *counts.entry(k.clone()).or_default() += n;
@@ -1007,12 +1183,26 @@ impl Writer {
                         Err(e) => {
                             tracing::warn!(error = %e, keys = pending.len(), "could not store counts of refused calls; retrying them");
                             pending_retry = now + Duration::from_secs(1);
-                            if releases.len > 0 {
-                                // The releases alone, without the refusals.
-                                let counts: BTreeMap<CountKey, u64> =
-                                    releases.groups.iter().map(|(k, v)| (k.clone(), v.len() as u64)).collect();
-                                result = self.store.write_counts(&counts, &last_used);
+                            if releases.len > 0 || !grants.is_empty() {
+                                // The releases and leases alone, without the refusals.
+                                result = self.store.write_counts(&with_grants, &last_used);
                             }
+                        }
+                    }
+                }
+                if result.is_ok() {
+                    last_used.clear();
+                }
+                // The leases committed with the batch are the call path's
+                // to spend; a failed batch grants nothing.
+                {
+                    let mut q = self.shared.queue();
+                    for (key, n) in &grants {
+                        let lease = q.leases.entry(key.clone()).or_default();
+                        lease.refilling = false;
+                        if result.is_ok() {
+                            lease.left += n;
+                            lease.size = *n;
                         }
                     }
                 }
@@ -1037,6 +1227,16 @@ impl Writer {
                         for v in groups.into_values() {
                             outcomes.extend(v.into_iter().map(|(s, ack)| (s, ack, Err(e.clone()))));
                         }
+                    }
+                }
+            }
+            if !returns.is_empty() && (urgent || ticked || now >= returns_retry) {
+                match self.store.return_unused(&returns) {
+                    Ok(()) => returns.clear(),
+                    Err(e) => {
+                        // The counts stay above the uses (never below) until it works.
+                        tracing::warn!(error = %e, keys = returns.len(), "could not give back unused audit leases; retrying them");
+                        returns_retry = now + Duration::from_secs(1);
                     }
                 }
             }

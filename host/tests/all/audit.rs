@@ -17,6 +17,7 @@ const ORG: &str = "default";
 
 crate::vault_tests! {
     concurrent_uses_are_counted_exactly => concurrent_uses_are_counted_exactly;
+    leased_uses_are_committed_before_release => leased_uses_are_committed_before_release;
     retention_prunes_old_counts => retention_prunes_old_counts;
     the_file_sink_rotates_and_holds_no_secret => the_file_sink_rotates_and_holds_no_secret;
 }
@@ -97,6 +98,43 @@ async fn concurrent_uses_are_counted_exactly(db: &TestDb) {
     let key = ("hot".to_string(), "a1".to_string(), "ok".to_string());
     assert_eq!(counts(&vault).await[&key], expected[&key] + 10);
     vault.close().await;
+}
+
+/// A hot key's uses are released on leases committed ahead of them: at
+/// every moment the store (read from outside, as after a crash) holds at
+/// least the uses released and at most a lease and a half more; a flush
+/// gives the unused part back, so a query reads the exact number.
+async fn leased_uses_are_committed_before_release(db: &TestDb) {
+    use latchkey::vault::audit::LEASE_MAX;
+    let vault = db.open().await;
+    vault.create(api_key("hot", &canary("hot")), "test").await.unwrap();
+    let committed =
+        || db.scalar("SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM audit_use_counts WHERE outcome = 'ok'");
+    let mut released: i64 = 0;
+    let mut saw_ahead = false;
+    for round in 0..6 {
+        for _ in 0..(500 + round * 97) {
+            vault.record_use_durable(use_of("hot", "a1", "ok", "api.example.com")).await.unwrap();
+            released += 1;
+        }
+        let in_store = committed().await;
+        assert!(in_store >= released, "{released} uses released but only {in_store} committed");
+        assert!(
+            in_store <= released + (LEASE_MAX as i64) * 3 / 2,
+            "{in_store} committed for {released} released: more than a lease and a half ahead"
+        );
+        saw_ahead |= in_store > released;
+    }
+    assert!(saw_ahead, "the uses were never committed ahead: no lease was used");
+    let key = ("hot".to_string(), "a1".to_string(), "ok".to_string());
+    assert_eq!(counts(&vault).await[&key], released as u64, "exact once the unused leases are given back");
+    assert_eq!(committed().await, released);
+    // Leases start again after the flush, and closing gives them back too.
+    for _ in 0..100 {
+        vault.record_use_durable(use_of("hot", "a1", "ok", "api.example.com")).await.unwrap();
+    }
+    vault.close().await;
+    assert_eq!(committed().await, released + 100, "closing gave the unused leases back");
 }
 
 async fn retention_prunes_old_counts(db: &TestDb) {

@@ -151,6 +151,25 @@ impl TestDb {
         }
     }
 
+    /// One integer a query answers, read on this database outside any vault
+    /// (what another replica, or the store after a crash, would see).
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        match &self.location {
+            Location::SqliteFile(p) => {
+                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", p.display())).await.unwrap();
+                let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+                pool.close().await;
+                n
+            }
+            Location::Postgres(url) => {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+                pool.close().await;
+                n
+            }
+        }
+    }
+
     /// The PostgreSQL schema of this test.
     pub fn schema(&self) -> Option<&str> {
         self.schema.as_ref().map(|(_, s)| s.as_str())
