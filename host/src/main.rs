@@ -165,6 +165,10 @@ impl From<sign::SignError> for Failure {
     }
 }
 
+/// mimalloc for the whole process (see `Cargo.toml`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let filter = || tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG").unwrap_or_else(|_| "warn".into());
     // LATCHKEY_LOG_FORMAT=json: one JSON object per line, with the request

@@ -215,8 +215,8 @@ pub fn check(edits: Vec<Edit>, exposures: Exposures<'_>, cred: &CallCredential) 
     }
     let any = writable.iter().any(|w| w == "*");
     let header_ok = |name: &str| -> Result<(), String> {
-        let shown: String = name.chars().take(64).collect::<String>().escape_debug().to_string();
         if name.len() > MAX_NAME_LEN || !is_token(name) {
+            let shown: String = name.chars().take(64).collect::<String>().escape_debug().to_string();
             return Err(format!("header name \"{shown}\" is not a valid RFC 9110 token"));
         }
         if let Some(why) = denied_header(name) {

@@ -131,8 +131,11 @@ async fn handle(app: Arc<AppState>, route_name: String, req: Request) -> Respons
 /// The raw (still percent-encoded) path after `/<prefix>/<route>`.
 fn rest_of_path<'a>(uri: &'a Uri, prefix: &str) -> &'a str {
     let path = uri.path();
-    let head = format!("/{}/", prefix.trim_matches('/'));
-    let after = path.strip_prefix(&head).unwrap_or(path);
+    let after = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_prefix(prefix.trim_matches('/')))
+        .and_then(|p| p.strip_prefix('/'))
+        .unwrap_or(path);
     // Skip the route segment (as sent, possibly percent-encoded).
     match after.find('/') {
         Some(i) => &after[i..],
