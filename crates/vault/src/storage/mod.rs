@@ -174,9 +174,13 @@ impl Db {
                     .synchronous(SqliteSynchronous::Full)
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(10));
+                // A connection to a local file does not drop the way a
+                // server's does: no ping before each checkout (it was a
+                // round trip to the connection's worker on every read).
                 let pool = SqlitePoolOptions::new()
                     .max_connections(8)
                     .min_connections(1)
+                    .test_before_acquire(false)
                     .connect_with(options)
                     .await
                     .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
