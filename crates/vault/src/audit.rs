@@ -31,7 +31,9 @@
 //! without waiting; when half is spent the writer commits the next lease
 //! (twice the last, at most [`LEASE_MAX`]) while the rest is spent. The
 //! unused part is given back (`count = count - unused`) when the minute
-//! ends, on a flush (so `latchkey audit` reads exact counts) and on close.
+//! ends, on a flush (so an audit query through this vault reads exact
+//! counts; another process reading the current minute may see this one's
+//! reserved uses) and on close.
 //! At every moment the store's count of a key is at least the uses it
 //! released; a crash can leave it above them by at most 1.5 × [`LEASE_MAX`],
 //! never below. A store that stops accepting writes stops the calls once the
