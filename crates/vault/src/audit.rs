@@ -516,41 +516,11 @@ impl CountKey {
 
 /// Add `n` to `key` in a map of refusals, folding a new key under [`OTHER`]
 /// once the map holds [`MAX_PENDING_KEYS`].
-fn add_bounded<M: CountMap>(map: &mut M, mut key: CountKey, n: u64) {
-    if map.len() >= MAX_PENDING_KEYS && !map.has(&key) {
+fn add_bounded(map: &mut BTreeMap<CountKey, u64>, mut key: CountKey, n: u64) {
+    if map.len() >= MAX_PENDING_KEYS && !map.contains_key(&key) {
         key.credential = OTHER.into();
     }
-    *map.slot(key) += n;
-}
-
-trait CountMap {
-    fn len(&self) -> usize;
-    fn has(&self, key: &CountKey) -> bool;
-    fn slot(&mut self, key: CountKey) -> &mut u64;
-}
-
-impl CountMap for HashMap<CountKey, u64> {
-    fn len(&self) -> usize {
-        HashMap::len(self)
-    }
-    fn has(&self, key: &CountKey) -> bool {
-        self.contains_key(key)
-    }
-    fn slot(&mut self, key: CountKey) -> &mut u64 {
-        self.entry(key).or_default()
-    }
-}
-
-impl CountMap for BTreeMap<CountKey, u64> {
-    fn len(&self) -> usize {
-        BTreeMap::len(self)
-    }
-    fn has(&self, key: &CountKey) -> bool {
-        self.contains_key(key)
-    }
-    fn slot(&mut self, key: CountKey) -> &mut u64 {
-        self.entry(key).or_default()
-    }
+    *map.entry(key).or_default() += n;
 }
 
 /// A use and when it happened.
@@ -576,7 +546,7 @@ enum Msg {
 #[derive(Default)]
 struct Queued {
     /// Refusals since the writer last took them.
-    refusals: HashMap<CountKey, u64>,
+    refusals: BTreeMap<CountKey, u64>,
     /// Full events of those refusals and of uses released on a lease, for
     /// the sink (at most [`sink::BACKLOG`]).
     events: Vec<Stamped>,
