@@ -4,7 +4,7 @@ pub mod broker;
 pub mod server;
 pub mod sign;
 
-pub use latchkey_core::{error, secret};
+pub use latchkey_core::{error, secret, text};
 /// The plugin runtime (crate `latchkey-runtime`).
 pub use latchkey_runtime as plugin;
 /// Storage: credentials and the directory (crate `latchkey-vault`).

@@ -14,6 +14,17 @@ use latchkey::sign::{self, SignInput};
 use latchkey::vault::model::Overrides;
 use latchkey::vault::{Vault, parse_org};
 
+/// `println!` for command output, through [`cli::output::line`]: a closed
+/// pipe ends the command quietly instead of a panic.
+macro_rules! out {
+    () => {
+        $crate::cli::output::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::line(format_args!($($arg)*))
+    };
+}
+
 mod cli;
 
 #[derive(Parser)]
@@ -88,7 +99,7 @@ enum Command {
 #[derive(Args)]
 struct SignArgs {
     /// The scheme, e.g. aws-sigv4 (see `latchkey plugin list`); taken from the vault with --credential.
-    #[arg(long, required_unless_present = "credential")]
+    #[arg(long, required_unless_present = "credential", conflicts_with = "credential")]
     scheme: Option<String>,
     /// Use this vault credential (resolved through overrides, the vault, then the environment).
     /// With it, --secret values are per-call overrides.
@@ -378,6 +389,28 @@ fn cmd_sign(rt_args: &RuntimeArgs, args: SignArgs) -> Result<(), Failure> {
     let SignParts { config, secrets, input } = sign_parts(&args)?;
     let rt = runtime(rt_args)?;
     let plugin = rt.get(args.scheme.as_deref().unwrap_or_default())?;
+    // The hygiene a stored credential gets (a trailing line break from a
+    // file or paste removed, a `Bearer ` prefix on a raw key refused, …),
+    // so a key that signs offline signs the same from the vault.
+    let mut raw = latchkey::vault::model::RawCredential::new("offline", plugin.info.name.clone());
+    raw.config = config;
+    raw.secrets = secrets;
+    let checked = latchkey::vault::model::validate_new(&rt, raw).map_err(|e| {
+        // Offline signing has no other layer to fall back on: a missing
+        // field is the call's missing key.
+        let code = match e.code() {
+            ErrorCode::MissingSecretField => ErrorCode::ProviderKeyMissing,
+            code => code,
+        };
+        Failure::new(code, e.to_string())
+    })?;
+    for n in &checked.notices {
+        if matches!(n.kind, latchkey::vault::model::NoticeKind::Changed) {
+            eprintln!("latchkey: note: {n}");
+        }
+    }
+    let config = checked.value.config().to_vec();
+    let secrets = checked.value.secrets().clone();
     let prepared = sign::prepare(&input)?;
     sign::check_credential(&rt, &plugin, &config, &secrets)?;
     let cred = Arc::new(CallCredential::new("cli", 1, config, secrets));
@@ -490,17 +523,17 @@ fn cmd_list(rt_args: &RuntimeArgs, json: bool) -> Result<(), Failure> {
     }
     if json {
         let all: Vec<_> = plugins.iter().map(|p| plugin_json(p)).collect();
-        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
         return Ok(());
     }
-    println!("{:<16} {:<8} {:<8} {:<7} DESCRIPTION", "SCHEME", "VERSION", "SOURCE", "SECRETS");
+    out!("{:<16} {:<8} {:<8} {:<7} DESCRIPTION", "SCHEME", "VERSION", "SOURCE", "SECRETS");
     for p in plugins {
         let source = match p.source {
             PluginSource::Builtin => "builtin".to_string(),
             PluginSource::File(_) => "file".to_string(),
         };
         let access = if p.reads_secrets { "raw" } else { "host" };
-        println!("{:<16} {:<8} {:<8} {:<7} {}", p.info.name, p.info.version, source, access, p.info.description);
+        out!("{:<16} {:<8} {:<8} {:<7} {}", p.info.name, p.info.version, source, access, p.info.description);
     }
     Ok(())
 }
@@ -509,44 +542,44 @@ fn cmd_inspect(rt_args: &RuntimeArgs, file: &std::path::Path, json: bool) -> Res
     let rt = runtime(rt_args)?;
     let p = rt.load_file(file)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&plugin_json(&p)).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(&plugin_json(&p)).unwrap_or_default());
         return Ok(());
     }
-    println!("scheme:      {} {}", p.info.name, p.info.version);
-    println!("description: {}", p.info.description);
-    println!("file:        {} ({} bytes)", file.display(), p.size);
-    println!("sha256:      {}", p.digest);
+    out!("scheme:      {} {}", p.info.name, p.info.version);
+    out!("description: {}", p.info.description);
+    out!("file:        {} ({} bytes)", file.display(), p.size);
+    out!("sha256:      {}", p.digest);
     let show = |title: &str, fs: &[latchkey::plugin::FieldInfo]| {
-        println!("{title}:");
+        out!("{title}:");
         if fs.is_empty() {
-            println!("  (none)");
+            out!("  (none)");
         }
         for f in fs {
             let req = if f.required { "required" } else { "optional" };
-            println!("  {:<22} {req:<8}  {}", f.name, f.description);
+            out!("  {:<22} {req:<8}  {}", f.name, f.description);
         }
     };
     show("config fields", &p.info.config_fields);
-    println!("secret fields:");
+    out!("secret fields:");
     if p.info.secret_fields.is_empty() {
-        println!("  (none)");
+        out!("  (none)");
     }
     for f in &p.info.secret_fields {
         let req = if f.required { "required" } else { "optional" };
         let exposure = latchkey::plugin::exposure_name(f.exposure);
-        println!("  {:<22} {req:<8}  {exposure:<10}  {}", f.name, f.description);
+        out!("  {:<22} {req:<8}  {exposure:<10}  {}", f.name, f.description);
     }
     if let Some(e) = p.info.open_secret_fields {
-        println!("  (any other name)      optional  {:<10}  open set of fields", latchkey::plugin::exposure_name(e));
+        out!("  (any other name)      optional  {:<10}  open set of fields", latchkey::plugin::exposure_name(e));
     }
-    println!("writable headers: {}", p.info.writable_headers.join(", "));
-    println!(
+    out!("writable headers: {}", p.info.writable_headers.join(", "));
+    out!(
         "body:             {}",
         if p.info.reads_body { "hashed (the proxy buffers it)" } else { "not read (the proxy streams it)" }
     );
-    println!("request-independent: {}", if p.info.request_independent { "yes" } else { "no" });
-    println!("verifies tokens:  {}", if p.exports_verifier() { "yes (exports verifier)" } else { "no" });
-    println!(
+    out!("request-independent: {}", if p.info.request_independent { "yes" } else { "no" });
+    out!("verifies tokens:  {}", if p.exports_verifier() { "yes (exports verifier)" } else { "no" });
+    out!(
         "secret access: {}",
         if p.reads_secrets {
             "reads raw secret values (latchkey:plugin/secrets, granted)"
@@ -554,9 +587,9 @@ fn cmd_inspect(rt_args: &RuntimeArgs, file: &std::path::Path, json: bool) -> Res
             "none: key material stays in the host"
         }
     );
-    println!("imports:");
+    out!("imports:");
     for i in &p.imports {
-        println!("  {i}");
+        out!("  {i}");
     }
     Ok(())
 }

@@ -107,6 +107,12 @@ error_codes! {
     AgentNotFound = "agent_not_found", 404;
     /// No credential of that name.
     CredentialNotFound = "credential_not_found", 404;
+    /// No identity provider of that name.
+    IdentityProviderNotFound = "identity_provider_not_found", 404;
+    /// No registration token matches (by its prefix or value).
+    TokenNotFound = "token_not_found", 404;
+    /// The agent or route is not attached to the credential, or the agent has no JWT binding.
+    AttachmentNotFound = "attachment_not_found", 404;
     /// No resolution layer has the secret.
     ProviderKeyMissing = "provider_key_missing", 404;
     /// The method is not allowed on this endpoint.
@@ -117,6 +123,12 @@ error_codes! {
     CredentialExists = "credential_exists", 409;
     /// Delete refused while agents or routes use the credential.
     CredentialAttached = "credential_attached", 409;
+    /// Delete refused while other objects refer to it (the message names them); `force` cascades.
+    InUse = "in_use", 409;
+    /// Another identity provider of the organisation has that issuer.
+    IssuerExists = "issuer_exists", 409;
+    /// The JWT subject is bound to another agent.
+    SubjectBound = "subject_bound", 409;
     /// The object changed since the caller read it.
     VersionConflict = "version_conflict", 409;
     /// The body is over the limit.

@@ -150,10 +150,18 @@ pub enum AuditAction {
     AgentDisable,
     /// An agent bound to a JWT subject.
     AgentBindJwt,
+    /// An agent's JWT binding removed.
+    AgentUnbindJwt,
+    /// An agent's token replaced (the old one refused from then on).
+    AgentTokenReissue,
+    /// An agent deleted.
+    AgentDelete,
     /// A registration token created.
     TokenCreate,
     /// A registration token redeemed by a new agent.
     Register,
+    /// A registration token revoked before use.
+    TokenRevoke,
     /// A route added or replaced.
     RoutePut,
     /// A route deleted.
@@ -166,7 +174,7 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action, for parsing and help text.
-    pub const ALL: [AuditAction; 20] = [
+    pub const ALL: [AuditAction; 24] = [
         AuditAction::Create,
         AuditAction::Update,
         AuditAction::Enable,
@@ -181,8 +189,12 @@ impl AuditAction {
         AuditAction::AgentEnable,
         AuditAction::AgentDisable,
         AuditAction::AgentBindJwt,
+        AuditAction::AgentUnbindJwt,
+        AuditAction::AgentTokenReissue,
+        AuditAction::AgentDelete,
         AuditAction::TokenCreate,
         AuditAction::Register,
+        AuditAction::TokenRevoke,
         AuditAction::RoutePut,
         AuditAction::RouteDelete,
         AuditAction::IdpPut,
@@ -206,8 +218,12 @@ impl AuditAction {
             AuditAction::AgentEnable => "agent-enable",
             AuditAction::AgentDisable => "agent-disable",
             AuditAction::AgentBindJwt => "agent-bind-jwt",
+            AuditAction::AgentUnbindJwt => "agent-unbind-jwt",
+            AuditAction::AgentTokenReissue => "agent-token-reissue",
+            AuditAction::AgentDelete => "agent-delete",
             AuditAction::TokenCreate => "token-create",
             AuditAction::Register => "register",
+            AuditAction::TokenRevoke => "token-revoke",
             AuditAction::RoutePut => "route-put",
             AuditAction::RouteDelete => "route-delete",
             AuditAction::IdpPut => "idp-put",

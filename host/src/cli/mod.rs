@@ -2,5 +2,6 @@
 
 pub mod agents;
 pub mod config;
+pub mod output;
 pub mod serve;
 pub mod vault;

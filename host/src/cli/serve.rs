@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// Accept `Authorization: Basic` agent credentials on a plain-HTTP listener (they are readable on the wire).
     #[arg(long)]
     pub allow_basic_over_http: bool,
+    /// The admin token's name in the audit trail (`admin:NAME`); the token itself is never recorded.
+    #[arg(long, env = "LATCHKEY_ADMIN_TOKEN_NAME", default_value = "admin", value_name = "NAME")]
+    pub admin_token_name: String,
     /// Where each use's full event goes: `log` (a tracing event), `stdout` (JSON lines), `file:PATH` (JSON lines,
     /// rotated by size) or `none` [default: log, or `audit_sink` in the config file]. The store keeps counts per minute.
     #[arg(long, env = "LATCHKEY_AUDIT_SINK", value_name = "SINK")]
@@ -108,6 +111,7 @@ pub async fn serve(
         address_policy: net::AddressPolicy { allow },
         tls: net::TlsOptions { extra_ca_files: args.ca_files.clone(), no_system_roots: false },
         allow_basic_over_http: args.allow_basic_over_http,
+        admin_token_name: latchkey::plugin::sanitize_for_log(&args.admin_token_name, 64),
         ..ServerConfig::default()
     };
     let config = match std::env::var("LATCHKEY_ADMIN_TOKEN") {

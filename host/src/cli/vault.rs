@@ -184,11 +184,14 @@ pub struct UpdateArgs {
 pub struct DeleteArgs {
     /// The credential name.
     pub name: String,
-    /// Delete even while agents or routes are attached.
+    /// Delete even while agents or routes are attached: agents are detached and the routes that send it deleted.
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]
     pub org: OrgArg,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -217,6 +220,9 @@ pub struct AttachArgs {
     pub route: Option<String>,
     #[command(flatten)]
     pub org: OrgArg,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -243,9 +249,36 @@ pub struct AuditArgs {
 }
 
 /// Who made a change, for the audit trail.
+/// `cli:USER@HOST`: the operator's OS user (from the environment, else
+/// the passwd entry of the process's uid) and the machine's name.
 pub fn cli_actor() -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-    format!("cli:{}", latchkey::plugin::sanitize_for_log(&user, 64))
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(user_of_uid)
+        .unwrap_or_else(|| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("cli:{}@{}", latchkey::plugin::sanitize_for_log(&user, 64), latchkey::plugin::sanitize_for_log(&host, 64))
+}
+
+/// The login name of this process's uid, from `/etc/passwd` (a container
+/// often has no `USER`).
+fn user_of_uid() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_string())
+    })
 }
 
 fn print_notices(notices: &[Notice]) {
@@ -270,51 +303,27 @@ fn credential_json(info: &CredentialInfo) -> serde_json::Value {
     info.to_json()
 }
 
-/// Print rows as left-aligned columns, each as wide as its widest cell.
-fn print_table(rows: &[Vec<String>]) {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..cols).map(|i| rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max().unwrap_or(0)).collect();
-    for row in rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
-            }
-        }
-        println!("{}", line.trim_end());
-    }
-}
-
 fn print_credential(info: &CredentialInfo, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(&credential_json(info)).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(&credential_json(info)).unwrap_or_default());
         return;
     }
     let c = &info.credential;
-    println!("name:          {}", c.name);
-    println!("organisation:  {}", c.org);
-    println!("scheme:        {}", c.scheme);
-    println!("state:         {}", if c.enabled { "enabled" } else { "disabled" });
+    out!("name:          {}", c.name);
+    out!("organisation:  {}", c.org);
+    out!("scheme:        {}", c.scheme);
+    out!("state:         {}", if c.enabled { "enabled" } else { "disabled" });
     let config: Vec<String> = c.config.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!("config:        {}", if config.is_empty() { "(none)".into() } else { config.join(", ") });
+    out!("config:        {}", if config.is_empty() { "(none)".into() } else { config.join(", ") });
     let fields: Vec<&str> = c.secret_fields.iter().map(String::as_str).collect();
-    println!("secret fields: {} (values never shown)", fields.join(", "));
+    out!("secret fields: {} (values never shown)", fields.join(", "));
     let dest: Vec<String> = c.destinations.iter().map(ToString::to_string).collect();
-    println!(
-        "destinations:  {}",
-        if dest.is_empty() { "(none: it may be sent nowhere)".into() } else { dest.join(", ") }
-    );
-    println!("attached to:   {}", c.attachments);
-    println!("created:       {}", time_text(Some(c.created_at)));
-    println!("updated:       {}", time_text(Some(c.updated_at)));
-    println!("last used:     {}", time_text(info.last_used_at));
-    println!(
-        "version:       {} (secret version {}, master key term {})",
-        c.version, info.secret_version, info.key_term
-    );
+    out!("destinations:  {}", if dest.is_empty() { "(none: it may be sent nowhere)".into() } else { dest.join(", ") });
+    out!("attached to:   {}", c.attachments);
+    out!("created:       {}", time_text(Some(c.created_at)));
+    out!("updated:       {}", time_text(Some(c.updated_at)));
+    out!("last used:     {}", time_text(info.last_used_at));
+    out!("version:       {} (secret version {}, master key term {})", c.version, info.secret_version, info.key_term);
 }
 
 fn secrets_of(args: &SecretArgs) -> Result<(BTreeMap<String, latchkey::secret::Secret>, BTreeSet<String>), Failure> {
@@ -360,7 +369,7 @@ pub async fn credential(
             if a.json {
                 print_credential(&done.value, true);
             } else {
-                println!(
+                out!(
                     "created credential `{}` ({}, {}, version 1, secret fields: {})",
                     c.name,
                     c.scheme,
@@ -374,25 +383,27 @@ pub async fn credential(
             let all = vault.list(org.as_ref().map(|o| o.as_str())).await?;
             if a.json {
                 let items: Vec<_> = all.iter().map(credential_json).collect();
-                println!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
-                return Ok(());
-            }
-            if all.is_empty() {
-                eprintln!("latchkey: the vault holds no credentials yet (add one with `latchkey credential add`)");
+                out!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
                 return Ok(());
             }
             let checks = vault.check_states().await?;
-            let mut rows = vec![
-                ["NAME", "ORG", "SCHEME", "STATE", "CHECK", "DESTINATIONS", "ATTACHED", "LAST USED", "VERSION"]
-                    .map(String::from)
-                    .to_vec(),
-            ];
+            let mut table = crate::cli::output::Table::new(&[
+                "name",
+                "org",
+                "scheme",
+                "state",
+                "check",
+                "destinations",
+                "attached",
+                "last used",
+                "version",
+            ]);
             for info in &all {
                 let c = &info.credential;
                 let dest: Vec<String> = c.destinations.iter().map(ToString::to_string).collect();
                 let mut attached: Vec<String> = c.attachments.agents.iter().map(|a| format!("agent:{a}")).collect();
                 attached.extend(c.attachments.routes.iter().map(|r| format!("route:{r}")));
-                rows.push(vec![
+                table.row(vec![
                     c.name.to_string(),
                     c.org.to_string(),
                     c.scheme.clone(),
@@ -409,7 +420,11 @@ pub async fn credential(
                     c.version.to_string(),
                 ]);
             }
-            print_table(&rows);
+            let scope = crate::cli::output::scope(org.as_ref().map(|o| o.as_str()));
+            table.print(&format!("no credentials{scope}"));
+            if all.is_empty() {
+                eprintln!("latchkey: add one with `latchkey credential add`");
+            }
         }
         CredentialCmd::Show(a) => {
             let info = vault.get(&org_str(&a.org)?, &a.name).await?;
@@ -476,19 +491,25 @@ pub async fn credential(
             if a.json {
                 print_credential(&done.value, true);
             } else if done.value.credential.version == current.credential.version {
-                println!("credential `{}` unchanged (version {})", a.name, current.credential.version);
+                out!("credential `{}` unchanged (version {})", a.name, current.credential.version);
             } else {
-                println!("updated credential `{}` (version {})", a.name, done.value.credential.version);
+                out!("updated credential `{}` (version {})", a.name, done.value.credential.version);
             }
         }
         CredentialCmd::Enable(a) => set_enabled(vault, a, true, &actor).await?,
         CredentialCmd::Disable(a) => set_enabled(vault, a, false, &actor).await?,
         CredentialCmd::Delete(a) => {
             let gone = vault.delete(&org_str(&a.org)?, &a.name, a.force, &actor).await?;
-            if gone.credential.attachments.is_empty() {
-                println!("deleted credential `{}`", a.name);
+            if a.json {
+                print_credential(&gone, true);
+            } else if gone.credential.attachments.is_empty() {
+                out!("deleted credential `{}`", a.name);
             } else {
-                println!("deleted credential `{}` (it was attached to {})", a.name, gone.credential.attachments);
+                out!("deleted credential `{}` (it was attached to {})", a.name, gone.credential.attachments);
+                if !gone.credential.attachments.routes.is_empty() {
+                    let routes: Vec<&str> = gone.credential.attachments.routes.iter().map(String::as_str).collect();
+                    out!("deleted the routes that sent it: {}", routes.join(", "));
+                }
             }
         }
         CredentialCmd::Rotate(a) => {
@@ -498,9 +519,11 @@ pub async fn credential(
             if a.json {
                 print_credential(&done.value, true);
             } else {
-                println!(
+                out!(
                     "rotated credential `{}`: secret version {}, version {}; the next call uses the new secret",
-                    a.name, done.value.secret_version, done.value.credential.version
+                    a.name,
+                    done.value.secret_version,
+                    done.value.credential.version
                 );
             }
         }
@@ -534,12 +557,12 @@ async fn check(
     if a.json {
         let v = serde_json::json!({"credential": a.name, "state": outcome.state, "status": outcome.status,
             "url": outcome.url, "detail": outcome.detail});
-        println!("{v}");
+        out!("{v}");
     } else {
         let status = outcome.status.map(|s| format!(" ({s})")).unwrap_or_default();
-        println!("{}: {}{status}: {}", a.name, outcome.state, outcome.detail);
+        out!("{}: {}{status}: {}", a.name, outcome.state, outcome.detail);
     }
-    if outcome.state == "valid" {
+    if matches!(outcome.state, "valid" | "mock") {
         Ok(())
     } else {
         Err(Failure::new(ErrorCode::CredentialCheckFailed, format!("credential `{}` is {}", a.name, outcome.state)))
@@ -552,7 +575,7 @@ async fn set_enabled(vault: &Vault, a: NameArgs, enabled: bool, actor: &str) -> 
         print_credential(&info, true);
     } else {
         let state = if enabled { "enabled" } else { "disabled" };
-        println!("credential `{}` is {state} (version {})", a.name, info.credential.version);
+        out!("credential `{}` is {state} (version {})", a.name, info.credential.version);
     }
     Ok(())
 }
@@ -564,10 +587,16 @@ async fn attach(vault: &Vault, a: AttachArgs, on: bool, actor: &str) -> Result<(
         (None, None) => return Err(Failure::new(ErrorCode::InvalidArgument, "give --agent or --route")),
     };
     let info = vault.set_attachment(&org_str(&a.org)?, &a.name, kind, target, on, actor).await?;
-    println!(
-        "credential `{}` is attached to {} (version {})",
-        a.name, info.credential.attachments, info.credential.version
-    );
+    if a.json {
+        print_credential(&info, true);
+    } else {
+        out!(
+            "credential `{}` is attached to {} (version {})",
+            a.name,
+            info.credential.attachments,
+            info.credential.version
+        );
+    }
     Ok(())
 }
 
@@ -586,14 +615,14 @@ pub async fn vault_cmd(vault: &Vault, cmd: VaultCmd) -> Result<(), Failure> {
                     "master_key": key,
                     "credentials_by_term": by_term.iter().map(|(t, n)| (t.to_string(), *n)).collect::<BTreeMap<_, _>>(),
                 });
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                println!("backend:     {}", vault.location().backend());
-                println!("location:    {}", vault.location().display());
-                println!("master key:  {key}");
+                out!("backend:     {}", vault.location().backend());
+                out!("location:    {}", vault.location().display());
+                out!("master key:  {key}");
                 let total: u64 = by_term.values().sum();
                 let terms: Vec<String> = by_term.iter().map(|(t, n)| format!("term {t}: {n}")).collect();
-                println!(
+                out!(
                     "credentials: {total}{}",
                     if terms.is_empty() { String::new() } else { format!(" ({})", terms.join(", ")) }
                 );
@@ -609,23 +638,20 @@ pub async fn vault_cmd(vault: &Vault, cmd: VaultCmd) -> Result<(), Failure> {
                     "credentials_by_term": report.by_term.iter().map(|(t, n)| (t.to_string(), *n)).collect::<BTreeMap<_, _>>(),
                     "failed": report.failed.iter().map(|(o, n, c)| serde_json::json!({"org": o, "name": n, "code": c})).collect::<Vec<_>>(),
                 });
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
                 if report.generated {
-                    println!("generated master key term {} in the keyring file (back the file up now)", report.term);
+                    out!("generated master key term {} in the keyring file (back the file up now)", report.term);
                 }
-                println!("re-wrapped {} data key(s) under master key term {}", report.rewrapped, report.term);
+                out!("re-wrapped {} data key(s) under master key term {}", report.rewrapped, report.term);
                 for (org, name, code) in &report.failed {
-                    println!("  failed: {org}/{name}: {code}");
+                    out!("  failed: {org}/{name}: {code}");
                 }
                 let old: u64 = report.by_term.iter().filter(|(t, _)| **t != report.term).map(|(_, n)| n).sum();
                 if old == 0 {
-                    println!(
-                        "every credential is on term {}; older terms can be removed from the keyring",
-                        report.term
-                    );
+                    out!("every credential is on term {}; older terms can be removed from the keyring", report.term);
                 } else {
-                    println!("{old} credential(s) are still on older terms; keep those terms in the keyring");
+                    out!("{old} credential(s) are still on older terms; keep those terms in the keyring");
                 }
             }
             if !report.failed.is_empty() {
@@ -671,15 +697,11 @@ pub async fn audit(vault: &Vault, a: AuditArgs) -> Result<(), Failure> {
     let events = vault.audit(&filter).await?;
     if a.json {
         for e in &events {
-            println!("{}", serde_json::to_string(e).unwrap_or_default());
+            out!("{}", serde_json::to_string(e).unwrap_or_default());
         }
         return Ok(());
     }
-    if events.is_empty() {
-        eprintln!("latchkey: no audit events match");
-        return Ok(());
-    }
-    let mut rows = vec![["SEQ", "AT", "ORG", "CREDENTIAL", "ACTION", "OUTCOME", "DETAIL"].map(String::from).to_vec()];
+    let mut table = crate::cli::output::Table::new(&["seq", "at", "org", "credential", "action", "outcome", "detail"]);
     for e in &events {
         let mut detail = Vec::new();
         if let Some(actor) = &e.actor {
@@ -700,7 +722,7 @@ pub async fn audit(vault: &Vault, a: AuditArgs) -> Result<(), Failure> {
         if let Some(d) = &e.detail {
             detail.push(d.clone());
         }
-        rows.push(vec![
+        table.row(vec![
             // A count of uses (one minute's) has no place in the trail's sequence.
             if e.count.is_some() { "-".into() } else { e.seq.to_string() },
             time_text(e.at.replace_nanosecond(0).ok()),
@@ -712,7 +734,7 @@ pub async fn audit(vault: &Vault, a: AuditArgs) -> Result<(), Failure> {
             detail.join("; "),
         ]);
     }
-    print_table(&rows);
+    table.print("no audit events match");
     Ok(())
 }
 

@@ -21,18 +21,18 @@ use axum::http::request::Parts;
 use axum::response::Json;
 use ring::digest;
 use serde::{Deserialize, Serialize};
-use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::views::{AgentToken, AgentView, Deleted, IdpView, NewToken, RouteView, TokenView};
 use super::{ApiError, AppState, ErrorBody, JsonBody};
 use crate::error::ErrorCode;
 use crate::secret::Secret;
 use crate::vault::agents::Route;
 use crate::vault::identity::{IdentityProvider, JwksSource};
 use crate::vault::model::{RawCredential, RawUpdate};
-use crate::vault::{AuditAction, AuditEvent, AuditFilter, CredentialInfo, CredentialView};
+use crate::vault::{AttachmentKind, AuditAction, AuditEvent, AuditFilter, CredentialInfo, CredentialView};
 
 /// The admin routes (nested under `/v1/admin`), with their operations.
 /// Handlers grouped in one `routes!` share a path.
@@ -44,18 +44,23 @@ pub(super) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(disable))
         .routes(routes!(rotate))
         .routes(routes!(check))
+        .routes(routes!(attach))
+        .routes(routes!(detach))
         .routes(routes!(list_routes, put_route))
-        .routes(routes!(delete_route))
+        .routes(routes!(get_route, delete_route))
         .routes(routes!(list_agents, create_agent))
-        .routes(routes!(bind_agent_jwt))
+        .routes(routes!(get_agent, delete_agent))
+        .routes(routes!(enable_agent))
+        .routes(routes!(disable_agent))
+        .routes(routes!(reissue_agent_token))
+        .routes(routes!(bind_agent_jwt, unbind_agent_jwt))
         .routes(routes!(list_idps, put_idp))
-        .routes(routes!(delete_idp))
-        .routes(routes!(create_token))
+        .routes(routes!(get_idp, delete_idp))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
         .routes(routes!(plugins))
         .routes(routes!(audit))
 }
-
-const ACTOR: &str = "admin-api";
 
 // ---------------------------------------------------------------------------
 // Extractors
@@ -65,7 +70,11 @@ const ACTOR: &str = "admin-api";
 /// <admin token>`, its SHA-256 compared with the configured one in constant
 /// time). Rejected with 403 `admin_disabled` when no admin token is
 /// configured, else 401 `invalid_admin_token`.
-pub(super) struct AdminToken;
+pub(super) struct AdminToken {
+    /// Who the audit trail says made a change: `admin:<name>`, the name
+    /// the operator gave the admin token (never the token).
+    actor: String,
+}
 
 impl FromRequestParts<Arc<AppState>> for AdminToken {
     type Rejection = ApiError;
@@ -85,7 +94,7 @@ impl FromRequestParts<Arc<AppState>> for AdminToken {
             .ok_or_else(|| ApiError::new(ErrorCode::InvalidAdminToken, "send `Authorization: Bearer <admin token>`"))?;
         let got = digest::digest(&digest::SHA256, presented.as_bytes());
         if bool::from(subtle::ConstantTimeEq::ct_eq(got.as_ref(), expected.as_slice())) {
-            Ok(AdminToken)
+            Ok(AdminToken { actor: format!("admin:{}", app.config.admin_token_name) })
         } else {
             Err(ApiError::new(ErrorCode::InvalidAdminToken, "the admin token is not valid"))
         }
@@ -184,8 +193,9 @@ struct NewCredentialBody {
     name: String,
     /// The scheme that applies it (see `/v1/admin/plugins`).
     scheme: String,
-    /// Non-secret configuration, as `[name, value]` pairs.
-    #[serde(default)]
+    /// Non-secret configuration, by field name.
+    #[serde(default, deserialize_with = "config_object")]
+    #[schema(value_type = BTreeMap<String, String>)]
     config: Vec<(String, String)>,
     /// Secret values by field name.
     #[serde(default)]
@@ -200,6 +210,33 @@ struct NewCredentialBody {
     #[serde(default = "yes")]
     #[schema(default = true)]
     enabled: bool,
+}
+
+/// A JSON object of configuration fields, as pairs in the document's
+/// order (the order a scheme sees them in).
+fn config_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    struct Pairs;
+    impl<'de> serde::de::Visitor<'de> for Pairs {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of configuration fields, e.g. {\"prefix\": \"Bearer \"}")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out: Vec<(String, String)> = Vec::new();
+            while let Some((k, v)) = map.next_entry::<String, String>()? {
+                if out.iter().any(|(seen, _)| *seen == k) {
+                    return Err(serde::de::Error::custom(format!("config field `{k}` given twice")));
+                }
+                out.push((k, v));
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Pairs)
+}
+
+fn some_config_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<(String, String)>>, D::Error> {
+    config_object(d).map(Some)
 }
 
 fn yes() -> bool {
@@ -224,7 +261,7 @@ fn secrets(map: BTreeMap<String, String>) -> BTreeMap<String, Secret> {
     )
 )]
 async fn create_credential(
-    _: AdminToken,
+    admin: AdminToken,
     Org(org): Org,
     State(app): State<Arc<AppState>>,
     JsonBody(b): JsonBody<NewCredentialBody>,
@@ -239,7 +276,7 @@ async fn create_credential(
         enabled: b.enabled,
         destinations: b.destinations,
     };
-    let done = app.vault.create(raw, ACTOR).await?;
+    let done = app.vault.create(raw, &admin.actor).await?;
     Ok((StatusCode::CREATED, Json(CredentialChange::new(&done.value, &done.notices))))
 }
 
@@ -268,7 +305,9 @@ async fn get_credential(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateBody {
-    /// The whole new configuration, as `[name, value]` pairs.
+    /// The whole new configuration, by field name.
+    #[serde(default, deserialize_with = "some_config_object")]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
     config: Option<Vec<(String, String)>>,
     /// The whole new set of secret values, by field name.
     secrets: Option<BTreeMap<String, String>>,
@@ -298,7 +337,7 @@ struct UpdateBody {
     )
 )]
 async fn update_credential(
-    _: AdminToken,
+    admin: AdminToken,
     Org(org): Org,
     Path(name): Path<String>,
     State(app): State<Arc<AppState>>,
@@ -312,7 +351,7 @@ async fn update_credential(
         destinations: b.destinations,
         expected_version: b.expected_version,
     };
-    let done = app.vault.update(&org, &name, raw, ACTOR).await?;
+    let done = app.vault.update(&org, &name, raw, &admin.actor).await?;
     Ok(Json(CredentialChange::new(&done.value, &done.notices)))
 }
 
@@ -341,13 +380,13 @@ struct ForceQuery {
     )
 )]
 async fn delete_credential(
-    _: AdminToken,
+    admin: AdminToken,
     Org(org): Org,
     Path(name): Path<String>,
     Query(q): Query<ForceQuery>,
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<CredentialView>, ApiError> {
-    Ok(Json(app.vault.delete(&org, &name, q.force, ACTOR).await?.view()))
+    Ok(Json(app.vault.delete(&org, &name, q.force, &admin.actor).await?.view()))
 }
 
 /// Enable a credential
@@ -363,12 +402,12 @@ async fn delete_credential(
     )
 )]
 async fn enable(
-    _: AdminToken,
+    admin: AdminToken,
     Org(org): Org,
     Path(name): Path<String>,
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<CredentialView>, ApiError> {
-    Ok(Json(app.vault.set_enabled(&org, &name, true, ACTOR).await?.view()))
+    Ok(Json(app.vault.set_enabled(&org, &name, true, &admin.actor).await?.view()))
 }
 
 /// Disable a credential: every use fails with `credential_disabled`
@@ -384,12 +423,12 @@ async fn enable(
     )
 )]
 async fn disable(
-    _: AdminToken,
+    admin: AdminToken,
     Org(org): Org,
     Path(name): Path<String>,
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<CredentialView>, ApiError> {
-    Ok(Json(app.vault.set_enabled(&org, &name, false, ACTOR).await?.view()))
+    Ok(Json(app.vault.set_enabled(&org, &name, false, &admin.actor).await?.view()))
 }
 
 /// New secret values.
@@ -417,13 +456,13 @@ struct RotateBody {
     )
 )]
 async fn rotate(
-    _: AdminToken,
+    admin: AdminToken,
     Org(org): Org,
     Path(name): Path<String>,
     State(app): State<Arc<AppState>>,
     JsonBody(b): JsonBody<RotateBody>,
 ) -> Result<Json<CredentialChange>, ApiError> {
-    let done = app.vault.rotate(&org, &name, secrets(b.secrets), b.verbatim, ACTOR).await?;
+    let done = app.vault.rotate(&org, &name, secrets(b.secrets), b.verbatim, &admin.actor).await?;
     Ok(Json(CredentialChange::new(&done.value, &done.notices)))
 }
 
@@ -466,39 +505,85 @@ async fn check(
     Ok(Json(CheckReport { credential: name, state: o.state, status: o.status, url: o.url, detail: o.detail }))
 }
 
-// ---------------------------------------------------------------------------
-// Routes
-// ---------------------------------------------------------------------------
-
-/// A proxy route.
-#[derive(Serialize, ToSchema)]
-struct RouteView {
-    /// The route name: the path segment after the proxy prefix.
-    name: String,
-    /// Its organisation.
-    org: String,
-    /// The upstream base URL.
-    upstream: String,
-    /// The credential applied to every call.
-    credential: String,
-    /// Whether it answers from the built-in mock upstream.
-    mock: bool,
-    /// A cheap path for the provider check (`/v1/models`).
-    check_path: Option<String>,
+/// An agent or route to attach to (or detach from) a credential: exactly
+/// one of the two.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct AttachBody {
+    /// An agent name.
+    agent: Option<String>,
+    /// A route name.
+    route: Option<String>,
 }
 
-impl From<&Route> for RouteView {
-    fn from(r: &Route) -> RouteView {
-        RouteView {
-            name: r.name.clone(),
-            org: r.org.clone(),
-            upstream: r.upstream.clone(),
-            credential: r.credential.clone(),
-            mock: r.mock,
-            check_path: r.check_path.clone(),
+impl AttachBody {
+    fn target(self) -> Result<(AttachmentKind, String), ApiError> {
+        match (self.agent, self.route) {
+            (Some(a), None) => Ok((AttachmentKind::Agent, a)),
+            (None, Some(r)) => Ok((AttachmentKind::Route, r)),
+            _ => Err(ApiError::new(ErrorCode::InvalidRequest, "give exactly one of `agent` and `route`")),
         }
     }
 }
+
+/// Let an agent use a credential
+///
+/// The agent must exist (404 `agent_not_found`); a route's attachment
+/// follows the route, so `route` must name a route that sends this
+/// credential. Attaching what is attached changes nothing.
+#[utoipa::path(
+    post,
+    path = "/credentials/{name}/attach",
+    tag = "credentials",
+    security(("admin" = [])),
+    params(("name" = String, Path, description = "The credential's name"), OrgQuery),
+    request_body = AttachBody,
+    responses(
+        (status = 200, description = "The credential", body = CredentialView),
+        (status = "default", response = ErrorBody),
+    )
+)]
+async fn attach(
+    admin: AdminToken,
+    Org(org): Org,
+    Path(name): Path<String>,
+    State(app): State<Arc<AppState>>,
+    JsonBody(b): JsonBody<AttachBody>,
+) -> Result<Json<CredentialView>, ApiError> {
+    let (kind, target) = b.target()?;
+    Ok(Json(app.vault.set_attachment(&org, &name, kind, &target, true, &admin.actor).await?.view()))
+}
+
+/// Undo an attach
+///
+/// 404 `attachment_not_found` when it is not attached; a route that still
+/// sends the credential is refused (409 `in_use`).
+#[utoipa::path(
+    post,
+    path = "/credentials/{name}/detach",
+    tag = "credentials",
+    security(("admin" = [])),
+    params(("name" = String, Path, description = "The credential's name"), OrgQuery),
+    request_body = AttachBody,
+    responses(
+        (status = 200, description = "The credential", body = CredentialView),
+        (status = "default", response = ErrorBody),
+    )
+)]
+async fn detach(
+    admin: AdminToken,
+    Org(org): Org,
+    Path(name): Path<String>,
+    State(app): State<Arc<AppState>>,
+    JsonBody(b): JsonBody<AttachBody>,
+) -> Result<Json<CredentialView>, ApiError> {
+    let (kind, target) = b.target()?;
+    Ok(Json(app.vault.set_attachment(&org, &name, kind, &target, false, &admin.actor).await?.view()))
+}
+
+// ---------------------------------------------------------------------------
+// Routes
+// ---------------------------------------------------------------------------
 
 /// List routes
 #[utoipa::path(
@@ -539,6 +624,9 @@ struct RouteBody {
 }
 
 /// Add or replace a route
+///
+/// The credential must exist and be allowed to go to the upstream's host
+/// (403 `destination_not_allowed`, naming the destination to add).
 #[utoipa::path(
     post,
     path = "/routes",
@@ -552,7 +640,7 @@ struct RouteBody {
     )
 )]
 async fn put_route(
-    _: AdminToken,
+    admin: AdminToken,
     Org(org): Org,
     State(app): State<Arc<AppState>>,
     JsonBody(b): JsonBody<RouteBody>,
@@ -565,8 +653,37 @@ async fn put_route(
         mock: b.mock,
         check_path: b.check_path,
     };
-    app.vault.put_route(&route, ACTOR).await?;
-    Ok((StatusCode::CREATED, Json(RouteView::from(&route))))
+    app.vault.put_route(&route, &admin.actor).await?;
+    let stored = app.vault.route(&route.org, &route.name).await?.unwrap_or(route);
+    Ok((StatusCode::CREATED, Json(RouteView::from(&stored))))
+}
+
+async fn route_named(app: &AppState, org: &str, name: &str) -> Result<Route, ApiError> {
+    app.vault
+        .route(org, name)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::RouteNotFound, format!("no route named `{name}` in `{org}`")))
+}
+
+/// Show a route
+#[utoipa::path(
+    get,
+    path = "/routes/{name}",
+    tag = "routes",
+    security(("admin" = [])),
+    params(("name" = String, Path, description = "The route's name"), OrgQuery),
+    responses(
+        (status = 200, description = "The route", body = RouteView),
+        (status = "default", response = ErrorBody),
+    )
+)]
+async fn get_route(
+    _: AdminToken,
+    Org(org): Org,
+    Path(name): Path<String>,
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<RouteView>, ApiError> {
+    Ok(Json(RouteView::from(&route_named(&app, &org, &name).await?)))
 }
 
 /// Delete a route
@@ -577,50 +694,26 @@ async fn put_route(
     security(("admin" = [])),
     params(("name" = String, Path, description = "The route's name"), OrgQuery),
     responses(
-        (status = 204, description = "Deleted"),
+        (status = 200, description = "The deleted route", body = RouteView),
         (status = "default", response = ErrorBody),
     )
 )]
 async fn delete_route(
-    _: AdminToken,
+    admin: AdminToken,
     Org(org): Org,
     Path(name): Path<String>,
     State(app): State<Arc<AppState>>,
-) -> Result<StatusCode, ApiError> {
-    if !app.vault.delete_route(&org, &name, ACTOR).await? {
-        return Err(ApiError::new(ErrorCode::RouteNotFound, format!("no route named `{name}`")));
+) -> Result<Json<RouteView>, ApiError> {
+    let route = route_named(&app, &org, &name).await?;
+    if !app.vault.delete_route(&org, &name, &admin.actor).await? {
+        return Err(ApiError::new(ErrorCode::RouteNotFound, format!("no route named `{name}` in `{org}`")));
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(RouteView::from(&route)))
 }
 
 // ---------------------------------------------------------------------------
 // Agents and identity providers
 // ---------------------------------------------------------------------------
-
-/// A JWT identity an agent is bound to.
-#[derive(Serialize, ToSchema)]
-struct JwtBinding {
-    /// The identity provider's name.
-    idp: String,
-    /// The subject its tokens name the agent by.
-    subject: String,
-}
-
-/// An agent (never its token).
-#[derive(Serialize, ToSchema)]
-struct AgentView {
-    /// Its name.
-    name: String,
-    /// Its organisation.
-    org: String,
-    /// Disabled agents are refused.
-    disabled: bool,
-    /// When it was created (RFC 3339).
-    #[schema(format = DateTime)]
-    created_at: Option<String>,
-    /// The JWT identity it is bound to, if any.
-    jwt: Option<JwtBinding>,
-}
 
 /// List agents
 #[utoipa::path(
@@ -640,18 +733,8 @@ async fn list_agents(
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<Vec<AgentView>>, ApiError> {
     let agents = app.vault.list_agents(Some(&org)).await?;
-    Ok(Json(
-        agents
-            .into_iter()
-            .map(|a| AgentView {
-                created_at: a.created_at.format(&Rfc3339).ok(),
-                name: a.name,
-                org: a.org,
-                disabled: a.disabled,
-                jwt: a.jwt.map(|(idp, subject)| JwtBinding { idp, subject }),
-            })
-            .collect(),
-    ))
+    let attached = app.vault.agent_credentials(Some(&org)).await?;
+    Ok(Json(AgentView::all(agents, &attached)))
 }
 
 /// A new agent.
@@ -665,18 +748,10 @@ struct AgentBody {
     credentials: Vec<String>,
 }
 
-/// A new agent and its token, shown once.
-#[derive(Serialize, ToSchema)]
-struct NewAgent {
-    /// Its name.
-    name: String,
-    /// Its organisation.
-    org: String,
-    /// Its token (`lk_agt_…`); only its hash is stored.
-    token: String,
-}
-
 /// Create an agent; its token is returned once
+///
+/// In one transaction with its attachments: a misspelt credential (404
+/// `credential_not_found`) leaves no agent behind.
 #[utoipa::path(
     post,
     path = "/agents",
@@ -685,20 +760,153 @@ struct NewAgent {
     params(OrgQuery),
     request_body = AgentBody,
     responses(
-        (status = 201, description = "The agent and its token", body = NewAgent),
+        (status = 201, description = "The agent and its token", body = AgentToken),
         (status = "default", response = ErrorBody),
     )
 )]
 async fn create_agent(
-    _: AdminToken,
+    admin: AdminToken,
     Org(org): Org,
     State(app): State<Arc<AppState>>,
     JsonBody(b): JsonBody<AgentBody>,
-) -> Result<(StatusCode, Json<NewAgent>), ApiError> {
-    // One transaction: a misspelt credential leaves no agent behind.
-    let issued = app.vault.create_agent_with(&org, &b.name, &b.credentials, ACTOR).await?;
+) -> Result<(StatusCode, Json<AgentToken>), ApiError> {
+    let issued = app.vault.create_agent_with(&org, &b.name, &b.credentials, &admin.actor).await?;
     let token = issued.token.expose().to_string();
-    Ok((StatusCode::CREATED, Json(NewAgent { name: issued.agent.name, org: issued.agent.org, token })))
+    Ok((StatusCode::CREATED, Json(AgentToken { name: issued.agent.name, org: issued.agent.org, token })))
+}
+
+async fn agent_view(app: &AppState, org: &str, name: &str) -> Result<AgentView, ApiError> {
+    let agent = app.vault.require_agent(org, name).await?;
+    let mut attached = app.vault.agent_credentials(Some(org)).await?;
+    let credentials = attached.remove(&(agent.org.clone(), agent.name.clone())).unwrap_or_default();
+    Ok(AgentView::new(agent, credentials))
+}
+
+/// Show an agent
+#[utoipa::path(
+    get,
+    path = "/agents/{name}",
+    tag = "agents",
+    security(("admin" = [])),
+    params(("name" = String, Path, description = "The agent's name"), OrgQuery),
+    responses(
+        (status = 200, description = "The agent (never its token)", body = AgentView),
+        (status = "default", response = ErrorBody),
+    )
+)]
+async fn get_agent(
+    _: AdminToken,
+    Org(org): Org,
+    Path(name): Path<String>,
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<AgentView>, ApiError> {
+    Ok(Json(agent_view(&app, &org, &name).await?))
+}
+
+/// Delete an agent
+///
+/// Refused (409 `in_use`, naming the credentials) while it is attached to
+/// credentials, unless `force=true`, which detaches it from each.
+#[utoipa::path(
+    delete,
+    path = "/agents/{name}",
+    tag = "agents",
+    security(("admin" = [])),
+    params(("name" = String, Path, description = "The agent's name"), OrgQuery, ForceQuery),
+    responses(
+        (status = 200, description = "Deleted; `cascaded` names the credentials it was detached from", body = Deleted),
+        (status = "default", response = ErrorBody),
+    )
+)]
+async fn delete_agent(
+    admin: AdminToken,
+    Org(org): Org,
+    Path(name): Path<String>,
+    Query(q): Query<ForceQuery>,
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<Deleted>, ApiError> {
+    let cascaded = app.vault.delete_agent(&org, &name, q.force, &admin.actor).await?;
+    Ok(Json(Deleted { name, org, cascaded }))
+}
+
+/// Enable a disabled agent
+#[utoipa::path(
+    post,
+    path = "/agents/{name}/enable",
+    tag = "agents",
+    security(("admin" = [])),
+    params(("name" = String, Path, description = "The agent's name"), OrgQuery),
+    responses(
+        (status = 200, description = "The agent", body = AgentView),
+        (status = "default", response = ErrorBody),
+    )
+)]
+async fn enable_agent(
+    admin: AdminToken,
+    Org(org): Org,
+    Path(name): Path<String>,
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<AgentView>, ApiError> {
+    set_agent_disabled(&app, &org, &name, false, &admin.actor).await
+}
+
+/// Disable an agent: its token and JWT are refused from its next call on
+#[utoipa::path(
+    post,
+    path = "/agents/{name}/disable",
+    tag = "agents",
+    security(("admin" = [])),
+    params(("name" = String, Path, description = "The agent's name"), OrgQuery),
+    responses(
+        (status = 200, description = "The agent", body = AgentView),
+        (status = "default", response = ErrorBody),
+    )
+)]
+async fn disable_agent(
+    admin: AdminToken,
+    Org(org): Org,
+    Path(name): Path<String>,
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<AgentView>, ApiError> {
+    set_agent_disabled(&app, &org, &name, true, &admin.actor).await
+}
+
+async fn set_agent_disabled(
+    app: &AppState,
+    org: &str,
+    name: &str,
+    disabled: bool,
+    actor: &str,
+) -> Result<Json<AgentView>, ApiError> {
+    app.vault.require_agent(org, name).await?;
+    app.vault.set_agent_disabled(org, name, disabled, actor).await?;
+    Ok(Json(agent_view(app, org, name).await?))
+}
+
+/// Re-issue an agent's token
+///
+/// The new token is returned once; the old one is refused from the next
+/// call on, on every replica.
+#[utoipa::path(
+    post,
+    path = "/agents/{name}/token",
+    tag = "agents",
+    security(("admin" = [])),
+    params(("name" = String, Path, description = "The agent's name"), OrgQuery),
+    responses(
+        (status = 200, description = "The agent and its new token", body = AgentToken),
+        (status = "default", response = ErrorBody),
+    )
+)]
+async fn reissue_agent_token(
+    admin: AdminToken,
+    Org(org): Org,
+    Path(name): Path<String>,
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<AgentToken>, ApiError> {
+    let issued = app.vault.reissue_agent_token(&org, &name, &admin.actor).await?;
+    let token = issued.token.expose().to_string();
+    Ok(Json(AgentToken { name: issued.agent.name, org: issued.agent.org, token }))
 }
 
 /// A JWT identity to bind an agent to.
@@ -711,17 +919,6 @@ struct BindJwtBody {
     subject: String,
 }
 
-/// An agent and the JWT identity it is now bound to.
-#[derive(Serialize, ToSchema)]
-struct BoundAgent {
-    /// The agent's name.
-    name: String,
-    /// Its organisation.
-    org: String,
-    /// The identity.
-    jwt: JwtBinding,
-}
-
 /// Bind an agent (created if needed) to a JWT subject of an identity provider
 #[utoipa::path(
     put,
@@ -731,67 +928,45 @@ struct BoundAgent {
     params(("name" = String, Path, description = "The agent's name"), OrgQuery),
     request_body = BindJwtBody,
     responses(
-        (status = 200, description = "The binding of an existing agent", body = BoundAgent),
-        (status = 201, description = "A new agent, bound", body = BoundAgent),
+        (status = 200, description = "An existing agent, bound", body = AgentView),
+        (status = 201, description = "A new agent, bound", body = AgentView),
         (status = "default", response = ErrorBody),
     )
 )]
 async fn bind_agent_jwt(
-    _: AdminToken,
+    admin: AdminToken,
     Org(org): Org,
     Path(name): Path<String>,
     State(app): State<Arc<AppState>>,
     JsonBody(b): JsonBody<BindJwtBody>,
-) -> Result<(StatusCode, Json<BoundAgent>), ApiError> {
-    let created = app.vault.bind_agent_jwt(&org, &name, &b.idp, &b.subject, ACTOR).await?;
+) -> Result<(StatusCode, Json<AgentView>), ApiError> {
+    let created = app.vault.bind_agent_jwt(&org, &name, &b.idp, &b.subject, &admin.actor).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(BoundAgent { name, org, jwt: JwtBinding { idp: b.idp, subject: b.subject } })))
+    Ok((status, Json(agent_view(&app, &org, &name).await?)))
 }
 
-/// A JWT identity provider.
-#[derive(Serialize, ToSchema)]
-struct IdpView {
-    /// Its name, unique in the organisation.
-    name: String,
-    /// Its organisation.
-    org: String,
-    /// The exact `iss` its tokens carry.
-    issuer: String,
-    /// The one algorithm accepted (RS256, ES256 or EdDSA).
-    alg: String,
-    /// Accepted audiences; empty means tokens must name none.
-    audience: Vec<String>,
-    /// Clock-skew allowance for exp, nbf and iat, in seconds.
-    leeway_seconds: i64,
-    /// Where its key set is fetched from (or `jwks`).
-    jwks_url: Option<String>,
-    /// Its key set, given inline (or `jwks_url`).
-    jwks: Option<serde_json::Value>,
-    /// How often a URL key set is refreshed, in seconds.
-    refresh_seconds: i64,
-    /// The claim that names the agent.
-    subject_claim: String,
-}
-
-impl From<&IdentityProvider> for IdpView {
-    fn from(p: &IdentityProvider) -> IdpView {
-        let (jwks_url, jwks) = match &p.jwks {
-            JwksSource::Url(u) => (Some(u.clone()), None),
-            JwksSource::Static(d) => (None, serde_json::from_str(d).ok()),
-        };
-        IdpView {
-            name: p.name.clone(),
-            org: p.org.clone(),
-            issuer: p.issuer.clone(),
-            alg: p.alg.clone(),
-            audience: p.audience.clone(),
-            leeway_seconds: p.leeway_seconds,
-            jwks_url,
-            jwks,
-            refresh_seconds: p.refresh_seconds,
-            subject_claim: p.subject_claim.clone(),
-        }
-    }
+/// Remove an agent's JWT binding
+///
+/// 404 `attachment_not_found` when it has none.
+#[utoipa::path(
+    delete,
+    path = "/agents/{name}/jwt",
+    tag = "agents",
+    security(("admin" = [])),
+    params(("name" = String, Path, description = "The agent's name"), OrgQuery),
+    responses(
+        (status = 200, description = "The agent, unbound", body = AgentView),
+        (status = "default", response = ErrorBody),
+    )
+)]
+async fn unbind_agent_jwt(
+    admin: AdminToken,
+    Org(org): Org,
+    Path(name): Path<String>,
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<AgentView>, ApiError> {
+    app.vault.unbind_agent_jwt(&org, &name, &admin.actor).await?;
+    Ok(Json(agent_view(&app, &org, &name).await?))
 }
 
 /// List JWT identity providers
@@ -846,7 +1021,8 @@ struct IdpBody {
 
 /// Add or replace an identity provider
 ///
-/// Its issuer, pinned algorithm, audiences, and `jwks_url` or `jwks`.
+/// Its issuer (unique in the organisation: 409 `issuer_exists`), pinned
+/// algorithm, audiences, and `jwks_url` or `jwks` (which must hold a key).
 #[utoipa::path(
     post,
     path = "/identity-providers",
@@ -860,7 +1036,7 @@ struct IdpBody {
     )
 )]
 async fn put_idp(
-    _: AdminToken,
+    admin: AdminToken,
     Org(org): Org,
     State(app): State<Arc<AppState>>,
     JsonBody(b): JsonBody<IdpBody>,
@@ -881,32 +1057,55 @@ async fn put_idp(
         refresh_seconds: b.refresh_seconds.unwrap_or(crate::vault::identity::DEFAULT_REFRESH_SECONDS),
         subject_claim: b.subject_claim.unwrap_or_else(|| "sub".into()),
     };
-    app.vault.put_identity_provider(&p, ACTOR).await?;
+    app.vault.put_identity_provider(&p, &admin.actor).await?;
     Ok((StatusCode::CREATED, Json(IdpView::from(&p))))
 }
 
-/// Delete an identity provider (refused while agents are bound)
+/// Show an identity provider
 #[utoipa::path(
-    delete,
+    get,
     path = "/identity-providers/{name}",
     tag = "identity-providers",
     security(("admin" = [])),
     params(("name" = String, Path, description = "The identity provider's name"), OrgQuery),
     responses(
-        (status = 204, description = "Deleted"),
+        (status = 200, description = "The identity provider", body = IdpView),
         (status = "default", response = ErrorBody),
     )
 )]
-async fn delete_idp(
+async fn get_idp(
     _: AdminToken,
     Org(org): Org,
     Path(name): Path<String>,
     State(app): State<Arc<AppState>>,
-) -> Result<StatusCode, ApiError> {
-    if !app.vault.delete_identity_provider(&org, &name, ACTOR).await? {
-        return Err(ApiError::new(ErrorCode::NotFound, format!("no identity provider named `{name}`")));
-    }
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<Json<IdpView>, ApiError> {
+    Ok(Json(IdpView::from(&app.vault.get_identity_provider(&org, &name).await?)))
+}
+
+/// Delete an identity provider
+///
+/// Refused (409 `in_use`, naming them) while agents are bound to it, unless
+/// `force=true`, which unbinds them.
+#[utoipa::path(
+    delete,
+    path = "/identity-providers/{name}",
+    tag = "identity-providers",
+    security(("admin" = [])),
+    params(("name" = String, Path, description = "The identity provider's name"), OrgQuery, ForceQuery),
+    responses(
+        (status = 200, description = "Deleted; `cascaded` names the agents unbound", body = Deleted),
+        (status = "default", response = ErrorBody),
+    )
+)]
+async fn delete_idp(
+    admin: AdminToken,
+    Org(org): Org,
+    Path(name): Path<String>,
+    Query(q): Query<ForceQuery>,
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<Deleted>, ApiError> {
+    let cascaded = app.vault.delete_identity_provider(&org, &name, q.force, &admin.actor).await?;
+    Ok(Json(Deleted { name, org, cascaded }))
 }
 
 // ---------------------------------------------------------------------------
@@ -917,25 +1116,15 @@ async fn delete_idp(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenBody {
-    /// Seconds until it expires.
-    ttl_seconds: Option<i64>,
-}
-
-/// A registration token, shown once.
-#[derive(Serialize, ToSchema)]
-struct RegistrationToken {
-    /// The token (`lk_reg_…`), redeemed at `/v1/agents/register`.
-    token: String,
-    /// The organisation its agent will belong to.
-    org: String,
-    /// When it stops working (RFC 3339).
-    #[schema(format = DateTime)]
-    expires_at: Option<String>,
+    /// How long it stays valid, as the CLI's `--ttl` takes it: `90s`, `15m`,
+    /// `1h`, `2d` (1 second to 30 days).
+    #[schema(default = "1h")]
+    ttl: Option<String>,
 }
 
 /// Create a registration token (lk_reg_…)
 ///
-/// The body is optional: without one the token gets the default lifetime.
+/// The body is optional: without one the token lives an hour.
 #[utoipa::path(
     post,
     path = "/tokens",
@@ -944,29 +1133,68 @@ struct RegistrationToken {
     params(OrgQuery),
     request_body(content = Option<TokenBody>, description = "Optional"),
     responses(
-        (status = 201, description = "The token", body = RegistrationToken),
+        (status = 201, description = "The token, shown once", body = NewToken),
         (status = "default", response = ErrorBody),
     )
 )]
 async fn create_token(
-    _: AdminToken,
+    admin: AdminToken,
     Org(org): Org,
     State(app): State<Arc<AppState>>,
     body: Option<JsonBody<TokenBody>>,
-) -> Result<(StatusCode, Json<RegistrationToken>), ApiError> {
-    let ttl = body
-        .and_then(|JsonBody(b)| b.ttl_seconds)
-        .map(time::Duration::seconds)
-        .unwrap_or(crate::vault::agents::DEFAULT_REGISTRATION_TTL);
-    let issued = app.vault.create_registration_token(&org, ttl, ACTOR).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(RegistrationToken {
-            token: issued.token.expose().to_string(),
-            org: issued.org,
-            expires_at: issued.expires_at.format(&Rfc3339).ok(),
-        }),
-    ))
+) -> Result<(StatusCode, Json<NewToken>), ApiError> {
+    let ttl = match body.and_then(|JsonBody(b)| b.ttl) {
+        None => crate::vault::agents::DEFAULT_REGISTRATION_TTL,
+        Some(t) => crate::text::parse_duration_seconds(&t).map(time::Duration::seconds).ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidArgument, format!("ttl `{t}`: give a duration like 90s, 15m, 1h or 2d"))
+        })?,
+    };
+    let issued = app.vault.create_registration_token(&org, ttl, &admin.actor).await?;
+    Ok((StatusCode::CREATED, Json(NewToken::from(&issued))))
+}
+
+/// List registration tokens (never their values)
+#[utoipa::path(
+    get,
+    path = "/tokens",
+    tag = "tokens",
+    security(("admin" = [])),
+    params(OrgQuery),
+    responses(
+        (status = 200, description = "The organisation's registration tokens, newest first", body = [TokenView]),
+        (status = "default", response = ErrorBody),
+    )
+)]
+async fn list_tokens(
+    _: AdminToken,
+    Org(org): Org,
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    let all = app.vault.list_registration_tokens(Some(&org)).await?;
+    Ok(Json(all.iter().map(TokenView::from).collect()))
+}
+
+/// Revoke an unused registration token
+///
+/// Named by its prefix (`lk_reg_AbCd`, as listed) or its whole value.
+#[utoipa::path(
+    delete,
+    path = "/tokens/{prefix}",
+    tag = "tokens",
+    security(("admin" = [])),
+    params(("prefix" = String, Path, description = "The token's prefix, or the whole token"), OrgQuery),
+    responses(
+        (status = 200, description = "The token, revoked", body = TokenView),
+        (status = "default", response = ErrorBody),
+    )
+)]
+async fn revoke_token(
+    admin: AdminToken,
+    Org(org): Org,
+    Path(prefix): Path<String>,
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<TokenView>, ApiError> {
+    Ok(Json(TokenView::from(&app.vault.revoke_registration_token(&org, &prefix, &admin.actor).await?)))
 }
 
 /// A scheme plugin, as it declares itself.

@@ -3,7 +3,11 @@
 //! provider thinks of the key: `valid` (2xx), `invalid` (401), `forbidden`
 //! (403, e.g. no access to a model), `quota` (402 or 429), `unreachable`
 //! (no answer), or `error` (any other status). The state is stored with the
-//! credential and shown by `credential list`.
+//! credential and shown by `credential list`. A route in mock mode is
+//! answered by the mock (`mock`), never by the provider. The upstream is
+//! reached through the broker's own client, so the proxy's address policy
+//! (no private or loopback address without `--allow-upstream-network`) and
+//! TLS roots apply.
 
 use crate::error::ErrorCode;
 use std::sync::Arc;
@@ -20,7 +24,8 @@ use crate::vault::model::Overrides;
 /// What a check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckOutcome {
-    /// `valid`, `invalid`, `forbidden`, `quota`, `unreachable` or `error`.
+    /// `valid`, `invalid`, `forbidden`, `quota`, `unreachable`, `error`, or
+    /// `mock` for a route in mock mode.
     pub state: &'static str,
     /// The upstream status, when there was one.
     pub status: Option<u16>,
@@ -72,6 +77,22 @@ pub async fn check_credential(app: &Arc<AppState>, org: &str, name: &str) -> Res
     };
     let caller = Caller::Operator { org: org.to_string(), actor: "check".into() };
     let ticket = app.broker.open(&caller, name, &Overrides::new(), None).await?;
+    if route.mock {
+        // A mock route never reaches its provider, and neither does its
+        // check: the scheme applies the credential (so a broken one still
+        // fails here), and the mock answers. Nothing is recorded: the
+        // provider gave no verdict.
+        let signed = app.broker.sign(&ticket, &input, Delivery::Mock).await?;
+        return Ok(CheckOutcome {
+            state: "mock",
+            status: None,
+            url: signed.request.url.clone(),
+            detail: format!(
+                "route `{}` is in mock mode: the credential was applied and the built-in mock answered; the                  provider was not asked (`latchkey route add {} … ` without --mock checks it for real)",
+                route.name, route.name
+            ),
+        });
+    }
     let signed = app.broker.sign(&ticket, &input, Delivery::Upstream).await?;
     app.metrics.observe_plugin(ticket.scheme(), signed.plugin_time);
     let signed = signed.request;
@@ -98,7 +119,13 @@ pub async fn check_credential(app: &Arc<AppState>, org: &str, name: &str) -> Res
             CheckOutcome { state, status: Some(status), url: signed.url.clone(), detail }
         }
         Ok(Err(e)) => {
-            CheckOutcome { state: "unreachable", status: None, url: signed.url.clone(), detail: e.to_string() }
+            // The proxy's rule, the proxy's code: an address the policy
+            // refuses is not an unreachable provider.
+            if let Some(refused) = super::net::AddressRefused::find(&e) {
+                return Err(ApiError::new(ErrorCode::UpstreamAddressRefused, refused.to_string()));
+            }
+            let detail = super::proxy::error_chain(&e);
+            CheckOutcome { state: "unreachable", status: None, url: signed.url.clone(), detail }
         }
         Err(_) => CheckOutcome {
             state: "unreachable",

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod net;
 mod proxy;
 mod sign;
+pub mod views;
 
 use crate::error::ErrorCode;
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub struct ServerConfig {
     pub upstream_timeout: Duration,
     /// SHA-256 of the admin token (`LATCHKEY_ADMIN_TOKEN`); `None` disables the admin API.
     pub admin_token_sha256: Option<Vec<u8>>,
+    /// The admin token's name, for the audit trail (`admin:<name>`).
+    pub admin_token_name: String,
     /// Accept `Authorization: Basic` agent credentials over plain HTTP.
     /// Off by default: Basic is accepted only on a TLS listener.
     pub allow_basic_over_http: bool,
@@ -70,6 +73,7 @@ impl Default for ServerConfig {
             tls: net::TlsOptions::default(),
             upstream_timeout: Duration::from_secs(300),
             admin_token_sha256: None,
+            admin_token_name: "admin".into(),
             allow_basic_over_http: false,
         }
     }
@@ -283,6 +287,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let json = serde_json::to_vec(&api).unwrap_or_default();
     let _ = document.0.set(bytes::Bytes::from(json));
     router
+        .layer(axum::middleware::map_response(json_error_shape))
         .route(&format!("{prefix}/{{route}}"), any(proxy::proxy_root))
         .route(&format!("{prefix}/{{route}}/{{*rest}}"), any(proxy::proxy))
         .fallback(not_found)
@@ -392,6 +397,45 @@ async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Nex
         response.headers_mut().insert("x-request-id", v);
     }
     response
+}
+
+/// The answers axum makes itself — 405 for a method a path does not
+/// serve, 413 from a body limit, 400/415 from an extractor — in the one
+/// error shape, keeping their headers (`Allow`). Answers already JSON are
+/// left alone. A layer of the broker's own endpoints only: what the proxy
+/// relays from an upstream is the upstream's.
+async fn json_error_shape(response: Response) -> Response {
+    let status = response.status();
+    let code = match status {
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::UNPROCESSABLE_ENTITY => {
+            ErrorCode::InvalidRequest
+        }
+        _ => return response,
+    };
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let message = match code {
+        ErrorCode::MethodNotAllowed => {
+            let allow = response.headers().get("allow").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            format!("this endpoint does not take that method; it takes: {allow}")
+        }
+        ErrorCode::PayloadTooLarge => "the request body is over this endpoint's limit".to_string(),
+        _ => "the request is malformed".to_string(),
+    };
+    let (mut parts, _) = response.into_parts();
+    let fresh = ApiError::new(code, message).into_response();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let (_, body) = fresh.into_parts();
+    Response::from_parts(parts, body)
 }
 
 /// `GET /healthz`'s answer.

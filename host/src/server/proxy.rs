@@ -315,18 +315,25 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn upstream_error(host: &str, e: &hyper_util::client::legacy::Error) -> ApiError {
+/// An upstream client error with every cause (`client error (Connect):
+/// invalid peer certificate: UnknownIssuer`), as the proxy and the provider
+/// check report it.
+pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut chain = format!("{e}");
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
         chain.push_str(": ");
         chain.push_str(&s.to_string());
         source = s.source();
     }
+    chain
+}
+
+pub(super) fn upstream_error(host: &str, e: &hyper_util::client::legacy::Error) -> ApiError {
     if let Some(refused) = super::net::AddressRefused::find(e) {
         return ApiError::new(ErrorCode::UpstreamAddressRefused, refused.to_string());
     }
-    ApiError::new(ErrorCode::UpstreamUnreachable, format!("could not reach `{host}`: {chain}"))
+    ApiError::new(ErrorCode::UpstreamUnreachable, format!("could not reach `{host}`: {}", error_chain(e)))
 }
 
 /// What the mock upstream answers: the request as it would have been sent,

@@ -332,6 +332,9 @@ fn vault_commands_workflow() {
     assert!(err.starts_with("latchkey: error[credential_disabled]:"), "{err}");
 
     run(&["credential", "enable", "gh"]);
+    let (code, _, err) = run(&["credential", "attach", "gh", "--agent", "ci-bot"]);
+    assert!(code == 1 && err.contains("error[agent_not_found]"), "an attachment to no agent: {err}");
+    run(&["agent", "add", "ci-bot"]);
     let (code, _, _) = run(&["credential", "attach", "gh", "--agent", "ci-bot"]);
     assert_eq!(code, 0);
     let (code, _, err) = run(&["credential", "delete", "gh"]);

@@ -1,7 +1,9 @@
 //! Integration tests of the `latchkey` host: one binary, one module per area.
 
+mod admin_api;
 mod aws_sdk;
 mod cli;
+mod cli_lifecycle;
 mod codes;
 #[macro_use]
 mod db;
@@ -9,6 +11,7 @@ mod audit;
 mod directory;
 mod hostile;
 mod identity;
+mod lifecycle;
 mod openapi;
 mod pipeline;
 mod s3;

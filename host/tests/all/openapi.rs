@@ -38,7 +38,11 @@ const HAND_WRITTEN_ADMIN: &[(&str, &[&str])] = &[
 
 /// A documented path with a sample value for each parameter.
 fn concrete(path: &str) -> String {
-    let p = path.replace("{name}", "openai-key").replace("{route}", "openai").replace("{rest}", "v1/models");
+    let p = path
+        .replace("{name}", "openai-key")
+        .replace("{route}", "openai")
+        .replace("{rest}", "v1/models")
+        .replace("{prefix}", "lk_reg_AbCd");
     assert!(!p.contains('{'), "{path} has a parameter with no sample value");
     p
 }
@@ -182,7 +186,7 @@ async fn openapi_operations_document_their_answers() {
             if path.starts_with("/v1/admin") {
                 let bodiless = method == "get"
                     || method == "delete"
-                    || ["/enable", "/disable", "/check"].iter().any(|s| path.ends_with(s));
+                    || ["/enable", "/disable", "/check", "/token"].iter().any(|s| path.ends_with(s));
                 assert_eq!(op["requestBody"].is_object(), !bodiless, "{what}: request body");
             }
         }
@@ -234,7 +238,7 @@ async fn admin_answers_have_the_documented_fields() {
 
     // Something of each kind first.
     let idp = serde_json::json!({"name": "gh", "issuer": "https://token.actions.githubusercontent.com",
-        "alg": "RS256", "jwks": {"keys": []}});
+        "alg": "RS256", "jwks": {"keys": [{"kty": "RSA", "n": "sXch", "e": "AQAB"}]}});
     let (status, v, _) = call("POST", "/identity-providers", Some(idp)).await;
     assert_eq!(status, 201, "{v}");
     check("POST /identity-providers", &v, answer_schema(&doc, "/v1/admin/identity-providers", "post", "201"));
@@ -262,7 +266,7 @@ async fn admin_answers_have_the_documented_fields() {
     assert_eq!(status, 201, "{v}");
     check("POST /tokens", &v, answer_schema(&doc, "/v1/admin/tokens", "post", "201"));
 
-    let reads: [(&str, &str, &str); 10] = [
+    let reads: [(&str, &str, &str); 14] = [
         ("GET", "/credentials", "/v1/admin/credentials"),
         ("GET", "/credentials/groq-key", "/v1/admin/credentials/{name}"),
         ("PATCH", "/credentials/groq-key", "/v1/admin/credentials/{name}"),
@@ -273,6 +277,10 @@ async fn admin_answers_have_the_documented_fields() {
         ("GET", "/identity-providers", "/v1/admin/identity-providers"),
         ("GET", "/plugins", "/v1/admin/plugins"),
         ("GET", "/audit", "/v1/admin/audit"),
+        ("GET", "/agents/ci-bot", "/v1/admin/agents/{name}"),
+        ("GET", "/routes/groq", "/v1/admin/routes/{name}"),
+        ("GET", "/identity-providers/gh", "/v1/admin/identity-providers/{name}"),
+        ("GET", "/tokens", "/v1/admin/tokens"),
     ];
     for (method, path, documented) in reads {
         let body = (method == "PATCH").then(|| serde_json::json!({"destinations": ["localhost"]}));

@@ -331,7 +331,7 @@ pub(crate) struct World {
     db: TestDb,
     pub(crate) vault: Arc<Vault>,
     pub(crate) base: String,
-    upstream: String,
+    pub(crate) upstream: String,
     pub(crate) pki: Pki,
     stop: tokio::sync::oneshot::Sender<()>,
     pub(crate) state: Arc<server::AppState>,
@@ -608,7 +608,9 @@ async fn security(backend: Backend) {
         mock: false,
         check_path: None,
     };
-    w.vault.put_route(&r, "t").await.unwrap();
+    // A route the credential may not reach is refused when added.
+    let e = w.vault.put_route(&r, "t").await.unwrap_err();
+    assert_eq!(e.code(), latchkey::error::ErrorCode::DestinationNotAllowed, "{e}");
     w.vault
         .update(
             "default",
@@ -621,6 +623,7 @@ async fn security(backend: Backend) {
         )
         .await
         .unwrap();
+    w.vault.put_route(&r, "t").await.unwrap();
     let (status, v, _) = http("GET", &format!("{}/proxy/meta/latest/meta-data/", w.base), &auth, None).await;
     assert_eq!((status, v["error"]["code"].as_str()), (403, Some("upstream_address_refused")), "{v}");
 
@@ -726,7 +729,7 @@ async fn admin_api_and_registration_over_http() {
     assert!(!v.to_string().contains(OPENAI_KEY), "no secret in admin output");
 
     // Create with hygiene notices; a Bearer-prefixed key is refused with its code.
-    let body = serde_json::json!({"name": "groq-key", "scheme": "api-key", "config": [["prefix", "Bearer "]],
+    let body = serde_json::json!({"name": "groq-key", "scheme": "api-key", "config": {"prefix": "Bearer "},
         "secrets": {"key": "gsk-test-1234567\n"}, "destinations": ["localhost"]});
     let (status, v, _) = http("POST", &url("/v1/admin/credentials"), &a, Some(body)).await;
     assert_eq!(status, 201, "{v}");
@@ -744,7 +747,7 @@ async fn admin_api_and_registration_over_http() {
 
     // A registration token over the admin API, redeemed over HTTP.
     let (status, v, _) =
-        http("POST", &url("/v1/admin/tokens?org=default"), &a, Some(serde_json::json!({"ttl_seconds": 600}))).await;
+        http("POST", &url("/v1/admin/tokens?org=default"), &a, Some(serde_json::json!({"ttl": "10m"}))).await;
     assert_eq!(status, 201, "{v}");
     let reg = v["token"].as_str().unwrap().to_string();
     let redeem = serde_json::json!({"token": reg, "org": "default", "name": "runner-7"});
@@ -765,7 +768,7 @@ async fn admin_api_and_registration_over_http() {
     // Audit, plugins, routes.
     let (status, v, _) = http("GET", &url("/v1/admin/audit?credential=openai-key&action=disable"), &a, None).await;
     assert_eq!(status, 200);
-    assert_eq!(v[0]["actor"], "admin-api");
+    assert_eq!(v[0]["actor"], "admin:admin", "the admin token's name, never the token");
     let (_, v, _) = http("GET", &url("/v1/admin/plugins"), &a, None).await;
     assert_eq!(v.as_array().unwrap().len(), 7);
     let (_, v, _) = http("GET", &url("/v1/admin/routes"), &a, None).await;
@@ -779,7 +782,7 @@ async fn admin_api_and_registration_over_http() {
         if !path.starts_with("/v1/admin") {
             continue;
         }
-        let concrete = path.replace("{name}", "openai-key");
+        let concrete = path.replace("{name}", "openai-key").replace("{prefix}", "lk_reg_AbCd");
         for method in ops.as_object().unwrap().keys() {
             if method == "delete" {
                 continue;

@@ -88,10 +88,19 @@ async fn lifecycle(db: &TestDb) {
     vault.set_enabled(ORG, "openai", true, "test").await.unwrap();
     assert_eq!(key_of(&vault, "openai").await.unwrap(), rotated);
 
-    // Attached: delete refused unless forced.
+    // Attached: delete refused unless forced (which takes the route along).
+    vault.create_agent(ORG, "ci-bot", "test").await.unwrap();
     let a = vault.set_attachment(ORG, "openai", AttachmentKind::Agent, "ci-bot", true, "test").await.unwrap();
     assert!(a.credential.attachments.agents.contains("ci-bot"));
-    vault.set_attachment(ORG, "openai", AttachmentKind::Route, "openai", true, "test").await.unwrap();
+    let route = latchkey::vault::agents::Route {
+        name: "openai".into(),
+        org: ORG.into(),
+        upstream: "https://api.openai.com".into(),
+        credential: "openai".into(),
+        mock: false,
+        check_path: None,
+    };
+    vault.put_route(&route, "test").await.unwrap();
     let e = vault.delete(ORG, "openai", false, "test").await.unwrap_err();
     assert_eq!(e.code(), "credential_attached");
     assert!(e.to_string().contains("ci-bot"), "{e}");
@@ -116,11 +125,14 @@ async fn lifecycle(db: &TestDb) {
             ("disable", Some(4)),
             ("enable", Some(5)),
             ("attach", Some(6)),
+            ("route-put", None),
             ("attach", Some(7)),
+            ("route-delete", None),
             ("delete", Some(7)),
         ]
     );
     assert!(trail.iter().all(|e| e.actor.as_deref() == Some("test")));
+    assert!(vault.list_routes(Some(ORG)).await.unwrap().is_empty(), "a route names the deleted credential");
     assert!(trail.last().unwrap().detail.as_deref().unwrap().contains("forced"));
     vault.close().await;
 }

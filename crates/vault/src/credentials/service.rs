@@ -71,6 +71,15 @@ pub enum VaultError {
     /// A malformed argument (an attachment name, a filter).
     #[error("{0}")]
     InvalidArgument(String),
+    /// A directory refusal with its own code: an object that does not
+    /// exist, a delete refused while referenced, a taken issuer or subject.
+    #[error("{message}")]
+    Refused {
+        /// The stable code.
+        code: ErrorCode,
+        /// One sentence, naming what to do.
+        message: String,
+    },
     /// An agent of that name exists in the organisation.
     #[error("an agent named `{name}` already exists in `{org}`")]
     AgentExists {
@@ -82,6 +91,11 @@ pub enum VaultError {
 }
 
 impl VaultError {
+    /// A [`VaultError::Refused`].
+    pub fn refused(code: ErrorCode, message: impl Into<String>) -> VaultError {
+        VaultError::Refused { code, message: message.into() }
+    }
+
     /// The stable code.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -95,6 +109,7 @@ impl VaultError {
             VaultError::DestinationNotAllowed { .. } => ErrorCode::DestinationNotAllowed,
             VaultError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             VaultError::AgentExists { .. } => ErrorCode::AgentExists,
+            VaultError::Refused { code, .. } => *code,
         }
     }
 
@@ -250,7 +265,10 @@ pub struct CredentialView {
     pub enabled: bool,
     /// `enabled` or `disabled`.
     pub state: &'static str,
-    /// Non-secret configuration, as `[name, value]` pairs in the order given.
+    /// Non-secret configuration: an object of field name to value (in the
+    /// order given), the shape `secrets` has when it is written.
+    #[serde(serialize_with = "config_as_object")]
+    #[schema(value_type = BTreeMap<String, String>)]
     pub config: Vec<(String, String)>,
     /// The names of its secret fields (never their values).
     pub secret_fields: BTreeSet<String>,
@@ -273,6 +291,11 @@ pub struct CredentialView {
     pub secret_version: u64,
     /// The master key term its data key is wrapped under.
     pub key_term: u32,
+}
+
+/// Configuration pairs as a JSON object, keeping their order.
+fn config_as_object<S: serde::Serializer>(config: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(config.iter().map(|(k, v)| (k, v)))
 }
 
 /// Who uses a credential.
@@ -951,14 +974,38 @@ impl Vault {
                     }
                 }
                 RowWrite::Delete { row } => {
-                    sqlx::query("DELETE FROM credentials WHERE id = $1 AND version = $2")
+                    let deleted = sqlx::query("DELETE FROM credentials WHERE id = $1 AND version = $2")
                         .bind(&row.id)
                         .bind(db_int(row.credential.version))
                         .execute(&mut *tx)
                         .await
                         .map_err(StoreError::from)?
                         .rows_affected()
-                        == 1
+                        == 1;
+                    if deleted {
+                        // A forced delete takes the routes that send it along
+                        // (each with its change record and audit event), so no
+                        // route names a credential that is gone.
+                        let routes: Vec<(String,)> =
+                            sqlx::query_as("DELETE FROM routes WHERE org = $1 AND credential = $2 RETURNING name")
+                                .bind(change.org)
+                                .bind(change.credential)
+                                .fetch_all(&mut *tx)
+                                .await
+                                .map_err(StoreError::from)?;
+                        for (route,) in &routes {
+                            crate::storage::insert_change_record!(&mut *tx, change.org, &format!("@route/{route}"), at)
+                                .map_err(StoreError::from)?;
+                            let event = Change {
+                                action: AuditAction::RouteDelete,
+                                version: None,
+                                detail: Some(format!("route {route} (its credential was deleted)")),
+                                ..change.clone()
+                            };
+                            insert_change_event!(&mut *tx, at, event).map_err(StoreError::from)?;
+                        }
+                    }
+                    deleted
                 }
             };
             if applied {
@@ -1173,6 +1220,46 @@ impl Vault {
     ) -> Result<CredentialInfo, VaultError> {
         let target = CredentialName::parse(target)
             .map_err(|e| VaultError::InvalidArgument(format!("{} name: {e}", kind.as_str())))?;
+        // References are checked when made: an agent must exist, and a
+        // route's attachment follows the route (`put_route` makes it,
+        // `delete_route` removes it), so it is never changed by hand.
+        match kind {
+            AttachmentKind::Agent if attach => {
+                self.require_agent(org, target.as_str()).await?;
+            }
+            AttachmentKind::Agent => {}
+            AttachmentKind::Route => {
+                let route = self.route(org, target.as_str()).await?;
+                match route {
+                    None if attach => {
+                        return Err(VaultError::refused(
+                            ErrorCode::RouteNotFound,
+                            format!("no route named `{target}` in `{org}` (see `latchkey route list`)"),
+                        ));
+                    }
+                    Some(r) if r.credential != name => {
+                        return Err(VaultError::refused(
+                            ErrorCode::InvalidArgument,
+                            format!(
+                                "route `{target}` sends credential `{}`, not `{name}`; point it at `{name}` with \
+                                `latchkey route add {target} --credential {name} …`",
+                                r.credential
+                            ),
+                        ));
+                    }
+                    Some(_) if !attach => {
+                        return Err(VaultError::refused(
+                            ErrorCode::InUse,
+                            format!(
+                                "route `{target}` sends credential `{name}`; delete the route or point it at another \
+                                credential instead"
+                            ),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
         let _serial = self.writes.lock().await;
         for attempt in 0..WRITE_ATTEMPTS {
             backoff(attempt).await;
@@ -1182,6 +1269,12 @@ impl Vault {
                 AttachmentKind::Route => &current.credential.attachments.routes,
             };
             if set.contains(target.as_str()) == attach {
+                if !attach {
+                    return Err(VaultError::refused(
+                        ErrorCode::AttachmentNotFound,
+                        format!("{} `{target}` is not attached to credential `{name}`", kind.as_str()),
+                    ));
+                }
                 return Ok(CredentialInfo::from(&current));
             }
             let mut next = current.clone();

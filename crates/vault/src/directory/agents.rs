@@ -291,14 +291,14 @@ impl Vault {
         change.at = at;
         enum Outcome {
             Redeemed,
-            Refused(Option<(String, i64, Option<i64>)>),
+            Refused(Option<(String, i64, Option<i64>, Option<i64>)>),
             NameTaken,
         }
         let outcome = on_db!(self.db(), pool => {
             let mut tx = pool.begin_write().await.map_err(db_err)?;
             let claimed = sqlx::query(
                 "UPDATE registration_tokens SET used_at = $1, agent_id = $2 \
-                 WHERE token_hash = $3 AND org = $4 AND used_at IS NULL AND expires_at > $1",
+                 WHERE token_hash = $3 AND org = $4 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $1",
             )
             .bind(at)
             .bind(&id)
@@ -333,8 +333,8 @@ impl Vault {
                     Err(e) => return Err(db_err(e).into()),
                 }
             } else {
-                let row: Option<(String, i64, Option<i64>)> =
-                    sqlx::query_as("SELECT org, expires_at, used_at FROM registration_tokens WHERE token_hash = $1")
+                let row: Option<(String, i64, Option<i64>, Option<i64>)> =
+                    sqlx::query_as("SELECT org, expires_at, used_at, revoked_at FROM registration_tokens WHERE token_hash = $1")
                         .bind(&hash)
                         .fetch_all(&mut *tx)
                         .await
@@ -361,17 +361,23 @@ impl Vault {
                 refused("invalid_token");
                 Err(RegistrationError::InvalidToken(format!("registration token {prefix} is not known")))
             }
-            Outcome::Refused(Some((_, _, Some(_)))) => {
+            Outcome::Refused(Some((_, _, None, Some(_)))) => {
+                refused("invalid_token");
+                Err(RegistrationError::InvalidToken(format!(
+                    "registration token {prefix} was revoked; ask an operator for a new one"
+                )))
+            }
+            Outcome::Refused(Some((_, _, Some(_), _))) => {
                 refused("invalid_token");
                 Err(RegistrationError::InvalidToken(format!(
                     "registration token {prefix} was already used; tokens are single-use"
                 )))
             }
-            Outcome::Refused(Some((token_org, _, None))) if token_org != org => {
+            Outcome::Refused(Some((token_org, _, None, None))) if token_org != org => {
                 refused("org_mismatch");
                 Err(RegistrationError::OrgMismatch { prefix, asked: org })
             }
-            Outcome::Refused(Some((_, expires, None))) => {
+            Outcome::Refused(Some((_, expires, None, None))) => {
                 refused("expired_token");
                 let _ = from_micros(expires);
                 Err(RegistrationError::ExpiredToken(prefix))
@@ -564,6 +570,32 @@ impl Vault {
                     .into(),
             ));
         }
+        // The credential must exist and be allowed to go to the upstream's
+        // host, so a route that could only fail at call time is refused now.
+        let host = upstream.host_str().unwrap_or_default();
+        let credential = self.get(&org, &route.credential).await?;
+        if !credential.credential.allows(host) {
+            return Err(VaultError::refused(
+                ErrorCode::DestinationNotAllowed,
+                format!(
+                    "credential `{}` may not be sent to `{host}` (its destinations: {}); allow it first with \
+                    `latchkey credential update {} --add-destination {host}`",
+                    route.credential,
+                    if credential.credential.destinations.is_empty() {
+                        "none".to_string()
+                    } else {
+                        credential
+                            .credential
+                            .destinations
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                    route.credential,
+                ),
+            ));
+        }
         let upstream = upstream.as_str().trim_end_matches('/').to_string();
         let mut change = DirectoryChange::new(&org, format!("@route/{}", route.name), AuditAction::RoutePut, actor);
         change.credential = Some(&route.credential);
@@ -708,4 +740,294 @@ impl Vault {
         }
         Ok(removed.is_some())
     }
+}
+
+/// A registration token as listed: never its value, only what logs show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationInfo {
+    /// The redacted prefix (`lk_reg_AbCd`), which also names it for revocation.
+    pub prefix: String,
+    /// Its organisation.
+    pub org: String,
+    /// When it was created.
+    pub created_at: OffsetDateTime,
+    /// When it stops working.
+    pub expires_at: OffsetDateTime,
+    /// When it was redeemed, if it was.
+    pub used_at: Option<OffsetDateTime>,
+    /// The agent it created, if it was redeemed and the agent still exists.
+    pub agent: Option<String>,
+    /// When an operator revoked it, if one did.
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl RegistrationInfo {
+    /// `active`, `used`, `revoked` or `expired`, as of `now`.
+    pub fn state(&self, now: OffsetDateTime) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.used_at.is_some() {
+            "used"
+        } else if self.expires_at <= now {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+}
+
+type RegistrationRow = (String, String, i64, i64, Option<i64>, Option<String>, Option<i64>);
+
+fn registration_from_row(r: RegistrationRow) -> RegistrationInfo {
+    let (prefix, org, created, expires, used, agent, revoked) = r;
+    RegistrationInfo {
+        prefix,
+        org,
+        created_at: from_micros(created),
+        expires_at: from_micros(expires),
+        used_at: used.map(from_micros),
+        agent,
+        revoked_at: revoked.map(from_micros),
+    }
+}
+
+const REGISTRATION_SELECT: &str = "SELECT t.prefix, t.org, t.created_at, t.expires_at, t.used_at, a.name, t.revoked_at \
+     FROM registration_tokens t LEFT JOIN agents a ON a.id = t.agent_id";
+
+/// The credentials of `$org` an agent named `$name` is attached to, read
+/// on `$conn`; evaluates to `Result<Vec<String>, sqlx::Error>`.
+macro_rules! attached_credentials {
+    ($conn:expr, $org:expr, $name:expr) => {
+        sqlx::query_as::<_, (String,)>(
+            "SELECT c.name FROM credential_attachments a JOIN credentials c ON c.id = a.credential_id \
+             WHERE c.org = $1 AND a.kind = 'agent' AND a.name = $2 ORDER BY c.name",
+        )
+        .bind($org)
+        .bind($name)
+        .fetch_all($conn)
+        .await
+        .map(|rows| rows.into_iter().map(|(n,)| n).collect::<Vec<String>>())
+    };
+}
+
+fn agent_not_found(org: &str, name: &str) -> VaultError {
+    VaultError::refused(
+        ErrorCode::AgentNotFound,
+        format!("no agent named `{name}` in `{org}` (see `latchkey agent list --org {org}`)"),
+    )
+}
+
+impl Vault {
+    /// The agent `name` of `org`, enabled or not.
+    pub async fn get_agent(&self, org: &str, name: &str) -> Result<Option<Agent>, VaultError> {
+        let org = OrgId::parse(org)?.to_string();
+        Ok(self.list_agents(Some(&org)).await?.into_iter().find(|a| a.name == name))
+    }
+
+    /// The agent `name` of `org`, or `agent_not_found`.
+    pub async fn require_agent(&self, org: &str, name: &str) -> Result<Agent, VaultError> {
+        self.get_agent(org, name).await?.ok_or_else(|| agent_not_found(org, name))
+    }
+
+    /// The credentials each agent is attached to: (org, agent) → credential
+    /// names, for every organisation or one.
+    pub async fn agent_credentials(
+        &self,
+        org: Option<&str>,
+    ) -> Result<std::collections::BTreeMap<(String, String), Vec<String>>, VaultError> {
+        let rows: Vec<(String, String, String)> = on_db!(self.db(), pool => {
+            sqlx::query_as(
+                "SELECT c.org, a.name, c.name FROM credential_attachments a JOIN credentials c ON c.id = a.credential_id \
+                 WHERE a.kind = 'agent' AND ($1 IS NULL OR c.org = $1) ORDER BY c.org, a.name, c.name",
+            )
+            .bind(org)
+            .fetch_all(pool)
+            .await
+            .map_err(db_err)?
+        });
+        let mut out = std::collections::BTreeMap::<(String, String), Vec<String>>::new();
+        for (org, agent, credential) in rows {
+            out.entry((org, agent)).or_default().push(credential);
+        }
+        Ok(out)
+    }
+
+    /// Delete agent `name`: refused (`in_use`, naming the credentials) while
+    /// it is attached to credentials, unless `force`, which detaches it from
+    /// each in the same transaction. Its token and JWT binding go with it.
+    /// Returns the credentials it was detached from.
+    pub async fn delete_agent(
+        &self,
+        org: &str,
+        name: &str,
+        force: bool,
+        actor: &str,
+    ) -> Result<Vec<String>, VaultError> {
+        let org = OrgId::parse(org)?.to_string();
+        let mut change = DirectoryChange::new(&org, format!("@agent/{name}"), AuditAction::AgentDelete, actor);
+        change.agent = Some(name);
+        let detached = on_db!(self.db(), pool => {
+            let mut tx = pool.begin_write().await.map_err(db_err)?;
+            let attached = attached_credentials!(&mut *tx, &org, name).map_err(db_err)?;
+            if !attached.is_empty() && !force {
+                return Err(VaultError::refused(
+                    ErrorCode::InUse,
+                    format!(
+                        "agent `{name}` is attached to {} ({}); detach it first (`latchkey credential detach NAME \
+                         --agent {name}`) or delete with --force to detach it from all",
+                        plural(attached.len(), "credential"),
+                        attached.join(", ")
+                    ),
+                ));
+            }
+            let n = sqlx::query("DELETE FROM agents WHERE org = $1 AND name = $2")
+                .bind(&org)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+            if n == 0 {
+                return Err(agent_not_found(&org, name));
+            }
+            for credential in &attached {
+                attachment_in_tx!(tx, &org, credential, AttachmentKind::Agent, name, false, actor, change.at)
+                    .map_err(db_err)?;
+            }
+            if !attached.is_empty() {
+                change.detail = Some(format!("detached from {}", attached.join(", ")));
+            }
+            record_change!(tx, change).map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            attached
+        });
+        self.changed(&change);
+        for credential in &detached {
+            self.invalidate(&org, credential);
+        }
+        Ok(detached)
+    }
+
+    /// Give agent `name` a new token, shown once; the old one is refused
+    /// from the next call on, on every replica (the change record
+    /// invalidates their token caches).
+    pub async fn reissue_agent_token(&self, org: &str, name: &str, actor: &str) -> Result<IssuedAgent, VaultError> {
+        let org = OrgId::parse(org)?.to_string();
+        let token = new_token(AGENT_TOKEN_PREFIX)?;
+        let mut change = DirectoryChange::new(&org, format!("@agent/{name}"), AuditAction::AgentTokenReissue, actor);
+        change.agent = Some(name);
+        change.detail = Some(format!("token {}", redact_token(token.expose())));
+        on_db!(self.db(), pool => {
+            let mut tx = pool.begin_write().await.map_err(db_err)?;
+            let n = sqlx::query("UPDATE agents SET token_hash = $1 WHERE org = $2 AND name = $3")
+                .bind(token_hash(token.expose()))
+                .bind(&org)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+            if n == 0 {
+                return Err(agent_not_found(&org, name));
+            }
+            record_change!(tx, change).map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+        });
+        self.changed(&change);
+        let agent = self.require_agent(&org, name).await?;
+        Ok(IssuedAgent { agent, token })
+    }
+
+    /// Registration tokens of an organisation (all when `None`), newest
+    /// first; never their values.
+    pub async fn list_registration_tokens(&self, org: Option<&str>) -> Result<Vec<RegistrationInfo>, VaultError> {
+        let sql =
+            format!("{REGISTRATION_SELECT} WHERE ($1 IS NULL OR t.org = $1) ORDER BY t.created_at DESC, t.prefix");
+        let rows: Vec<RegistrationRow> = on_db!(self.db(), pool => {
+            sqlx::query_as(&sql).bind(org).fetch_all(pool).await.map_err(db_err)?
+        });
+        Ok(rows.into_iter().map(registration_from_row).collect())
+    }
+
+    /// Revoke an unused registration token of `org`, named by its prefix
+    /// (`lk_reg_AbCd`, as `token list` shows it) or its whole value. A
+    /// prefix that two tokens share is refused: give the whole token.
+    pub async fn revoke_registration_token(
+        &self,
+        org: &str,
+        which: &str,
+        actor: &str,
+    ) -> Result<RegistrationInfo, VaultError> {
+        let org = OrgId::parse(org)?.to_string();
+        let which = which.trim();
+        let by_value =
+            which.len() > 11 && check_token_shape(which, REGISTRATION_TOKEN_PREFIX, "registration token").is_ok();
+        let prefix = redact_token(which);
+        let hash = token_hash(which);
+        let mut change = DirectoryChange::new(&org, format!("@token/{prefix}"), AuditAction::TokenRevoke, actor);
+        change.detail = Some(format!("token {prefix}"));
+        let found = on_db!(self.db(), pool => {
+            let mut tx = pool.begin_write().await.map_err(db_err)?;
+            let rows: Vec<(Vec<u8>, Option<i64>, Option<i64>)> = if by_value {
+                sqlx::query_as("SELECT token_hash, used_at, revoked_at FROM registration_tokens WHERE org = $1 AND token_hash = $2")
+                    .bind(&org)
+                    .bind(&hash)
+                    .fetch_all(&mut *tx)
+                    .await
+            } else {
+                sqlx::query_as("SELECT token_hash, used_at, revoked_at FROM registration_tokens WHERE org = $1 AND prefix = $2")
+                    .bind(&org)
+                    .bind(which)
+                    .fetch_all(&mut *tx)
+                    .await
+            }
+            .map_err(db_err)?;
+            let (row_hash, used, revoked) = match rows.as_slice() {
+                [] => {
+                    return Err(VaultError::refused(
+                        ErrorCode::TokenNotFound,
+                        format!("no registration token `{prefix}` in `{org}` (see `latchkey token list --org {org}`)"),
+                    ))
+                }
+                [one] => one.clone(),
+                _ => {
+                    return Err(VaultError::refused(
+                        ErrorCode::InvalidArgument,
+                        format!("{} registration tokens start with `{which}`; give the whole token", rows.len()),
+                    ))
+                }
+            };
+            if used.is_some() {
+                return Err(VaultError::refused(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "registration token `{prefix}` was already redeemed; disable or delete the agent it created \
+                         instead (`latchkey token list` names it)"
+                    ),
+                ));
+            }
+            if revoked.is_none() {
+                sqlx::query("UPDATE registration_tokens SET revoked_at = $1 WHERE token_hash = $2")
+                    .bind(change.at)
+                    .bind(&row_hash)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                record_change!(tx, change).map_err(db_err)?;
+            }
+            let sql = format!("{REGISTRATION_SELECT} WHERE t.token_hash = $1");
+            let row: RegistrationRow = sqlx::query_as(&sql).bind(&row_hash).fetch_one(&mut *tx).await.map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            (registration_from_row(row), revoked.is_none())
+        });
+        if found.1 {
+            self.changed(&change);
+        }
+        Ok(found.0)
+    }
+}
+
+/// `1 credential`, `2 credentials`.
+pub(crate) fn plural(n: usize, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
 }

@@ -7,6 +7,8 @@
 //! `(provider, subject)` is the caller whenever a JWT from that provider,
 //! verified by the `jwt` plugin, carries that subject.
 
+use latchkey_core::error::ErrorCode;
+
 use crate::audit::AuditAction;
 use crate::credentials::model::{CredentialName, OrgId};
 use crate::credentials::service::{Vault, VaultError};
@@ -115,7 +117,11 @@ impl IdentityProvider {
                 if doc.len() > MAX_JWKS_BYTES {
                     return bad(format!("the JWKS is over {MAX_JWKS_BYTES} bytes"));
                 }
-                check_jwks(doc).map_err(|e| VaultError::InvalidArgument(e.to_string()))?;
+                if check_jwks(doc).map_err(|e| VaultError::InvalidArgument(e.to_string()))? == 0 {
+                    return bad(
+                        "the JWKS has no keys, so no token could ever be verified; add the issuer's public keys".into(),
+                    );
+                }
             }
         }
         Ok(())
@@ -153,6 +159,35 @@ pub enum JwksError {
     PrivateMaterial,
 }
 
+fn idp_not_found(org: &str, name: &str) -> VaultError {
+    VaultError::refused(
+        ErrorCode::IdentityProviderNotFound,
+        format!("no identity provider `{name}` in `{org}` (see `latchkey idp list --org {org}`)"),
+    )
+}
+
+/// In the transaction `$tx`: clear agent `$agent`'s JWT binding, with its
+/// change record and audit event. Evaluates to `Result<(), VaultError>`.
+macro_rules! unbind_in_tx {
+    ($tx:expr, $org:expr, $agent:expr, $actor:expr, $at:expr, $detail:expr) => {{
+        let (org, agent): (&str, &str) = ($org, $agent);
+        let mut c = DirectoryChange::new(org, format!("@agent/{agent}"), AuditAction::AgentUnbindJwt, $actor);
+        c.agent = Some(agent);
+        c.detail = $detail;
+        c.at = $at;
+        async {
+            sqlx::query("UPDATE agents SET jwt_provider = NULL, jwt_subject = NULL WHERE org = $1 AND name = $2")
+                .bind(org)
+                .bind(agent)
+                .execute(&mut *$tx)
+                .await?;
+            record_change!($tx, c)
+        }
+        .await
+        .map_err(db_err)
+    }};
+}
+
 type ProviderRow = (String, String, String, String, Option<String>, i64, Option<String>, Option<String>, i64, String);
 
 fn from_row(r: ProviderRow) -> IdentityProvider {
@@ -187,6 +222,24 @@ impl Vault {
         let now = change.at;
         on_db!(self.db(), pool => {
             let mut tx = pool.begin_write().await.map_err(db_err)?;
+            let same: Vec<(String,)> =
+                sqlx::query_as("SELECT name FROM identity_providers WHERE org = $1 AND issuer = $2 AND name <> $3")
+                    .bind(&p.org)
+                    .bind(&p.issuer)
+                    .bind(&p.name)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            if let Some((other,)) = same.first() {
+                return Err(VaultError::refused(
+                    ErrorCode::IssuerExists,
+                    format!(
+                        "identity provider `{other}` of `{}` already trusts issuer {}; change that one \
+                        (`latchkey idp add {other} …` replaces it) or delete it first",
+                        p.org, p.issuer
+                    ),
+                ));
+            }
             sqlx::query(
                 "INSERT INTO identity_providers (org, name, issuer, alg, audience, leeway_seconds, jwks_url, jwks_json, \
                  refresh_seconds, subject_claim, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
@@ -240,44 +293,93 @@ impl Vault {
         Ok(all)
     }
 
-    /// Delete an identity provider; refused while agents are bound to it.
-    pub async fn delete_identity_provider(&self, org: &str, name: &str, actor: &str) -> Result<bool, VaultError> {
-        let bound: Vec<(String,)> = on_db!(self.db(), pool => {
-            sqlx::query_as("SELECT name FROM agents WHERE org = $1 AND jwt_provider = $2 ORDER BY name")
-                .bind(org)
-                .bind(name)
-                .fetch_all(pool)
-                .await
-                .map_err(db_err)?
-        });
-        if !bound.is_empty() {
-            let names: Vec<String> = bound.into_iter().map(|(n,)| n).collect();
-            return Err(VaultError::InvalidArgument(format!(
-                "identity provider `{name}` still has bound agents ({}); delete or rebind them first",
-                names.join(", ")
-            )));
-        }
-        let mut change = DirectoryChange::new(org, format!("@idp/{name}"), AuditAction::IdpDelete, actor);
+    /// The identity provider `name` of `org`, or `identity_provider_not_found`.
+    pub async fn get_identity_provider(&self, org: &str, name: &str) -> Result<IdentityProvider, VaultError> {
+        let org = OrgId::parse(org)?.to_string();
+        self.list_identity_providers(Some(&org))
+            .await?
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| idp_not_found(&org, name))
+    }
+
+    /// Delete an identity provider: refused (`in_use`, naming them) while
+    /// agents are bound to it, unless `force`, which unbinds them in the same
+    /// transaction (each unbinding in the audit trail). Returns the agents
+    /// unbound.
+    pub async fn delete_identity_provider(
+        &self,
+        org: &str,
+        name: &str,
+        force: bool,
+        actor: &str,
+    ) -> Result<Vec<String>, VaultError> {
+        let org = OrgId::parse(org)?.to_string();
+        let mut change = DirectoryChange::new(&org, format!("@idp/{name}"), AuditAction::IdpDelete, actor);
         change.detail = Some(format!("idp {name}"));
-        let n = on_db!(self.db(), pool => {
+        let unbound = on_db!(self.db(), pool => {
             let mut tx = pool.begin_write().await.map_err(db_err)?;
+            let bound: Vec<(String,)> =
+                sqlx::query_as("SELECT name FROM agents WHERE org = $1 AND jwt_provider = $2 ORDER BY name")
+                    .bind(&org)
+                    .bind(name)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            let bound: Vec<String> = bound.into_iter().map(|(n,)| n).collect();
+            if !bound.is_empty() && !force {
+                return Err(VaultError::refused(
+                    ErrorCode::InUse,
+                    format!(
+                        "identity provider `{name}` has {} bound ({}); unbind them (`latchkey agent unbind-jwt \
+                        NAME`) or delete with --force to unbind all",
+                        crate::directory::agents::plural(bound.len(), "agent"),
+                        bound.join(", ")
+                    ),
+                ));
+            }
             let n = sqlx::query("DELETE FROM identity_providers WHERE org = $1 AND name = $2")
-                .bind(org)
+                .bind(&org)
                 .bind(name)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?
                 .rows_affected();
-            if n > 0 {
-                record_change!(tx, change).map_err(db_err)?;
+            if n == 0 {
+                return Err(idp_not_found(&org, name));
             }
+            for agent in &bound {
+                unbind_in_tx!(tx, &org, agent, actor, change.at, Some(format!("idp {name} deleted")))?;
+            }
+            record_change!(tx, change).map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
-            n
+            bound
         });
-        if n > 0 {
-            self.changed(&change);
-        }
-        Ok(n > 0)
+        self.changed(&change);
+        Ok(unbound)
+    }
+
+    /// Remove agent `name`'s JWT binding: its provider's tokens no longer
+    /// identify it (its agent token, if it has one, still does).
+    pub async fn unbind_agent_jwt(&self, org: &str, name: &str, actor: &str) -> Result<(), VaultError> {
+        let org = OrgId::parse(org)?.to_string();
+        let agent = self.require_agent(&org, name).await?;
+        let Some((provider, _)) = agent.jwt else {
+            return Err(VaultError::refused(
+                ErrorCode::AttachmentNotFound,
+                format!("agent `{name}` is not bound to a JWT identity"),
+            ));
+        };
+        let at = crate::storage::to_micros(time::OffsetDateTime::now_utc());
+        on_db!(self.db(), pool => {
+            let mut tx = pool.begin_write().await.map_err(db_err)?;
+            unbind_in_tx!(tx, &org, name, actor, at, Some(format!("idp {provider}")))?;
+            tx.commit().await.map_err(db_err)?;
+        });
+        let mut change = DirectoryChange::new(&org, format!("@agent/{name}"), AuditAction::AgentUnbindJwt, actor);
+        change.agent = Some(name);
+        self.changed(&change);
+        Ok(())
     }
 
     /// Bind agent `name` to a JWT subject of one of its organisation's
@@ -297,9 +399,7 @@ impl Vault {
             return Err(VaultError::InvalidArgument("the JWT subject must be 1 to 1024 printable characters".into()));
         }
         if !self.list_identity_providers(Some(&org)).await?.iter().any(|p| p.name == provider) {
-            return Err(VaultError::InvalidArgument(format!(
-                "no identity provider `{provider}` in `{org}` (latchkey idp add {provider} …)"
-            )));
+            return Err(idp_not_found(&org, provider));
         }
         let id = crate::directory::agents::random_id()?;
         let mut change = DirectoryChange::new(&org, format!("@agent/{name}"), AuditAction::AgentBindJwt, actor);
@@ -341,9 +441,13 @@ impl Vault {
         let created = match result {
             Ok(c) => c,
             Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
-                return Err(VaultError::InvalidArgument(format!(
-                    "subject `{subject}` of `{provider}` is already bound to another agent, or `{name}` was just created"
-                )));
+                return Err(VaultError::refused(
+                    ErrorCode::SubjectBound,
+                    format!(
+                        "subject `{subject}` of `{provider}` is already bound to another agent (unbind it with \
+                        `latchkey agent unbind-jwt NAME`), or `{name}` was just created"
+                    ),
+                ));
             }
             Err(e) => return Err(db_err(e)),
         };

@@ -191,6 +191,17 @@ impl Db {
             Location::Postgres(url) => {
                 let options = PgConnectOptions::from_str(url)
                     .map_err(|e| StoreError::Database(format!("{}: {e}", redact_url(url))))?;
+                // One direct connection first: the pool retries a refused
+                // connection until its timeout and then reports only "pool
+                // timed out", where this says "Connection refused" (or the
+                // server's authentication error) at once.
+                {
+                    use sqlx::Connection as _;
+                    let probe = sqlx::PgConnection::connect_with(&options)
+                        .await
+                        .map_err(|e| StoreError::Database(format!("{}: {e}", redact_url(url))))?;
+                    let _ = probe.close().await;
+                }
                 let pool = PgPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
