@@ -88,8 +88,9 @@ pub async fn check_credential(app: &Arc<AppState>, org: &str, name: &str) -> Res
             status: None,
             url: signed.request.url.clone(),
             detail: format!(
-                "route `{}` is in mock mode: the credential was applied and the built-in mock answered; the                  provider was not asked (`latchkey route add {} … ` without --mock checks it for real)",
-                route.name, route.name
+                "route `{}` is in mock mode: the credential was applied and the built-in mock answered; the \
+                 provider was not asked (the same route without `--mock` is checked for real)",
+                route.name
             ),
         });
     }

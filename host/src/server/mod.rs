@@ -424,8 +424,7 @@ async fn json_error_shape(response: Response) -> Response {
     }
     let message = match code {
         ErrorCode::MethodNotAllowed => {
-            let allow = response.headers().get("allow").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-            format!("this endpoint does not take that method; it takes: {allow}")
+            "this endpoint does not take that method (its `Allow` header lists those it takes)".to_string()
         }
         ErrorCode::PayloadTooLarge => "the request body is over this endpoint's limit".to_string(),
         _ => "the request is malformed".to_string(),

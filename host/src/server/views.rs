@@ -188,7 +188,7 @@ pub struct TokenView {
 impl From<&RegistrationInfo> for TokenView {
     fn from(t: &RegistrationInfo) -> TokenView {
         TokenView {
-            prefix: t.prefix.clone(),
+            prefix: t.prefix.trim_end_matches('…').to_string(),
             org: t.org.clone(),
             state: t.state(OffsetDateTime::now_utc()),
             created_at: rfc3339(t.created_at),
@@ -218,7 +218,7 @@ impl From<&crate::vault::agents::IssuedRegistration> for NewToken {
     fn from(t: &crate::vault::agents::IssuedRegistration) -> NewToken {
         NewToken {
             token: t.token.expose().to_string(),
-            prefix: t.prefix.clone(),
+            prefix: t.prefix.trim_end_matches('…').to_string(),
             org: t.org.clone(),
             expires_at: rfc3339(t.expires_at),
         }

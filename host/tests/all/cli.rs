@@ -359,3 +359,58 @@ fn vault_commands_workflow() {
     assert_eq!(code, 1);
     assert!(err.contains("error[invalid_argument]"), "{err}");
 }
+
+#[test]
+fn offline_sign_applies_the_vault_hygiene() {
+    let dir = tempfile::tempdir().unwrap();
+    // A key file with the line break an editor leaves: removed, as the vault removes it, with a note.
+    let key = dir.path().join("key");
+    std::fs::write(&key, "k-hygiene-42\n\n").unwrap();
+    let (code, out, err) = latchkey(&[
+        "sign",
+        "--scheme",
+        "api-key",
+        "--secret",
+        &format!("key=@{}", key.display()),
+        "--url",
+        "https://api.example.test/",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["headers"], serde_json::json!([["Authorization", "k-hygiene-42"]]), "{v}");
+    assert!(err.contains("note:") && err.contains("line break"), "{err}");
+    assert!(!err.contains("k-hygiene-42"), "the secret in a note: {err}");
+    // A key pasted with its scheme's prefix is refused, as `credential add` refuses it.
+    let (code, _, err) = latchkey(&[
+        "sign",
+        "--scheme",
+        "api-key",
+        "--secret",
+        "key=Bearer sk-pasted-prefix",
+        "--url",
+        "https://api.example.test/",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("latchkey: error[invalid_secret]:") && !err.contains("sk-pasted-prefix"), "{err}");
+    // --scheme beside --credential is refused, not silently ignored.
+    let (code, _, err) =
+        latchkey(&["sign", "--scheme", "aws-sigv4", "--credential", "gh", "--url", "https://api.example.test/"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
+}
+
+#[test]
+fn an_unreachable_postgres_says_why_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["credential", "list"])
+        .env("LATCHKEY_DATA_DIR", dir.path())
+        .env("LATCHKEY_DATABASE_URL", "postgres://postgres@127.0.0.1:1/test")
+        .env("LATCHKEY_MASTER_KEY", "dGhpcy1pcy1hLXRlc3Qta2V5LTMyLWJ5dGVzLWxvbmc=")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("error[vault_unavailable]"), "{err}");
+    assert!(err.to_lowercase().contains("refused") && !err.contains("pool timed out"), "the cause is kept: {err}");
+}

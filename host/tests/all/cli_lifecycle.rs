@@ -251,6 +251,12 @@ fn lifecycle(db: &TestDb) {
 
     // Everything else that prints data.
     cli.json(&["vault", "status"]);
+    cli.json(&["vault", "rotate-master-key", "--no-generate"]);
+    cli.json(&["plugin", "inspect", crate::support::guests::README_EXAMPLE]);
+    let o = cli.run(&["sign", "--credential", "openai", "--url", "https://api.openai.com/v1/models"]);
+    assert!(o.ok, "{}", o.stderr);
+    let signed: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(signed["url"], "https://api.openai.com/v1/models");
     assert!(cli.json(&["plugin", "list"]).as_array().unwrap().len() >= 7);
     let o = cli.run(&["audit", "--json"]);
     assert!(o.ok, "{}", o.stderr);

@@ -745,7 +745,8 @@ impl Vault {
 /// A registration token as listed: never its value, only what logs show.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistrationInfo {
-    /// The redacted prefix (`lk_reg_AbCd`), which also names it for revocation.
+    /// The redacted prefix as logs show it (`lk_reg_AbCd…`); without the
+    /// ellipsis it names the token for revocation.
     pub prefix: String,
     /// Its organisation.
     pub org: String,
@@ -964,6 +965,8 @@ impl Vault {
             which.len() > 11 && check_token_shape(which, REGISTRATION_TOKEN_PREFIX, "registration token").is_ok();
         let prefix = redact_token(which);
         let hash = token_hash(which);
+        // As listed (`lk_reg_AbCd`) or as logs show it (`lk_reg_AbCd…`).
+        let stored_prefix = format!("{}…", which.trim_end_matches('…'));
         let mut change = DirectoryChange::new(&org, format!("@token/{prefix}"), AuditAction::TokenRevoke, actor);
         change.detail = Some(format!("token {prefix}"));
         let found = on_db!(self.db(), pool => {
@@ -977,7 +980,7 @@ impl Vault {
             } else {
                 sqlx::query_as("SELECT token_hash, used_at, revoked_at FROM registration_tokens WHERE org = $1 AND prefix = $2")
                     .bind(&org)
-                    .bind(which)
+                    .bind(&stored_prefix)
                     .fetch_all(&mut *tx)
                     .await
             }
