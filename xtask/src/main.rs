@@ -93,6 +93,7 @@ fn setup(root: &Path) -> Result<()> {
     if !has_target {
         run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
     }
+    browser()?;
     let python = venv_python(root);
     if !python.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(root.join("target/venv")))?;
@@ -116,6 +117,34 @@ fn setup(root: &Path) -> Result<()> {
         pip.arg("-r").arg(r);
     }
     run(&mut pip)
+}
+
+/// Debian's chromium and chromedriver for the console's browser test,
+/// installed with apt when missing (as root, or through sudo). Nothing
+/// downloads a browser build of its own. Where apt cannot run, the test
+/// says what is missing (and fails in CI).
+fn browser() -> Result<()> {
+    if Path::new("/usr/bin/chromium").exists() && Path::new("/usr/bin/chromedriver").exists() {
+        return Ok(());
+    }
+    let root_user = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    let apt = |args: &[&str]| {
+        let mut c = if root_user {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.args(["-n", "apt-get"]);
+            c
+        };
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    if !Path::new("/usr/bin/apt-get").exists() {
+        eprintln!("xtask: no apt-get: install chromium and chromedriver for the console's browser test");
+        return Ok(());
+    }
+    run(&mut apt(&["update", "-qq"]))?;
+    run(&mut apt(&["install", "-y", "-qq", "--no-install-recommends", "chromium", "chromium-driver"]))
 }
 
 fn plugins(root: &Path) -> Result<()> {

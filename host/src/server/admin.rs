@@ -92,13 +92,24 @@ impl FromRequestParts<Arc<AppState>> for AdminToken {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| ApiError::new(ErrorCode::InvalidAdminToken, "send `Authorization: Bearer <admin token>`"))?;
-        let got = digest::digest(&digest::SHA256, presented.as_bytes());
-        if bool::from(subtle::ConstantTimeEq::ct_eq(got.as_ref(), expected.as_slice())) {
-            Ok(AdminToken { actor: format!("admin:{}", app.config.admin_token_name) })
+        if admin_token_matches(expected, presented) {
+            Ok(AdminToken { actor: admin_actor(app) })
         } else {
             Err(ApiError::new(ErrorCode::InvalidAdminToken, "the admin token is not valid"))
         }
     }
+}
+
+/// Whether `presented` is the admin token whose SHA-256 is `expected`
+/// (compared as digests, in constant time).
+pub(super) fn admin_token_matches(expected: &[u8], presented: &str) -> bool {
+    let got = digest::digest(&digest::SHA256, presented.as_bytes());
+    bool::from(subtle::ConstantTimeEq::ct_eq(got.as_ref(), expected))
+}
+
+/// The audit actor of a change made with the admin token.
+pub(super) fn admin_actor(app: &AppState) -> String {
+    format!("admin:{}", app.config.admin_token_name)
 }
 
 /// The organisation a call acts in: `?org=`, validated
@@ -1199,53 +1210,53 @@ async fn revoke_token(
 
 /// A scheme plugin, as it declares itself.
 #[derive(Serialize, ToSchema)]
-struct PluginView {
+pub(super) struct PluginView {
     /// The scheme name credentials refer to.
-    name: String,
+    pub(super) name: String,
     /// The plugin's own version.
-    version: String,
+    pub(super) version: String,
     /// One line.
-    description: String,
+    pub(super) description: String,
     /// Non-secret configuration fields.
-    config_fields: Vec<FieldView>,
+    pub(super) config_fields: Vec<FieldView>,
     /// Secret fields, each with its exposure.
-    secret_fields: Vec<SecretFieldView>,
+    pub(super) secret_fields: Vec<SecretFieldView>,
     /// When any secret field name is allowed, their exposure.
-    open_secret_fields: Option<&'static str>,
+    pub(super) open_secret_fields: Option<&'static str>,
     /// Whether it signs the body (which the proxy then buffers).
-    reads_body: bool,
+    pub(super) reads_body: bool,
     /// Whether its answer depends only on the credential.
-    request_independent: bool,
+    pub(super) request_independent: bool,
     /// Whether it verifies incoming tokens (agents' JWTs).
-    verifies_tokens: bool,
+    pub(super) verifies_tokens: bool,
     /// Whether it is granted raw secret values.
-    reads_raw_secrets: bool,
+    pub(super) reads_raw_secrets: bool,
     /// SHA-256 of the component, lower hex.
-    sha256: String,
+    pub(super) sha256: String,
 }
 
 /// A configuration field.
 #[derive(Serialize, ToSchema)]
-struct FieldView {
+pub(super) struct FieldView {
     /// The field name.
-    name: String,
+    pub(super) name: String,
     /// Whether a credential must have it.
-    required: bool,
+    pub(super) required: bool,
     /// What to put there.
-    description: String,
+    pub(super) description: String,
 }
 
 /// A secret field.
 #[derive(Serialize, ToSchema)]
-struct SecretFieldView {
+pub(super) struct SecretFieldView {
     /// The field name.
-    name: String,
+    pub(super) name: String,
     /// Whether a credential must have it.
-    required: bool,
+    pub(super) required: bool,
     /// What to put there.
-    description: String,
+    pub(super) description: String,
     /// Where its value may go: `host-only`, `wire` or `identifier`.
-    exposure: &'static str,
+    pub(super) exposure: &'static str,
 }
 
 /// List schemes
@@ -1260,6 +1271,12 @@ struct SecretFieldView {
     )
 )]
 async fn plugins(_: AdminToken, State(app): State<Arc<AppState>>) -> Result<Json<Vec<PluginView>>, ApiError> {
+    Ok(Json(plugin_views(&app)?))
+}
+
+/// Every loaded scheme plugin as it declares itself (the admin API's and
+/// the console's list).
+pub(super) fn plugin_views(app: &AppState) -> Result<Vec<PluginView>, ApiError> {
     let rt = app.broker.runtime();
     let mut out = Vec::new();
     for name in rt.scheme_names() {
@@ -1292,7 +1309,7 @@ async fn plugins(_: AdminToken, State(app): State<Arc<AppState>>) -> Result<Json
             sha256: p.digest.clone(),
         });
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 /// Which audit events to return.

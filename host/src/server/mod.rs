@@ -14,6 +14,7 @@
 mod admin;
 pub mod auth;
 pub mod check;
+pub mod console;
 pub mod identity;
 pub mod metrics;
 pub mod net;
@@ -93,6 +94,8 @@ pub struct AppState {
     pub jwks: identity::JwksStore,
     /// The one call path every surface signs through.
     pub broker: crate::broker::Broker,
+    /// The console's sessions.
+    pub console: console::Sessions,
 }
 
 /// An API error: a stable code (which gives the status) and a message.
@@ -255,6 +258,7 @@ pub fn state(
         client,
         metrics: metrics::Metrics::default(),
         jwks: identity::JwksStore::default(),
+        console: console::Sessions::default(),
     }))
 }
 
@@ -288,6 +292,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let _ = document.0.set(bytes::Bytes::from(json));
     router
         .layer(axum::middleware::map_response(json_error_shape))
+        .nest("/ui", console::routes())
         .route(&format!("{prefix}/{{route}}"), any(proxy::proxy_root))
         .route(&format!("{prefix}/{{route}}/{{*rest}}"), any(proxy::proxy))
         .fallback(not_found)

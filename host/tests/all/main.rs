@@ -5,6 +5,7 @@ mod aws_sdk;
 mod cli;
 mod cli_lifecycle;
 mod codes;
+mod console;
 #[macro_use]
 mod db;
 mod audit;
