@@ -16,6 +16,7 @@ import urllib.request
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -51,7 +52,8 @@ def proxied(path):
 def main():
     seen = {}
     d = browser()
-    wait = WebDriverWait(d, 10)
+    # A page being replaced makes elements stale mid-read: read again.
+    wait = WebDriverWait(d, 20, ignored_exceptions=(StaleElementReferenceException,))
 
     def shot(name):
         d.save_screenshot(os.path.join(SHOTS, name + ".png"))
@@ -60,7 +62,12 @@ def main():
         d.get(BASE + path)
 
     def flash():
-        return " ".join(e.text for e in d.find_elements(By.CSS_SELECTOR, ".flash"))
+        for _ in range(20):
+            try:
+                return " ".join(e.text for e in d.find_elements(By.CSS_SELECTOR, ".flash"))
+            except StaleElementReferenceException:
+                continue
+        return ""
 
     try:
         # Pages redirect to sign-in; a wrong token is refused.
@@ -136,6 +143,8 @@ def main():
         token = wait.until(lambda d: d.find_element(By.ID, "token")).text.strip()
         seen["token_shape"] = token.startswith("lk_reg_")
         shot("token-once")
+        go("/ui/once")
+        seen["token_on_reload"] = token in d.page_source
         go("/ui/tokens")
         seen["token_listed_by_prefix"] = token[:11] in d.page_source
         seen["token_shown_again"] = token in d.page_source

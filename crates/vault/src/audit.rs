@@ -354,6 +354,22 @@ pub(crate) fn emit(e: &AuditEvent) {
     );
 }
 
+/// Log a change a forced delete made along with its own (a detach, a
+/// route deleted with its credential, an unbinding): stored in the same
+/// transaction, logged here once committed.
+pub(crate) fn emit_cascade(org: &str, credential: &str, action: AuditAction, actor: &str, detail: &str) {
+    tracing::info!(
+        target: "latchkey::audit",
+        action = action.as_str(),
+        org = %org,
+        credential = %credential,
+        actor = actor,
+        outcome = "ok",
+        detail = detail,
+        "audit"
+    );
+}
+
 /// Insert a lifecycle event on the executor `$conn` (a transaction).
 macro_rules! insert_change_event {
     ($conn:expr, $at:expr, $c:expr) => {

@@ -602,7 +602,7 @@ async fn detach(
     path = "/routes",
     tag = "routes",
     security(("admin" = [])),
-    params(OrgQuery),
+    params(("org" = Option<String>, Query, description = "Only this organisation; every organisation when absent")),
     responses(
         (status = 200, description = "The organisation's routes", body = [RouteView]),
         (status = "default", response = ErrorBody),
@@ -610,10 +610,10 @@ async fn detach(
 )]
 async fn list_routes(
     _: AdminToken,
-    Org(org): Org,
+    org: Option<Org>,
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<Vec<RouteView>>, ApiError> {
-    let routes = app.vault.list_routes(Some(&org)).await?;
+    let routes = app.vault.list_routes(org.as_ref().map(|o| o.0.as_str())).await?;
     Ok(Json(routes.iter().map(RouteView::from).collect()))
 }
 
@@ -732,7 +732,7 @@ async fn delete_route(
     path = "/agents",
     tag = "agents",
     security(("admin" = [])),
-    params(OrgQuery),
+    params(("org" = Option<String>, Query, description = "Only this organisation; every organisation when absent")),
     responses(
         (status = 200, description = "The organisation's agents", body = [AgentView]),
         (status = "default", response = ErrorBody),
@@ -740,11 +740,11 @@ async fn delete_route(
 )]
 async fn list_agents(
     _: AdminToken,
-    Org(org): Org,
+    org: Option<Org>,
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<Vec<AgentView>>, ApiError> {
-    let agents = app.vault.list_agents(Some(&org)).await?;
-    let attached = app.vault.agent_credentials(Some(&org)).await?;
+    let agents = app.vault.list_agents(org.as_ref().map(|o| o.0.as_str())).await?;
+    let attached = app.vault.agent_credentials(org.as_ref().map(|o| o.0.as_str())).await?;
     Ok(Json(AgentView::all(agents, &attached)))
 }
 
@@ -986,7 +986,7 @@ async fn unbind_agent_jwt(
     path = "/identity-providers",
     tag = "identity-providers",
     security(("admin" = [])),
-    params(OrgQuery),
+    params(("org" = Option<String>, Query, description = "Only this organisation; every organisation when absent")),
     responses(
         (status = 200, description = "The organisation's identity providers", body = [IdpView]),
         (status = "default", response = ErrorBody),
@@ -994,10 +994,10 @@ async fn unbind_agent_jwt(
 )]
 async fn list_idps(
     _: AdminToken,
-    Org(org): Org,
+    org: Option<Org>,
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<Vec<IdpView>>, ApiError> {
-    let all = app.vault.list_identity_providers(Some(&org)).await?;
+    let all = app.vault.list_identity_providers(org.as_ref().map(|o| o.0.as_str())).await?;
     Ok(Json(all.iter().map(IdpView::from).collect()))
 }
 
@@ -1170,7 +1170,7 @@ async fn create_token(
     path = "/tokens",
     tag = "tokens",
     security(("admin" = [])),
-    params(OrgQuery),
+    params(("org" = Option<String>, Query, description = "Only this organisation; every organisation when absent")),
     responses(
         (status = 200, description = "The organisation's registration tokens, newest first", body = [TokenView]),
         (status = "default", response = ErrorBody),
@@ -1178,10 +1178,10 @@ async fn create_token(
 )]
 async fn list_tokens(
     _: AdminToken,
-    Org(org): Org,
+    org: Option<Org>,
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<Vec<TokenView>>, ApiError> {
-    let all = app.vault.list_registration_tokens(Some(&org)).await?;
+    let all = app.vault.list_registration_tokens(org.as_ref().map(|o| o.0.as_str())).await?;
     Ok(Json(all.iter().map(TokenView::from).collect()))
 }
 

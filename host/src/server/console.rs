@@ -55,9 +55,18 @@ const JS: &str = include_str!("console/console.js");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; \
                    frame-ancestors 'none'; base-uri 'none'";
 
-/// The console's sessions, by the SHA-256 of their id.
-#[derive(Default)]
-pub struct Sessions(Mutex<HashMap<String, Session>>);
+/// The console's sessions, by the SHA-256 of their id, and the failed
+/// sign-ins of the current minute.
+pub struct Sessions(Mutex<HashMap<String, Session>>, Mutex<(Instant, u32)>);
+
+impl Default for Sessions {
+    fn default() -> Sessions {
+        Sessions(Mutex::default(), Mutex::new((Instant::now(), 0)))
+    }
+}
+
+/// Failed sign-ins allowed per minute, in the whole process.
+const MAX_FAILED_SIGN_INS: u32 = 10;
 
 struct Session {
     csrf: String,
@@ -65,6 +74,16 @@ struct Session {
     seen: Instant,
     org: String,
     flash: Vec<Flash>,
+    /// A token to show once, on the next GET of `/ui/once` (post, redirect,
+    /// get: reloading the page shows it no more and re-issues nothing).
+    reveal: Option<Reveal>,
+}
+
+struct Reveal {
+    active: &'static str,
+    title: &'static str,
+    what: String,
+    token: Secret,
 }
 
 #[derive(Clone)]
@@ -77,22 +96,45 @@ fn session_key(id: &str) -> String {
     hex::encode(digest::digest(&digest::SHA256, id.as_bytes()))
 }
 
-fn random_token() -> String {
+fn random_token() -> Option<String> {
     let mut b = [0u8; 32];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b)
+    ring::rand::SystemRandom::new().fill(&mut b).ok()?;
+    Some(base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b))
 }
 
 impl Sessions {
-    fn open(&self) -> (String, String) {
-        let (id, csrf) = (random_token(), random_token());
+    /// A new session, or `None` when the system's random source fails
+    /// (never a predictable id).
+    fn open(&self) -> Option<(String, String)> {
+        let (id, csrf) = (random_token()?, random_token()?);
         let now = Instant::now();
         let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
         all.retain(|_, s| now.duration_since(s.seen) < IDLE && now.duration_since(s.created) < LIFETIME);
-        let session =
-            Session { csrf: csrf.clone(), created: now, seen: now, org: DEFAULT_ORG.into(), flash: Vec::new() };
+        let session = Session {
+            csrf: csrf.clone(),
+            created: now,
+            seen: now,
+            org: DEFAULT_ORG.into(),
+            flash: Vec::new(),
+            reveal: None,
+        };
         all.insert(session_key(&id), session);
-        (id, csrf)
+        Some((id, csrf))
+    }
+
+    /// Count a failed sign-in; `false` once more than [`MAX_FAILED_SIGN_INS`]
+    /// failed in the last minute (then every attempt is refused until the
+    /// minute is over, so the admin token cannot be guessed at speed).
+    fn sign_in_allowed(&self, failed: bool) -> bool {
+        let mut f = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if now.duration_since(f.0) > Duration::from_secs(60) {
+            *f = (now, 0);
+        }
+        if failed {
+            f.1 += 1;
+        }
+        f.1 <= MAX_FAILED_SIGN_INS
     }
 
     /// The live session `id`, touched, with its flash messages taken.
@@ -247,6 +289,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/plugins", get(plugins))
         .route("/plugins/{name}", get(plugin))
         .route("/audit", get(audit))
+        .route("/once", get(shown_once))
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -416,17 +459,29 @@ async fn login_page(State(app): State<Arc<AppState>>) -> Response {
 async fn login(
     State(app): State<Arc<AppState>>,
     tls: Option<axum::Extension<super::auth::ArrivedOverTls>>,
+    headers: HeaderMap,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
     let Some(expected) = &app.config.admin_token_sha256 else { return disabled() };
+    if !app.console.sign_in_allowed(false) {
+        let page = login_form(Some("Too many failed sign-ins: wait a minute and try again."));
+        return (StatusCode::TOO_MANY_REQUESTS, page).into_response();
+    }
     let token = Secret::new(Fields(form).get("token").unwrap_or_default().trim());
     if !admin::admin_token_matches(expected, token.expose()) {
+        app.console.sign_in_allowed(true);
         tracing::warn!(target: "latchkey::audit", action = "console-sign-in", outcome = "invalid_admin_token", "audit");
         return (StatusCode::UNAUTHORIZED, login_form(Some("That is not the admin token."))).into_response();
     }
-    let (id, _) = app.console.open();
+    let Some((id, _)) = app.console.open() else {
+        let page = message_page("Sign-in failed", "The system's random source failed; no session was opened.");
+        return (StatusCode::INTERNAL_SERVER_ERROR, page).into_response();
+    };
     tracing::info!(target: "latchkey::audit", action = "console-sign-in", outcome = "ok", "audit");
-    let secure = if tls.is_some() { "; Secure" } else { "" };
+    // Secure on a TLS listener, and behind a proxy that terminated TLS.
+    let forwarded_https =
+        headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    let secure = if tls.is_some() || forwarded_https { "; Secure" } else { "" };
     let cookie = format!("{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}", LIFETIME.as_secs());
     let mut response = Redirect::to("/ui/credentials").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -931,15 +986,37 @@ async fn agents(c: Console, State(app): State<Arc<AppState>>) -> Response {
     page(&app, &c, "agents", "Agents", body).await
 }
 
-/// A token, shown once: this answer is the only place it appears.
-async fn shown_once(app: &AppState, c: &Console, active: &str, title: &str, what: &str, token: &str) -> Response {
-    let body = html! {
-        p.flash.ok { (what) }
-        p { "Copy it now: it is shown once, and only its hash is stored." }
-        pre.token id="token" { (token) }
-        p { a href={ "/ui/" (active) } { "Done" } }
+/// Keep a token to show once and send the browser to `/ui/once`, so a
+/// reload shows it no more and re-sends nothing.
+fn reveal(
+    app: &AppState,
+    c: &Console,
+    active: &'static str,
+    title: &'static str,
+    what: String,
+    token: &str,
+) -> Response {
+    let token = Secret::new(token);
+    app.console.with(&c.id, |s| s.reveal = Some(Reveal { active, title, what, token }));
+    back("/ui/once")
+}
+
+/// The token kept by [`reveal`], shown once: this answer is the only place
+/// it appears.
+async fn shown_once(c: Console, State(app): State<Arc<AppState>>) -> Response {
+    let mut kept = None;
+    app.console.with(&c.id, |s| kept = s.reveal.take());
+    let Some(r) = kept else {
+        let body = html! { p { "That token was shown once and is gone; create a new one if it was not copied." } };
+        return page(&app, &c, "tokens", "Shown once", body).await;
     };
-    page(app, c, active, title, body).await
+    let body = html! {
+        p.flash.ok { (r.what) }
+        p { "Copy it now: it is shown once, and only its hash is stored." }
+        pre.token id="token" { (r.token.expose()) }
+        p { a href={ "/ui/" (r.active) } { "Done" } }
+    };
+    page(&app, &c, r.active, r.title, body).await
 }
 
 async fn create_agent(
@@ -955,7 +1032,7 @@ async fn create_agent(
     match app.vault.create_agent_with(&c.org, &name, &f.all("credential"), &c.actor).await {
         Ok(issued) => {
             let what = format!("Agent {} created in {}.", issued.agent.name, issued.agent.org);
-            shown_once(&app, &c, "agents", "Agent token", &what, issued.token.expose()).await
+            reveal(&app, &c, "agents", "Agent token", what, issued.token.expose())
         }
         Err(e) => {
             c.flash(&app, false, format!("{e} ({})", e.code()));
@@ -987,7 +1064,7 @@ async fn agent_action(
             return match app.vault.reissue_agent_token(&c.org, &name, &c.actor).await {
                 Ok(issued) => {
                     let what = format!("Agent {name} has a new token; the old one is refused from now on.");
-                    shown_once(&app, &c, "agents", "Agent token", &what, issued.token.expose()).await
+                    reveal(&app, &c, "agents", "Agent token", what, issued.token.expose())
                 }
                 Err(e) => {
                     c.flash(&app, false, format!("{e} ({})", e.code()));
@@ -1062,7 +1139,7 @@ async fn create_token(
         Ok(t) => {
             let expires = t.expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
             let what = format!("Registration token for {}, single-use, valid until {expires}.", t.org);
-            shown_once(&app, &c, "tokens", "Registration token", &what, t.token.expose()).await
+            reveal(&app, &c, "tokens", "Registration token", what, t.token.expose())
         }
         Err(e) => {
             c.flash(&app, false, format!("{e} ({})", e.code()));
@@ -1112,6 +1189,10 @@ async fn idps(c: Console, State(app): State<Arc<AppState>>) -> Response {
             label { "JWKS URL (https) " input type="url" name="jwks_url"; }
             label { "or the JWKS itself " textarea name="jwks" rows="3" {} }
             label { "Audiences (comma-separated) " input type="text" name="audience"; }
+            label { "Clock-skew leeway, seconds (0 to 300) " input type="text" name="leeway" value=(crate::vault::identity::DEFAULT_LEEWAY_SECONDS); }
+            label { "Key set refresh (90s, 5m, 1h) " input type="text" name="refresh" value="5m"; }
+            label { "Claim naming the agent " input type="text" name="subject_claim" value="sub"; }
+            p.hint { "Saving a provider of an existing name replaces all of its settings with these." }
             button type="submit" { "Save" }
         }
     };
@@ -1137,10 +1218,10 @@ async fn add_idp(c: Console, State(app): State<Arc<AppState>>, Form(form): Form<
         issuer: f.text("issuer"),
         alg: f.text("alg"),
         audience: f.text("audience").split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect(),
-        leeway_seconds: crate::vault::identity::DEFAULT_LEEWAY_SECONDS,
+        leeway_seconds: f.text("leeway").parse().unwrap_or(-1),
         jwks,
-        refresh_seconds: crate::vault::identity::DEFAULT_REFRESH_SECONDS,
-        subject_claim: "sub".into(),
+        refresh_seconds: crate::text::parse_duration_seconds(&f.text("refresh")).unwrap_or(-1),
+        subject_claim: Some(f.text("subject_claim")).filter(|c| !c.is_empty()).unwrap_or_else(|| "sub".into()),
     };
     match app.vault.put_identity_provider(&p, &c.actor).await {
         Ok(()) => c.flash(&app, true, format!("Identity provider {} saved.", p.name)),

@@ -395,13 +395,34 @@ async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Nex
     if let Ok(v) = HeaderValue::from_str(&id) {
         req.headers_mut().insert("x-request-id", v);
     }
-    // The path only, never the query: queries can carry keys.
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %crate::plugin::sanitize_for_log(req.uri().path(), 200));
+    // The path only, never the query: queries can carry keys; a token in
+    // the path (`DELETE /v1/admin/tokens/lk_reg_…` given a whole token) is
+    // logged redacted.
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %loggable_path(req.uri().path()));
     let mut response = next.run(req).instrument(span).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }
     response
+}
+
+/// A request path as logs show it: control characters escaped, capped,
+/// and any segment holding a Latchkey token (`lk_reg_…`, `lk_agt_…`)
+/// reduced to its redacted prefix.
+fn loggable_path(path: &str) -> String {
+    use crate::vault::agents::{AGENT_TOKEN_PREFIX, REGISTRATION_TOKEN_PREFIX, redact_token};
+    let redacted: Vec<String> = path
+        .split('/')
+        .map(|seg| {
+            let decoded = percent_encoding::percent_decode_str(seg).decode_utf8_lossy();
+            if decoded.starts_with(REGISTRATION_TOKEN_PREFIX) || decoded.starts_with(AGENT_TOKEN_PREFIX) {
+                redact_token(&decoded)
+            } else {
+                seg.to_string()
+            }
+        })
+        .collect();
+    crate::plugin::sanitize_for_log(&redacted.join("/"), 200)
 }
 
 /// The answers axum makes itself — 405 for a method a path does not

@@ -68,6 +68,7 @@ async fn the_console_in_a_browser() {
     want("token_shape", true.into());
     want("token_listed_by_prefix", true.into());
     want("token_shown_again", false.into());
+    want("token_on_reload", false.into());
     want("audit_has_console_actor", true.into());
     want("secret_in_a_page", false.into());
     want("csrf_missing_status", 403.into());

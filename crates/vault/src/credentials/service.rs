@@ -889,6 +889,13 @@ impl Vault {
     async fn commit(&self, write: RowWrite<'_>, change: Change<'_>) -> Result<Result<(), Conflict>, VaultError> {
         let now = OffsetDateTime::now_utc();
         let at = to_micros(now);
+        // An agent attached must exist when the attachment commits: on
+        // PostgreSQL the row is share-locked until then, so a concurrent
+        // `delete_agent` waits and then detaches it (SQLite serialises
+        // writers, so the read is enough there).
+        let lock = if matches!(self.db, Db::Postgres(_)) { " FOR SHARE" } else { "" };
+        let agent_exists = format!("SELECT 1 FROM agents WHERE org = $1 AND name = $2{lock}");
+        let mut cascaded_routes: Vec<String> = Vec::new();
         let result = on_db!(&self.db, pool => {
             let mut tx = pool.begin_write().await.map_err(StoreError::from)?;
             let applied = match &write {
@@ -944,6 +951,20 @@ impl Vault {
                     if updated.rows_affected() == 1 {
                         match attachment {
                             Some((kind, target, true)) => {
+                                if matches!(kind, AttachmentKind::Agent) {
+                                    let exists: Option<(i32,)> = sqlx::query_as(&agent_exists)
+                                        .bind(change.org)
+                                        .bind(*target)
+                                        .fetch_optional(&mut *tx)
+                                        .await
+                                        .map_err(StoreError::from)?;
+                                    if exists.is_none() {
+                                        return Err(VaultError::refused(
+                                            ErrorCode::AgentNotFound,
+                                            format!("no agent named `{target}` in `{}`", change.org),
+                                        ));
+                                    }
+                                }
                                 sqlx::query(
                                     "INSERT INTO credential_attachments (credential_id, kind, name) VALUES ($1, $2, $3)",
                                 )
@@ -1004,6 +1025,7 @@ impl Vault {
                             };
                             insert_change_event!(&mut *tx, at, event).map_err(StoreError::from)?;
                         }
+                        cascaded_routes = routes.into_iter().map(|(r,)| r).collect();
                     }
                     deleted
                 }
@@ -1024,6 +1046,10 @@ impl Vault {
         self.cache.invalidate(change.org, change.credential);
         if result.is_ok() {
             audit::emit(&change.event(now));
+            for route in &cascaded_routes {
+                let detail = format!("route {route} (its credential was deleted)");
+                audit::emit_cascade(change.org, change.credential, AuditAction::RouteDelete, change.actor, &detail);
+            }
         }
         Ok(result)
     }

@@ -867,8 +867,23 @@ impl Vault {
         let org = OrgId::parse(org)?.to_string();
         let mut change = DirectoryChange::new(&org, format!("@agent/{name}"), AuditAction::AgentDelete, actor);
         change.agent = Some(name);
+        // The row is deleted first: on PostgreSQL that takes its lock, so an
+        // attach still in flight (which holds a share lock on the row,
+        // `Vault::set_attachment`) commits before the attachments are read
+        // here, and none is left behind for a later agent of the same name.
+        // A refused delete rolls back.
         let detached = on_db!(self.db(), pool => {
             let mut tx = pool.begin_write().await.map_err(db_err)?;
+            let n = sqlx::query("DELETE FROM agents WHERE org = $1 AND name = $2")
+                .bind(&org)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+            if n == 0 {
+                return Err(agent_not_found(&org, name));
+            }
             let attached = attached_credentials!(&mut *tx, &org, name).map_err(db_err)?;
             if !attached.is_empty() && !force {
                 return Err(VaultError::refused(
@@ -880,16 +895,6 @@ impl Vault {
                         attached.join(", ")
                     ),
                 ));
-            }
-            let n = sqlx::query("DELETE FROM agents WHERE org = $1 AND name = $2")
-                .bind(&org)
-                .bind(name)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?
-                .rows_affected();
-            if n == 0 {
-                return Err(agent_not_found(&org, name));
             }
             for credential in &attached {
                 attachment_in_tx!(tx, &org, credential, AttachmentKind::Agent, name, false, actor, change.at)
@@ -905,6 +910,13 @@ impl Vault {
         self.changed(&change);
         for credential in &detached {
             self.invalidate(&org, credential);
+            crate::audit::emit_cascade(
+                &org,
+                credential,
+                AuditAction::Detach,
+                actor,
+                &format!("agent {name} (deleted)"),
+            );
         }
         Ok(detached)
     }
@@ -1010,12 +1022,24 @@ impl Vault {
                 ));
             }
             if revoked.is_none() {
-                sqlx::query("UPDATE registration_tokens SET revoked_at = $1 WHERE token_hash = $2")
-                    .bind(change.at)
-                    .bind(&row_hash)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
+                // Conditional, like redemption: of a revoke and a redeem racing
+                // on PostgreSQL, exactly one matches the unused row.
+                let n = sqlx::query(
+                    "UPDATE registration_tokens SET revoked_at = $1 \
+                     WHERE token_hash = $2 AND used_at IS NULL AND revoked_at IS NULL",
+                )
+                .bind(change.at)
+                .bind(&row_hash)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+                if n == 0 {
+                    return Err(VaultError::refused(
+                        ErrorCode::InvalidArgument,
+                        format!("registration token `{prefix}` was redeemed while it was being revoked"),
+                    ));
+                }
                 record_change!(tx, change).map_err(db_err)?;
             }
             let sql = format!("{REGISTRATION_SELECT} WHERE t.token_hash = $1");

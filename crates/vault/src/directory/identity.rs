@@ -356,6 +356,15 @@ impl Vault {
             bound
         });
         self.changed(&change);
+        for agent in &unbound {
+            crate::audit::emit_cascade(
+                &org,
+                "",
+                AuditAction::AgentUnbindJwt,
+                actor,
+                &format!("agent {agent} (idp {name} deleted)"),
+            );
+        }
         Ok(unbound)
     }
 
@@ -371,13 +380,33 @@ impl Vault {
             ));
         };
         let at = crate::storage::to_micros(time::OffsetDateTime::now_utc());
-        on_db!(self.db(), pool => {
+        let unbound = on_db!(self.db(), pool => {
             let mut tx = pool.begin_write().await.map_err(db_err)?;
-            unbind_in_tx!(tx, &org, name, actor, at, Some(format!("idp {provider}")))?;
-            tx.commit().await.map_err(db_err)?;
+            // Still bound to that provider, in this transaction: an agent
+            // deleted or rebound meanwhile is not reported as unbound.
+            let bound: Option<(String,)> =
+                sqlx::query_as("SELECT name FROM agents WHERE org = $1 AND name = $2 AND jwt_provider = $3")
+                    .bind(&org)
+                    .bind(name)
+                    .bind(&provider)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            if bound.is_some() {
+                unbind_in_tx!(tx, &org, name, actor, at, Some(format!("idp {provider}")))?;
+                tx.commit().await.map_err(db_err)?;
+            }
+            bound.is_some()
         });
+        if !unbound {
+            return Err(VaultError::refused(
+                ErrorCode::AttachmentNotFound,
+                format!("agent `{name}` is no longer bound to `{provider}`"),
+            ));
+        }
         let mut change = DirectoryChange::new(&org, format!("@agent/{name}"), AuditAction::AgentUnbindJwt, actor);
         change.agent = Some(name);
+        change.detail = Some(format!("idp {provider}"));
         self.changed(&change);
         Ok(())
     }
