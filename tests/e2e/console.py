@@ -84,7 +84,7 @@ def main():
         seen["cookie"] = {k: cookie.get(k) for k in ("httpOnly", "sameSite", "path")}
 
         # Add an api-key credential through the form the plugin describes.
-        go("/ui/credentials/new?scheme=api-key")
+        go("/ui/new-credential?scheme=api-key")
         form = d.find_element(By.ID, "credential-form")
         seen["form_fields"] = sorted(
             e.get_attribute("name") for e in form.find_elements(By.CSS_SELECTOR, "input[name^='config.'], input[name^='secret.']")
@@ -126,7 +126,7 @@ def main():
         seen["list_shows_disabled"] = "disabled" in d.find_element(By.ID, "credentials").text
 
         # Markup in a value is text, never an element.
-        go("/ui/credentials/new?scheme=api-key")
+        go("/ui/new-credential?scheme=api-key")
         form = d.find_element(By.ID, "credential-form")
         form.find_element(By.NAME, "name").send_keys("markup-key")
         form.find_element(By.NAME, "config.prefix").send_keys(MARKUP)

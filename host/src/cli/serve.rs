@@ -105,8 +105,19 @@ pub async fn serve(
             )
         })?);
     }
+    // The proxy's paths must not hide the broker's own.
+    let prefix = args.proxy_prefix.trim_matches('/');
+    if prefix.is_empty() || ["ui", "v1", "healthz", "readyz", "metrics"].contains(&prefix) || prefix.contains('/') {
+        return Err(Failure::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "--proxy-prefix `{prefix}`: give one path segment that is not `ui`, `v1`, `healthz`, `readyz` or \
+                 `metrics` (the broker's own paths)"
+            ),
+        ));
+    }
     let config = ServerConfig {
-        proxy_prefix: args.proxy_prefix.trim_matches('/').to_string(),
+        proxy_prefix: prefix.to_string(),
         max_body: args.max_body,
         address_policy: net::AddressPolicy { allow },
         tls: net::TlsOptions { extra_ca_files: args.ca_files.clone(), no_system_roots: false },
@@ -159,6 +170,12 @@ pub async fn serve(
         vault.location().display(),
         args.proxy_prefix.trim_matches('/')
     );
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    if state.config.admin_token_sha256.is_some() {
+        eprintln!("latchkey: console at {scheme}://{local}/ui (sign in with the admin token)");
+    } else {
+        eprintln!("latchkey: admin API and console off: set LATCHKEY_ADMIN_TOKEN to enable them");
+    }
     tracing::info!(%local, backend = vault.location().backend(), "latchkey serving");
     let served = match acceptor {
         Some(acceptor) => server::serve_tls(listener, acceptor, state, shutdown_signal()).await,

@@ -275,7 +275,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/static/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
         .route("/static/console.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], JS) }))
         .route("/credentials", get(credentials).post(create_credential))
-        .route("/credentials/new", get(new_credential))
+        .route("/new-credential", get(new_credential))
         .route("/credentials/{name}", get(credential))
         .route("/credentials/{name}/{action}", post(credential_action))
         .route("/routes", get(routes_page).post(add_route))
@@ -557,7 +557,7 @@ async fn credentials(c: Console, State(app): State<Arc<AppState>>, Query(q): Que
                 @for s in ["all", "enabled", "disabled"] { option value=(s) selected[state == s] { (s) } }
             }
             button type="submit" { "Filter" }
-            a.button href="/ui/credentials/new" id="add-credential" { "Add a credential" }
+            a.button href="/ui/new-credential" id="add-credential" { "Add a credential" }
         }
         @if shown.is_empty() {
             p.none { @if all.is_empty() { "No credentials in " (c.org) " yet." } @else { "No credential matches." } }
@@ -619,7 +619,7 @@ async fn credential_form(app: &AppState, c: &Console, scheme: Option<&str>, type
             p { "Choose the scheme that applies the credential:" }
             ul.schemes {
                 @for p in &plugins {
-                    li { a href={ "/ui/credentials/new?scheme=" (seg(&p.name)) } { (p.name) } " — " (p.description) }
+                    li { a href={ "/ui/new-credential?scheme=" (seg(&p.name)) } { (p.name) } " — " (p.description) }
                 }
             }
         };
