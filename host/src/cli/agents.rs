@@ -162,6 +162,9 @@ pub enum IdpCmd {
         /// The claim naming the agent.
         #[arg(long, default_value = "sub")]
         subject_claim: String,
+        /// The longest a token may live (its exp after its iat and after now): 5m, 1h, 1d [default: 1d].
+        #[arg(long, value_name = "DURATION")]
+        max_token_lifetime: Option<String>,
         /// The organisation [default: default].
         #[arg(long, env = "LATCHKEY_ORG")]
         org: Option<String>,
@@ -506,7 +509,20 @@ fn print_idp(v: &IdpView, json: bool) {
 pub async fn idp(vault: &Vault, cmd: IdpCmd) -> Result<(), Failure> {
     use latchkey::vault::identity::{DEFAULT_REFRESH_SECONDS, IdentityProvider, JwksSource};
     match cmd {
-        IdpCmd::Add { name, issuer, alg, jwks_url, jwks_file, audience, leeway, refresh, subject_claim, org, json } => {
+        IdpCmd::Add {
+            name,
+            issuer,
+            alg,
+            jwks_url,
+            jwks_file,
+            audience,
+            leeway,
+            refresh,
+            subject_claim,
+            max_token_lifetime,
+            org,
+            json,
+        } => {
             let jwks = match (jwks_url, jwks_file) {
                 (Some(url), _) => JwksSource::Url(url),
                 (None, Some(file)) => JwksSource::Static(std::fs::read_to_string(&file).map_err(|e| {
@@ -530,6 +546,15 @@ pub async fn idp(vault: &Vault, cmd: IdpCmd) -> Result<(), Failure> {
                 jwks,
                 refresh_seconds,
                 subject_claim,
+                max_token_lifetime_seconds: match max_token_lifetime {
+                    None => latchkey::vault::identity::DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
+                    Some(m) => parse_duration(&m).map(|d| d.whole_seconds()).ok_or_else(|| {
+                        Failure::new(
+                            ErrorCode::InvalidArgument,
+                            format!("--max-token-lifetime `{m}`: give 5m, 1h or 1d"),
+                        )
+                    })?,
+                },
             };
             vault.put_identity_provider(&p, &cli_actor()).await?;
             if json {

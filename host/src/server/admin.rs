@@ -1028,6 +1028,9 @@ struct IdpBody {
     /// The claim that names the agent.
     #[schema(default = "sub")]
     subject_claim: Option<String>,
+    /// The longest a token may live, 60 seconds to 30 days.
+    #[schema(default = json!(crate::vault::identity::DEFAULT_MAX_TOKEN_LIFETIME_SECONDS))]
+    max_token_lifetime_seconds: Option<i64>,
 }
 
 /// Add or replace an identity provider
@@ -1067,6 +1070,9 @@ async fn put_idp(
         jwks,
         refresh_seconds: b.refresh_seconds.unwrap_or(crate::vault::identity::DEFAULT_REFRESH_SECONDS),
         subject_claim: b.subject_claim.unwrap_or_else(|| "sub".into()),
+        max_token_lifetime_seconds: b
+            .max_token_lifetime_seconds
+            .unwrap_or(crate::vault::identity::DEFAULT_MAX_TOKEN_LIFETIME_SECONDS),
     };
     app.vault.put_identity_provider(&p, &admin.actor).await?;
     Ok((StatusCode::CREATED, Json(IdpView::from(&p))))

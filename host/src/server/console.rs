@@ -1192,6 +1192,7 @@ async fn idps(c: Console, State(app): State<Arc<AppState>>) -> Response {
             label { "Clock-skew leeway, seconds (0 to 300) " input type="text" name="leeway" value=(crate::vault::identity::DEFAULT_LEEWAY_SECONDS); }
             label { "Key set refresh (90s, 5m, 1h) " input type="text" name="refresh" value="5m"; }
             label { "Claim naming the agent " input type="text" name="subject_claim" value="sub"; }
+            label { "Longest token lifetime (5m, 1h, 1d) " input type="text" name="max_lifetime" value="1d"; }
             p.hint { "Saving a provider of an existing name replaces all of its settings with these." }
             button type="submit" { "Save" }
         }
@@ -1222,6 +1223,7 @@ async fn add_idp(c: Console, State(app): State<Arc<AppState>>, Form(form): Form<
         jwks,
         refresh_seconds: crate::text::parse_duration_seconds(&f.text("refresh")).unwrap_or(-1),
         subject_claim: Some(f.text("subject_claim")).filter(|c| !c.is_empty()).unwrap_or_else(|| "sub".into()),
+        max_token_lifetime_seconds: crate::text::parse_duration_seconds(&f.text("max_lifetime")).unwrap_or(-1),
     };
     match app.vault.put_identity_provider(&p, &c.actor).await {
         Ok(()) => c.flash(&app, true, format!("Identity provider {} saved.", p.name)),

@@ -357,7 +357,29 @@ pub async fn authenticate(app: &Arc<AppState>, token: &str) -> Result<Agent, Api
                 let subject = claims.get(&p.subject_claim).and_then(|s| s.as_str()).ok_or_else(|| {
                     rejected(format!("the verified token has no string `{}` claim naming the agent", p.subject_claim))
                 })?;
-                if let Some(exp) = claims.get("exp").and_then(serde_json::Value::as_i64) {
+                // The provider's longest lifetime (THREATS.md case 42): an
+                // `exp` far ahead, or far after `iat`, is refused, so a token
+                // minted to live for ever does not.
+                let max = p.max_token_lifetime_seconds;
+                let exp = claims.get("exp").and_then(serde_json::Value::as_i64);
+                let iat = claims.get("iat").and_then(serde_json::Value::as_i64);
+                let too_long = match exp {
+                    None => true,
+                    Some(exp) => {
+                        exp.saturating_sub(unix_now) > max.saturating_add(p.leeway_seconds)
+                            || iat.is_some_and(|iat| exp.saturating_sub(iat) > max)
+                    }
+                };
+                if too_long {
+                    tracing::warn!(idp = %p.name, "JWT lives longer than its identity provider allows");
+                    last = Some(rejected(format!(
+                        "JWT rejected by identity provider `{}`: its exp must be an integer at most {max} s after \
+                         its iat and after now (the provider's longest token lifetime)",
+                        p.name
+                    )));
+                    continue;
+                }
+                if let Some(exp) = exp {
                     let until = exp.min(unix_now + VERIFIED_FOR);
                     let v = Verified {
                         org: p.org.clone(),

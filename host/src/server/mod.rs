@@ -395,6 +395,16 @@ async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Nex
     if let Ok(v) = HeaderValue::from_str(&id) {
         req.headers_mut().insert("x-request-id", v);
     }
+    if let Some(why) = ambiguous_framing(req.headers()) {
+        let mut response = ApiError::new(ErrorCode::InvalidRequest, why).into_response();
+        // Nothing after this request on the connection is read as another.
+        response.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert("x-request-id", v);
+        }
+        tracing::warn!(request_id = %id, reason = why, "refused a request with ambiguous framing");
+        return response;
+    }
     // The path only, never the query: queries can carry keys; a token in
     // the path (`DELETE /v1/admin/tokens/lk_reg_…` given a whole token) is
     // logged redacted.
@@ -404,6 +414,31 @@ async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Nex
         response.headers_mut().insert("x-request-id", v);
     }
     response
+}
+
+/// Why a request's body framing could be read two ways (THREATS.md case
+/// 30), or `None`. hyper reads a body by `Transfer-Encoding` when both are
+/// present and accepts codings before `chunked`; a front proxy that reads
+/// `Content-Length` instead would see another request where hyper sees
+/// body. Such requests are refused and their connection closed.
+fn ambiguous_framing(headers: &axum::http::HeaderMap) -> Option<&'static str> {
+    use axum::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    let lengths: Vec<&[u8]> = headers.get_all(CONTENT_LENGTH).iter().map(|v| v.as_bytes()).collect();
+    let codings: Vec<&[u8]> = headers.get_all(TRANSFER_ENCODING).iter().map(|v| v.as_bytes()).collect();
+    if !lengths.is_empty() && !codings.is_empty() {
+        return Some("the request has both Content-Length and Transfer-Encoding");
+    }
+    if lengths.len() > 1 {
+        return Some("the request has more than one Content-Length");
+    }
+    if lengths.first().is_some_and(|l| l.is_empty() || !l.iter().all(u8::is_ascii_digit)) {
+        return Some("Content-Length must be digits only");
+    }
+    let only_chunked = matches!(codings.as_slice(), [one] if one.eq_ignore_ascii_case(b"chunked"));
+    if !codings.is_empty() && !only_chunked {
+        return Some("the only transfer coding accepted is `chunked`, once");
+    }
+    None
 }
 
 /// A request path as logs show it: control characters escaped, capped,

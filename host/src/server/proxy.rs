@@ -333,6 +333,19 @@ pub(super) fn upstream_error(host: &str, e: &hyper_util::client::legacy::Error) 
     if let Some(refused) = super::net::AddressRefused::find(e) {
         return ApiError::new(ErrorCode::UpstreamAddressRefused, refused.to_string());
     }
+    // The body being streamed from the agent failed (a malformed chunk, a
+    // connection cut mid-body): the agent's request is at fault, not the
+    // upstream, and the broker's connection to the agent closes.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user) {
+            return ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("the request body could not be read: {}", error_chain(e)),
+            );
+        }
+        cause = c.source();
+    }
     ApiError::new(ErrorCode::UpstreamUnreachable, format!("could not reach `{host}`: {}", error_chain(e)))
 }
 

@@ -137,6 +137,8 @@ pub struct IdpView {
     pub refresh_seconds: i64,
     /// The claim that names the agent.
     pub subject_claim: String,
+    /// The longest a token may live, in seconds (`exp` after `iat` and after now).
+    pub max_token_lifetime_seconds: i64,
 }
 
 impl From<&IdentityProvider> for IdpView {
@@ -156,6 +158,7 @@ impl From<&IdentityProvider> for IdpView {
             jwks,
             refresh_seconds: p.refresh_seconds,
             subject_claim: p.subject_claim.clone(),
+            max_token_lifetime_seconds: p.max_token_lifetime_seconds,
         }
     }
 }

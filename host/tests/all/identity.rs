@@ -116,6 +116,7 @@ fn provider(name: &str, alg: &str, jwks: JwksSource) -> IdentityProvider {
         jwks,
         refresh_seconds: 300,
         subject_claim: "sub".into(),
+        max_token_lifetime_seconds: 3_600,
     }
 }
 
@@ -194,6 +195,20 @@ async fn jwt_identity(backend: Backend) {
     c["nbf"] = serde_json::json!(now() + 300);
     let (s, v, _) = call(jwt(serde_json::json!({"alg": "RS256", "kid": "r1"}), c, Signer::Rsa(&rsa))).await;
     refused(&v, s, 401, "token_rejected", "not valid before");
+    // Longer than the provider's longest token lifetime (an hour here):
+    // an exp two hours ahead, 2^63 - 1, or two hours after its iat.
+    let mut c = claims("svc-ci", 300);
+    c["exp"] = serde_json::json!(now() + 7_200);
+    let (s, v, _) = call(jwt(serde_json::json!({"alg": "RS256", "kid": "r1"}), c, Signer::Rsa(&rsa))).await;
+    refused(&v, s, 401, "token_rejected", "longest token lifetime");
+    let mut c = claims("svc-ci", 300);
+    c["exp"] = serde_json::json!(i64::MAX);
+    let (s, v, _) = call(jwt(serde_json::json!({"alg": "RS256", "kid": "r1"}), c, Signer::Rsa(&rsa))).await;
+    refused(&v, s, 401, "token_rejected", "");
+    let mut c = claims("svc-ci", 300);
+    c["iat"] = serde_json::json!(now() - 7_200);
+    let (s, v, _) = call(jwt(serde_json::json!({"alg": "RS256", "kid": "r1"}), c, Signer::Rsa(&rsa))).await;
+    refused(&v, s, 401, "token_rejected", "longest token lifetime");
     let mut c = claims("svc-ci", 300);
     c["aud"] = serde_json::json!("someone-else");
     let (s, v, _) = call(jwt(serde_json::json!({"alg": "RS256", "kid": "r1"}), c, Signer::Rsa(&rsa))).await;

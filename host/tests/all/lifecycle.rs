@@ -57,6 +57,7 @@ fn idp(name: &str, issuer: &str, jwks: &str) -> IdentityProvider {
         jwks: JwksSource::Static(jwks.into()),
         refresh_seconds: 300,
         subject_claim: "sub".into(),
+        max_token_lifetime_seconds: 3_600,
     }
 }
 

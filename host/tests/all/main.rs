@@ -20,6 +20,7 @@ mod s3_upstream;
 mod schemes;
 mod serve_cli;
 mod server;
+mod smuggling;
 mod support;
 mod vault;
 mod vault_crash;

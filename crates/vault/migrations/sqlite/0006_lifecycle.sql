@@ -14,3 +14,7 @@ WHERE kind = 'agent'
     SELECT 1 FROM agents a, credentials c
     WHERE c.id = credential_attachments.credential_id AND a.org = c.org AND a.name = credential_attachments.name
   );
+
+-- The longest lifetime a provider's tokens may have (exp after iat and
+-- after now); a token claiming to live longer is refused.
+ALTER TABLE identity_providers ADD COLUMN max_token_lifetime_seconds INTEGER NOT NULL DEFAULT 86400;

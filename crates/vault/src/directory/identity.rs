@@ -23,6 +23,8 @@ pub const PROVIDER_ALGS: [&str; 3] = ["RS256", "ES256", "EdDSA"];
 pub const DEFAULT_REFRESH_SECONDS: i64 = 300;
 /// Default clock-skew allowance.
 pub const DEFAULT_LEEWAY_SECONDS: i64 = 60;
+/// The default longest token lifetime an identity provider accepts.
+pub const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS: i64 = 86_400;
 /// The largest inline JWKS accepted.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 
@@ -56,6 +58,10 @@ pub struct IdentityProvider {
     pub refresh_seconds: i64,
     /// The claim that names the agent (`sub` unless set).
     pub subject_claim: String,
+    /// The longest a token may live: its `exp` at most this far after its
+    /// `iat` and after now (60 seconds to 30 days). An `exp` of 2^63 is
+    /// refused, not trusted for ever.
+    pub max_token_lifetime_seconds: i64,
 }
 
 impl IdentityProvider {
@@ -96,6 +102,9 @@ impl IdentityProvider {
         }
         if !(60..=86_400).contains(&self.refresh_seconds) {
             return bad("the JWKS refresh interval is 60 seconds to 1 day".into());
+        }
+        if !(60..=30 * 86_400).contains(&self.max_token_lifetime_seconds) {
+            return bad("the longest token lifetime is 60 seconds to 30 days".into());
         }
         if self.subject_claim.is_empty() || self.subject_claim.len() > 64 {
             return bad("the subject claim name must be 1 to 64 characters".into());
@@ -188,10 +197,12 @@ macro_rules! unbind_in_tx {
     }};
 }
 
-type ProviderRow = (String, String, String, String, Option<String>, i64, Option<String>, Option<String>, i64, String);
+type ProviderRow =
+    (String, String, String, String, Option<String>, i64, Option<String>, Option<String>, i64, String, i64);
 
 fn from_row(r: ProviderRow) -> IdentityProvider {
-    let (org, name, issuer, alg, audience, leeway_seconds, jwks_url, jwks_json, refresh_seconds, subject_claim) = r;
+    let (org, name, issuer, alg, audience, leeway_seconds, jwks_url, jwks_json, refresh_seconds, subject_claim, max) =
+        r;
     IdentityProvider {
         org,
         name,
@@ -205,6 +216,7 @@ fn from_row(r: ProviderRow) -> IdentityProvider {
         },
         refresh_seconds,
         subject_claim,
+        max_token_lifetime_seconds: max,
     }
 }
 
@@ -242,9 +254,11 @@ impl Vault {
             }
             sqlx::query(
                 "INSERT INTO identity_providers (org, name, issuer, alg, audience, leeway_seconds, jwks_url, jwks_json, \
-                 refresh_seconds, subject_claim, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 refresh_seconds, subject_claim, created_at, max_token_lifetime_seconds) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                  ON CONFLICT (org, name) DO UPDATE SET issuer = $3, alg = $4, audience = $5, leeway_seconds = $6, \
-                 jwks_url = $7, jwks_json = $8, refresh_seconds = $9, subject_claim = $10",
+                 jwks_url = $7, jwks_json = $8, refresh_seconds = $9, subject_claim = $10, \
+                 max_token_lifetime_seconds = $12",
             )
             .bind(&p.org)
             .bind(&p.name)
@@ -257,6 +271,7 @@ impl Vault {
             .bind(p.refresh_seconds)
             .bind(&p.subject_claim)
             .bind(now)
+            .bind(p.max_token_lifetime_seconds)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
@@ -272,7 +287,8 @@ impl Vault {
         let rows: Vec<ProviderRow> = on_db!(self.db(), pool => {
             sqlx::query_as(
                 "SELECT org, name, issuer, alg, audience, leeway_seconds, jwks_url, jwks_json, refresh_seconds, \
-                 subject_claim FROM identity_providers WHERE ($1 IS NULL OR org = $1) ORDER BY org, name",
+                 subject_claim, max_token_lifetime_seconds FROM identity_providers \
+                 WHERE ($1 IS NULL OR org = $1) ORDER BY org, name",
             )
             .bind(org)
             .fetch_all(pool)
