@@ -13,6 +13,7 @@ mod directory;
 mod hostile;
 mod identity;
 mod lifecycle;
+mod log_injection;
 mod openapi;
 mod pipeline;
 mod s3;
