@@ -203,6 +203,19 @@ impl Console {
         app.console.with(&self.id, |s| s.flash.push(Flash { ok, text }));
     }
 
+    /// Flash what a change did: its message, or the refusal with its code.
+    fn report(&self, app: &AppState, result: Result<String, VaultError>) {
+        match result {
+            Ok(msg) => self.flash(app, true, msg),
+            Err(e) => self.refused(app, &e),
+        }
+    }
+
+    /// Flash a refusal with its stable code.
+    fn refused(&self, app: &AppState, e: &VaultError) {
+        self.flash(app, false, format!("{e} ({})", e.code()));
+    }
+
     /// The form's fields, once its CSRF token is the session's.
     fn checked(&self, form: Vec<(String, String)>) -> Result<Fields, Box<Response>> {
         let fields = Fields(form);
@@ -855,17 +868,14 @@ async fn credential_action(
                     back("/ui/credentials")
                 }
                 Err(e) => {
-                    c.flash(&app, false, format!("{e} ({})", e.code()));
+                    c.refused(&app, &e);
                     back(&base)
                 }
             };
         }
         _ => return (StatusCode::NOT_FOUND, message_page("Not found", "No such action.")).into_response(),
     };
-    match result {
-        Ok(msg) => c.flash(&app, true, msg),
-        Err(e) => c.flash(&app, false, format!("{e} ({})", e.code())),
-    }
+    c.report(&app, result);
     back(&base)
 }
 
@@ -917,10 +927,7 @@ async fn add_route(c: Console, State(app): State<Arc<AppState>>, Form(form): For
         mock: f.on("mock"),
         check_path: Some(f.text("check_path")).filter(|p| !p.is_empty()),
     };
-    match app.vault.put_route(&route, &c.actor).await {
-        Ok(()) => c.flash(&app, true, format!("Route {} saved.", route.name)),
-        Err(e) => c.flash(&app, false, format!("{e} ({})", e.code())),
-    }
+    c.report(&app, app.vault.put_route(&route, &c.actor).await.map(|()| format!("Route {} saved.", route.name)));
     back("/ui/routes")
 }
 
@@ -936,7 +943,7 @@ async fn delete_route(
     match app.vault.delete_route(&c.org, &name, &c.actor).await {
         Ok(true) => c.flash(&app, true, format!("Route {name} deleted.")),
         Ok(false) => c.flash(&app, false, format!("No route named {name}.")),
-        Err(e) => c.flash(&app, false, format!("{e} ({})", e.code())),
+        Err(e) => c.refused(&app, &e),
     }
     back("/ui/routes")
 }
@@ -1035,7 +1042,7 @@ async fn create_agent(
             reveal(&app, &c, "agents", "Agent token", what, issued.token.expose())
         }
         Err(e) => {
-            c.flash(&app, false, format!("{e} ({})", e.code()));
+            c.refused(&app, &e);
             back("/ui/agents")
         }
     }
@@ -1067,7 +1074,7 @@ async fn agent_action(
                     reveal(&app, &c, "agents", "Agent token", what, issued.token.expose())
                 }
                 Err(e) => {
-                    c.flash(&app, false, format!("{e} ({})", e.code()));
+                    c.refused(&app, &e);
                     back("/ui/agents")
                 }
             };
@@ -1081,10 +1088,7 @@ async fn agent_action(
         }),
         _ => return (StatusCode::NOT_FOUND, message_page("Not found", "No such action.")).into_response(),
     };
-    match result {
-        Ok(msg) => c.flash(&app, true, msg),
-        Err(e) => c.flash(&app, false, format!("{e} ({})", e.code())),
-    }
+    c.report(&app, result);
     back("/ui/agents")
 }
 
@@ -1142,7 +1146,7 @@ async fn create_token(
             reveal(&app, &c, "tokens", "Registration token", what, t.token.expose())
         }
         Err(e) => {
-            c.flash(&app, false, format!("{e} ({})", e.code()));
+            c.refused(&app, &e);
             back("/ui/tokens")
         }
     }
@@ -1157,10 +1161,8 @@ async fn revoke_token(
     if let Err(r) = c.checked(form) {
         return *r;
     }
-    match app.vault.revoke_registration_token(&c.org, &prefix, &c.actor).await {
-        Ok(_) => c.flash(&app, true, format!("Token {prefix} revoked.")),
-        Err(e) => c.flash(&app, false, format!("{e} ({})", e.code())),
-    }
+    let revoked = app.vault.revoke_registration_token(&c.org, &prefix, &c.actor).await;
+    c.report(&app, revoked.map(|_| format!("Token {prefix} revoked.")));
     back("/ui/tokens")
 }
 
@@ -1225,10 +1227,8 @@ async fn add_idp(c: Console, State(app): State<Arc<AppState>>, Form(form): Form<
         subject_claim: Some(f.text("subject_claim")).filter(|c| !c.is_empty()).unwrap_or_else(|| "sub".into()),
         max_token_lifetime_seconds: crate::text::parse_duration_seconds(&f.text("max_lifetime")).unwrap_or(-1),
     };
-    match app.vault.put_identity_provider(&p, &c.actor).await {
-        Ok(()) => c.flash(&app, true, format!("Identity provider {} saved.", p.name)),
-        Err(e) => c.flash(&app, false, format!("{e} ({})", e.code())),
-    }
+    let saved = app.vault.put_identity_provider(&p, &c.actor).await;
+    c.report(&app, saved.map(|()| format!("Identity provider {} saved.", p.name)));
     back("/ui/idps")
 }
 
@@ -1247,7 +1247,7 @@ async fn delete_idp(
         Ok(unbound) => {
             c.flash(&app, true, format!("Identity provider {name} deleted; unbound {}.", unbound.join(", ")))
         }
-        Err(e) => c.flash(&app, false, format!("{e} ({})", e.code())),
+        Err(e) => c.refused(&app, &e),
     }
     back("/ui/idps")
 }

@@ -3,10 +3,7 @@
 //! header — are escaped in the broker's text logs, so no forged line and no
 //! terminal escape reaches them.
 
-use std::io::BufRead as _;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,7 +13,8 @@ use crate::server::http;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_characters_from_requests_are_escaped_in_logs() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+    serve
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("LATCHKEY_DATA_DIR", dir.path().join("data"))
         .env_remove("LATCHKEY_MASTER_KEY")
@@ -24,26 +22,8 @@ async fn control_characters_from_requests_are_escaped_in_logs() {
         .env_remove("LATCHKEY_DATABASE_URL")
         .env_remove("LATCHKEY_CONFIG")
         .env_remove("LATCHKEY_LOG_FORMAT")
-        .env("LATCHKEY_LOG", "debug")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    let reader = {
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("serving on http://").nth(1) {
-                    let _ = addr_tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        })
-    };
-    let addr = addr_rx.recv_timeout(Duration::from_secs(60)).expect("the broker printed its address");
+        .env("LATCHKEY_LOG", "debug");
+    let (mut child, addr, lines, reader) = crate::serve_cli::serve_capturing(&mut serve);
     let base = format!("http://{addr}");
 
     // A JWT whose issuer carries a forged log line and a colour escape.

@@ -35,6 +35,31 @@ fn run(data: &std::path::Path, args: &[&str]) -> String {
     stdout.into_owned()
 }
 
+/// Start `latchkey serve` from `cmd`, collecting its standard error line
+/// by line: the child, the address it serves on, the lines so far, and
+/// the thread reading them (done once the child exits).
+pub(crate) fn serve_capturing(
+    cmd: &mut Command,
+) -> (std::process::Child, String, Arc<Mutex<Vec<String>>>, std::thread::JoinHandle<()>) {
+    let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    let reader = {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("serving on http://").nth(1) {
+                    let _ = addr_tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    let addr = addr_rx.recv_timeout(Duration::from_secs(60)).expect("the broker printed its address");
+    (child, addr, lines, reader)
+}
+
 /// A plain-HTTP upstream that checks the key; `/slow` is held by `gate`.
 async fn upstream(gate: Gate) -> u16 {
     let check = |h: &HeaderMap| h.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {KEY}"));
@@ -121,29 +146,12 @@ async fn serve_with_json_logs_jwt_agents_and_sigterm() {
     }
 
     // The broker, with JSON logs.
-    let mut child = latchkey(&data)
+    let mut serve = latchkey(&data);
+    serve
         .args(["serve", "--listen", "127.0.0.1:0", "--allow-upstream-network", "127.0.0.0/8"])
         .env("LATCHKEY_LOG_FORMAT", "json")
-        .env("LATCHKEY_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    let reader = {
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("serving on http://").nth(1) {
-                    let _ = addr_tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        })
-    };
-    let addr = addr_rx.recv_timeout(Duration::from_secs(60)).expect("the broker printed its address");
+        .env("LATCHKEY_LOG", "info");
+    let (mut child, addr, lines, reader) = serve_capturing(&mut serve);
     let base = format!("http://{addr}");
 
     // An agent token and a JWT both reach the upstream with the key.
