@@ -290,13 +290,6 @@ pub async fn token(vault: &Vault, cmd: TokenCmd) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn agent_view(vault: &Vault, org: &str, name: &str) -> Result<AgentView, Failure> {
-    let agent = vault.require_agent(org, name).await?;
-    let credentials =
-        vault.agent_credentials(Some(org)).await?.remove(&(agent.org.clone(), agent.name.clone())).unwrap_or_default();
-    Ok(AgentView::new(agent, credentials))
-}
-
 fn print_agent(v: &AgentView, json: bool, what: &str) {
     if json {
         return output::json(v);
@@ -353,7 +346,7 @@ pub async fn agent(vault: &Vault, cmd: AgentCmd) -> Result<(), Failure> {
         AgentCmd::BindJwt { name, idp, subject, org, json } => {
             let org = org_of(&org)?;
             let created = vault.bind_agent_jwt(&org, &name, &idp, &subject, &actor).await?;
-            let v = agent_view(vault, &org, &name).await?;
+            let v = AgentView::load(vault, &org, &name).await?;
             let what = format!(
                 "is identified by JWTs from `{idp}` with subject `{subject}`{}",
                 if created { " (created, no token)" } else { "" }
@@ -363,7 +356,7 @@ pub async fn agent(vault: &Vault, cmd: AgentCmd) -> Result<(), Failure> {
         AgentCmd::UnbindJwt(a) => {
             let org = org_of(&a.org)?;
             vault.unbind_agent_jwt(&org, &a.name, &actor).await?;
-            print_agent(&agent_view(vault, &org, &a.name).await?, a.json, "is no longer bound to a JWT identity");
+            print_agent(&AgentView::load(vault, &org, &a.name).await?, a.json, "is no longer bound to a JWT identity");
         }
         AgentCmd::List(l) => {
             let org = list_org(&l.org)?;
@@ -380,7 +373,7 @@ pub async fn agent(vault: &Vault, cmd: AgentCmd) -> Result<(), Failure> {
             }
             t.print(&format!("no agents{}", output::scope(org.as_deref())));
         }
-        AgentCmd::Show(a) => print_agent(&agent_view(vault, &org_of(&a.org)?, &a.name).await?, a.json, ""),
+        AgentCmd::Show(a) => print_agent(&AgentView::load(vault, &org_of(&a.org)?, &a.name).await?, a.json, ""),
         AgentCmd::Disable(a) => set_disabled(vault, a, true).await?,
         AgentCmd::Enable(a) => set_disabled(vault, a, false).await?,
         AgentCmd::ReissueToken(a) => {
@@ -406,20 +399,13 @@ async fn set_disabled(vault: &Vault, a: Named, disabled: bool) -> Result<(), Fai
     let org = org_of(&a.org)?;
     vault.require_agent(&org, &a.name).await?;
     vault.set_agent_disabled(&org, &a.name, disabled, &cli_actor()).await?;
-    let v = agent_view(vault, &org, &a.name).await?;
+    let v = AgentView::load(vault, &org, &a.name).await?;
     if a.json {
         output::json(&v);
     } else {
         out!("agent `{}` is {}", a.name, v.state);
     }
     Ok(())
-}
-
-async fn route_named(vault: &Vault, org: &str, name: &str) -> Result<Route, Failure> {
-    vault
-        .route(org, name)
-        .await?
-        .ok_or_else(|| Failure::new(ErrorCode::RouteNotFound, format!("no route named `{name}` in `{org}`")))
 }
 
 fn print_route(v: &RouteView, json: bool) {
@@ -447,7 +433,7 @@ pub async fn route(vault: &Vault, cmd: RouteCmd) -> Result<(), Failure> {
                 check_path,
             };
             vault.put_route(&route, &cli_actor()).await?;
-            let v = RouteView::from(&route_named(vault, &org, &name).await?);
+            let v = RouteView::from(&vault.require_route(&org, &name).await?);
             if json {
                 output::json(&v);
             } else {
@@ -473,11 +459,11 @@ pub async fn route(vault: &Vault, cmd: RouteCmd) -> Result<(), Failure> {
             t.print(&format!("no routes{}", output::scope(org.as_deref())));
         }
         RouteCmd::Show(a) => {
-            print_route(&RouteView::from(&route_named(vault, &org_of(&a.org)?, &a.name).await?), a.json)
+            print_route(&RouteView::from(&vault.require_route(&org_of(&a.org)?, &a.name).await?), a.json)
         }
         RouteCmd::Delete(a) => {
             let org = org_of(&a.org)?;
-            let route = route_named(vault, &org, &a.name).await?;
+            let route = vault.require_route(&org, &a.name).await?;
             if !vault.delete_route(&org, &a.name, &cli_actor()).await? {
                 return Err(Failure::new(ErrorCode::RouteNotFound, format!("no route named `{}` in `{org}`", a.name)));
             }

@@ -669,13 +669,6 @@ async fn put_route(
     Ok((StatusCode::CREATED, Json(RouteView::from(&stored))))
 }
 
-async fn route_named(app: &AppState, org: &str, name: &str) -> Result<Route, ApiError> {
-    app.vault
-        .route(org, name)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::RouteNotFound, format!("no route named `{name}` in `{org}`")))
-}
-
 /// Show a route
 #[utoipa::path(
     get,
@@ -694,7 +687,7 @@ async fn get_route(
     Path(name): Path<String>,
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<RouteView>, ApiError> {
-    Ok(Json(RouteView::from(&route_named(&app, &org, &name).await?)))
+    Ok(Json(RouteView::from(&app.vault.require_route(&org, &name).await?)))
 }
 
 /// Delete a route
@@ -715,7 +708,7 @@ async fn delete_route(
     Path(name): Path<String>,
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<RouteView>, ApiError> {
-    let route = route_named(&app, &org, &name).await?;
+    let route = app.vault.require_route(&org, &name).await?;
     if !app.vault.delete_route(&org, &name, &admin.actor).await? {
         return Err(ApiError::new(ErrorCode::RouteNotFound, format!("no route named `{name}` in `{org}`")));
     }
@@ -786,13 +779,6 @@ async fn create_agent(
     Ok((StatusCode::CREATED, Json(AgentToken { name: issued.agent.name, org: issued.agent.org, token })))
 }
 
-async fn agent_view(app: &AppState, org: &str, name: &str) -> Result<AgentView, ApiError> {
-    let agent = app.vault.require_agent(org, name).await?;
-    let mut attached = app.vault.agent_credentials(Some(org)).await?;
-    let credentials = attached.remove(&(agent.org.clone(), agent.name.clone())).unwrap_or_default();
-    Ok(AgentView::new(agent, credentials))
-}
-
 /// Show an agent
 #[utoipa::path(
     get,
@@ -811,7 +797,7 @@ async fn get_agent(
     Path(name): Path<String>,
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<AgentView>, ApiError> {
-    Ok(Json(agent_view(&app, &org, &name).await?))
+    Ok(Json(AgentView::load(&app.vault, &org, &name).await?))
 }
 
 /// Delete an agent
@@ -891,7 +877,7 @@ async fn set_agent_disabled(
 ) -> Result<Json<AgentView>, ApiError> {
     app.vault.require_agent(org, name).await?;
     app.vault.set_agent_disabled(org, name, disabled, actor).await?;
-    Ok(Json(agent_view(app, org, name).await?))
+    Ok(Json(AgentView::load(&app.vault, org, name).await?))
 }
 
 /// Re-issue an agent's token
@@ -953,7 +939,7 @@ async fn bind_agent_jwt(
 ) -> Result<(StatusCode, Json<AgentView>), ApiError> {
     let created = app.vault.bind_agent_jwt(&org, &name, &b.idp, &b.subject, &admin.actor).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(agent_view(&app, &org, &name).await?)))
+    Ok((status, Json(AgentView::load(&app.vault, &org, &name).await?)))
 }
 
 /// Remove an agent's JWT binding
@@ -977,7 +963,7 @@ async fn unbind_agent_jwt(
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<AgentView>, ApiError> {
     app.vault.unbind_agent_jwt(&org, &name, &admin.actor).await?;
-    Ok(Json(agent_view(&app, &org, &name).await?))
+    Ok(Json(AgentView::load(&app.vault, &org, &name).await?))
 }
 
 /// List JWT identity providers

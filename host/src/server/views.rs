@@ -60,6 +60,18 @@ impl AgentView {
         }
     }
 
+    /// Agent `name` of `org` with the credentials it is attached to, or
+    /// `agent_not_found`.
+    pub async fn load(
+        vault: &crate::vault::Vault,
+        org: &str,
+        name: &str,
+    ) -> Result<AgentView, crate::vault::VaultError> {
+        let agent = vault.require_agent(org, name).await?;
+        let credentials = vault.credentials_of_agent(&agent.org, &agent.name).await?;
+        Ok(AgentView::new(agent, credentials))
+    }
+
     /// Every agent of `agents`, each with its credentials from `attached`
     /// ([`crate::vault::Vault::agent_credentials`]).
     pub fn all(agents: Vec<Agent>, attached: &BTreeMap<(String, String), Vec<String>>) -> Vec<AgentView> {

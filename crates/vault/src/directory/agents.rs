@@ -830,6 +830,18 @@ impl Vault {
         self.get_agent(org, name).await?.ok_or_else(|| agent_not_found(org, name))
     }
 
+    /// The credentials of `org` the agent `name` is attached to.
+    pub async fn credentials_of_agent(&self, org: &str, name: &str) -> Result<Vec<String>, VaultError> {
+        Ok(on_db!(self.db(), pool => { attached_credentials!(pool, org, name).map_err(db_err)? }))
+    }
+
+    /// The route `name` of `org`, or `route_not_found`.
+    pub async fn require_route(&self, org: &str, name: &str) -> Result<Route, VaultError> {
+        self.route(org, name)
+            .await?
+            .ok_or_else(|| VaultError::refused(ErrorCode::RouteNotFound, format!("no route named `{name}` in `{org}`")))
+    }
+
     /// The credentials each agent is attached to: (org, agent) → credential
     /// names, for every organisation or one.
     pub async fn agent_credentials(
