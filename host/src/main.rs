@@ -56,7 +56,7 @@ struct RuntimeArgs {
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     plugin_threads: Option<u16>,
     /// Calls of one plugin that one organisation may run at once, so a slow or looping plugin spends only its
-    /// own share [default: half the cores, at least 1; all organisations together: half the plugin threads].
+    /// own share [default: the number of cores; all organisations together: half the plugin threads].
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     plugin_concurrency: Option<u16>,
     /// Plugin calls of one organisation that may run at once [default: three quarters of the plugin threads].

@@ -13,10 +13,13 @@
 //!
 //! Written by hand rather than with a general thread pool crate: what is
 //! needed is admission by (plugin, organisation) *before* a thread is taken,
-//! which tokio's semaphores give, plus a plain job queue.
+//! which tokio's semaphores give, plus a job queue. The queue is `flume`'s
+//! multi-consumer channel: every thread waits on it directly, so handing a
+//! job over wakes one thread, where a receiver shared under a mutex woke a
+//! second one for the lock on every job.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -43,7 +46,9 @@ impl Default for PoolConfig {
         let threads = (cores * 2).max(4);
         PoolConfig {
             threads,
-            per_plugin: (cores / 2).max(1),
+            // One organisation's calls of one plugin may use as many
+            // threads as the plugin may across organisations: one core each.
+            per_plugin: cores.max(1),
             per_plugin_total: (threads / 2).max(1),
             per_org: (threads * 3 / 4).max(1),
             queue_timeout: Duration::from_secs(2),
@@ -71,7 +76,7 @@ pub enum PoolError {
 /// The pool: threads, a job queue, and the permits.
 pub struct CallPool {
     config: PoolConfig,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Mutex<Option<flume::Sender<Job>>>,
     plugins: Shares<Arc<str>>,
     org_plugins: Shares<(String, Arc<str>)>,
     orgs: Shares<String>,
@@ -86,25 +91,15 @@ impl std::fmt::Debug for CallPool {
 impl CallPool {
     /// Start the threads.
     pub fn start(config: PoolConfig) -> CallPool {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+        let (tx, rx) = flume::unbounded::<Job>();
         for i in 0..config.threads.max(1) {
             let rx = rx.clone();
             let _ = std::thread::Builder::new().name(format!("latchkey-plugin-{i}")).spawn(move || {
-                loop {
-                    // The lock is held only while taking one job.
-                    let job = match rx.lock() {
-                        Ok(guard) => guard.recv(),
-                        Err(poisoned) => poisoned.into_inner().recv(),
-                    };
-                    match job {
-                        // A job that panics (a host bug) fails its own call
-                        // (its result sender drops) and the thread goes on.
-                        Ok(job) => {
-                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                        }
-                        Err(_) => return,
-                    }
+                // Ends when the queue closes (the pool is dropped).
+                while let Ok(job) = rx.recv() {
+                    // A job that panics (a host bug) fails its own call (its
+                    // result sender drops) and the thread goes on.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 }
             });
         }
@@ -143,6 +138,14 @@ impl CallPool {
         semaphore: Arc<Semaphore>,
         what: impl Fn() -> String,
     ) -> Result<OwnedSemaphorePermit, PoolError> {
+        // A free share is taken at once, with no timer to set up.
+        // (Queued waiters are handed released permits first, so this never
+        // overtakes them.)
+        match semaphore.clone().try_acquire_owned() {
+            Ok(p) => return Ok(p),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(PoolError::Stopped),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+        }
         match tokio::time::timeout(self.config.queue_timeout, semaphore.acquire_owned()).await {
             Ok(Ok(p)) => Ok(p),
             Ok(Err(_)) => Err(PoolError::Stopped),

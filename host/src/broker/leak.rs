@@ -54,7 +54,7 @@ pub fn find<'a>(texts: &[String], secrets: &'a BTreeMap<String, Secret>) -> Opti
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.len() <= hay.len() && hay.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// `text` and every decoding of it (and of its runs) worth searching.
@@ -79,17 +79,20 @@ fn encoded_runs(text: &str) -> Vec<Zeroizing<Vec<u8>>> {
     let mut out = Vec::new();
     let b64 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'=');
     for run in runs(text.as_bytes(), b64, 4) {
-        let trimmed: Vec<u8> = run.iter().copied().filter(|b| *b != b'=').collect();
+        // One copy of the run in the standard alphabet, without padding;
+        // each alignment decodes a slice of it.
+        let standard: Vec<u8> = run
+            .iter()
+            .filter(|b| **b != b'=')
+            .map(|b| match b {
+                b'-' => b'+',
+                b'_' => b'/',
+                b => *b,
+            })
+            .collect();
         // Every alignment: the run may start inside an encoded value.
-        for skip in 0..4.min(trimmed.len()) {
-            let part: Vec<u8> = trimmed[skip..]
-                .iter()
-                .map(|b| match b {
-                    b'-' => b'+',
-                    b'_' => b'/',
-                    b => *b,
-                })
-                .collect();
+        for skip in 0..4.min(standard.len()) {
+            let part = &standard[skip..];
             // A length of 4n+1 is never valid base64: drop the odd symbol.
             let len = if part.len() % 4 == 1 { part.len() - 1 } else { part.len() };
             if let Ok(d) = LENIENT.decode(&part[..len]) {
