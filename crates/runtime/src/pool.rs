@@ -76,7 +76,8 @@ pub enum PoolError {
 /// The pool: threads, a job queue, and the permits.
 pub struct CallPool {
     config: PoolConfig,
-    jobs: Mutex<Option<flume::Sender<Job>>>,
+    /// Taken (closed) only on drop, so sending needs no lock.
+    jobs: Option<flume::Sender<Job>>,
     plugins: Shares<Arc<str>>,
     org_plugins: Shares<(String, Arc<str>)>,
     orgs: Shares<String>,
@@ -105,7 +106,7 @@ impl CallPool {
         }
         CallPool {
             config,
-            jobs: Mutex::new(Some(tx)),
+            jobs: Some(tx),
             plugins: Mutex::default(),
             org_plugins: Mutex::default(),
             orgs: Mutex::default(),
@@ -202,11 +203,8 @@ impl CallPool {
             drop((own_permit, plugin_permit, org_permit));
             let _ = tx.send(out);
         });
-        {
-            let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(sender) = jobs.as_ref() else { return Err(PoolError::Stopped) };
-            sender.send(job).map_err(|_| PoolError::Stopped)?;
-        }
+        let Some(sender) = &self.jobs else { return Err(PoolError::Stopped) };
+        sender.send(job).map_err(|_| PoolError::Stopped)?;
         rx.await.map_err(|_| PoolError::Stopped)
     }
 }
@@ -214,7 +212,7 @@ impl CallPool {
 impl Drop for CallPool {
     fn drop(&mut self) {
         // Closing the queue ends every thread once it finishes its job.
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.jobs.take();
     }
 }
 

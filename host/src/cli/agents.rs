@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 use latchkey::error::ErrorCode;
-use latchkey::vault::agents::{DEFAULT_REGISTRATION_TTL, Route};
+use latchkey::vault::agents::{DEFAULT_REGISTRATION_TTL, Route, route_not_found};
 use latchkey::vault::{Vault, parse_org};
 
 use latchkey::server::views::{AgentToken, AgentView, Deleted, IdpView, NewToken, RouteView, TokenView};
@@ -465,7 +465,7 @@ pub async fn route(vault: &Vault, cmd: RouteCmd) -> Result<(), Failure> {
             let org = org_of(&a.org)?;
             let route = vault.require_route(&org, &a.name).await?;
             if !vault.delete_route(&org, &a.name, &cli_actor()).await? {
-                return Err(Failure::new(ErrorCode::RouteNotFound, format!("no route named `{}` in `{org}`", a.name)));
+                return Err(route_not_found(&org, &a.name).into());
             }
             if a.json {
                 output::json(&RouteView::from(&route));

@@ -710,7 +710,7 @@ async fn delete_route(
 ) -> Result<Json<RouteView>, ApiError> {
     let route = app.vault.require_route(&org, &name).await?;
     if !app.vault.delete_route(&org, &name, &admin.actor).await? {
-        return Err(ApiError::new(ErrorCode::RouteNotFound, format!("no route named `{name}` in `{org}`")));
+        return Err(crate::vault::agents::route_not_found(&org, &name).into());
     }
     Ok(Json(RouteView::from(&route)))
 }

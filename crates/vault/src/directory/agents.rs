@@ -811,6 +811,11 @@ macro_rules! attached_credentials {
     };
 }
 
+/// `route_not_found` for route `name` of `org`.
+pub fn route_not_found(org: &str, name: &str) -> VaultError {
+    VaultError::refused(ErrorCode::RouteNotFound, format!("no route named `{name}` in `{org}`"))
+}
+
 fn agent_not_found(org: &str, name: &str) -> VaultError {
     VaultError::refused(
         ErrorCode::AgentNotFound,
@@ -837,9 +842,7 @@ impl Vault {
 
     /// The route `name` of `org`, or `route_not_found`.
     pub async fn require_route(&self, org: &str, name: &str) -> Result<Route, VaultError> {
-        self.route(org, name)
-            .await?
-            .ok_or_else(|| VaultError::refused(ErrorCode::RouteNotFound, format!("no route named `{name}` in `{org}`")))
+        self.route(org, name).await?.ok_or_else(|| route_not_found(org, name))
     }
 
     /// The credentials each agent is attached to: (org, agent) → credential
