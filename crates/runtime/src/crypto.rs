@@ -161,7 +161,17 @@ pub(crate) fn verify_jwk(alg: SignatureAlgorithm, jwk: &str, message: &[u8], sig
     let kty = v.get("kty").and_then(|x| x.as_str()).unwrap_or_default();
     let ok = match (alg, kty) {
         (SignatureAlgorithm::Rs256, "RSA") => {
-            let key = signature::RsaPublicKeyComponents { n: s("n")?, e: s("e")? };
+            let (n, e) = (s("n")?, s("e")?);
+            // ring refuses these keys too, but only as "does not verify"; say
+            // why instead, since an unusable key is an error, not a verdict.
+            if n.first() == Some(&0) || e.first() == Some(&0) {
+                return Err(bad("RSA `n` and `e` must not have leading zero octets (RFC 7518 §6.3.1.1)"));
+            }
+            let bits = n.first().map_or(0, |top| n.len() * 8 - top.leading_zeros() as usize);
+            if !(2048..=8192).contains(&bits) {
+                return Err(bad(&format!("RS256 needs an RSA modulus of 2048 to 8192 bits, not {bits}")));
+            }
+            let key = signature::RsaPublicKeyComponents { n, e };
             key.verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, sig).is_ok()
         }
         (SignatureAlgorithm::Es256, "EC") => {
@@ -181,7 +191,11 @@ pub(crate) fn verify_jwk(alg: SignatureAlgorithm, jwk: &str, message: &[u8], sig
             if v.get("crv").and_then(|x| x.as_str()) != Some("Ed25519") {
                 return Err(bad("EdDSA needs crv Ed25519"));
             }
-            signature::UnparsedPublicKey::new(&signature::ED25519, s("x")?).verify(message, sig).is_ok()
+            let x = s("x")?;
+            if x.len() != 32 {
+                return Err(bad("an Ed25519 `x` must be 32 bytes"));
+            }
+            signature::UnparsedPublicKey::new(&signature::ED25519, x).verify(message, sig).is_ok()
         }
         (SignatureAlgorithm::Hs256, _) => return Err(bad("symmetric keys are not accepted from a JWKS")),
         _ => return Err(bad("key type does not match the algorithm")),
@@ -240,3 +254,8 @@ mod tests {
         assert!(sign_with(&keys, "key", &secret, SignatureAlgorithm::Rs256, b"m", &rng).is_err());
     }
 }
+
+/// Wycheproof vectors through `verify_jwk` (threat catalogue cases 37 and 43).
+#[cfg(test)]
+#[path = "crypto_wycheproof.rs"]
+mod wycheproof;

@@ -25,12 +25,16 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 pub use bindings::{Datetime, Exposure, FieldInfo, Request, SchemeInfo, SecretFieldInfo, SignatureAlgorithm, WitError};
+/// A plugin's answer as the WIT types it crosses the boundary in, for the
+/// fuzz targets (`fuzz/`) that feed [`edits::check`] directly.
+#[doc(hidden)]
+pub use bindings::{Edit, Part, Segment};
 pub use latchkey_core::error::ErrorCode;
 pub use latchkey_core::text::sanitize_for_log;
 pub use pool::{CallPool, PoolConfig, PoolError};
 pub use state::{CallCredential, PluginCache};
 
-use bindings::{CallContext, Edit, SchemePlugin, SchemePluginPre};
+use bindings::{CallContext, SchemePlugin, SchemePluginPre};
 use state::{CredentialHandle, State};
 
 use latchkey_core::secret::Secret;
@@ -763,7 +767,8 @@ impl Runtime {
             rng: self.rng.clone(),
             wasi: None,
             stderr: MemoryOutputPipe::new(wasi::STDERR_CAPACITY),
-            log_lines: 0,
+            usage: Default::default(),
+            deadline: std::time::Instant::now() + self.config.call_timeout,
             keyed: Vec::new(),
             digested: Vec::new(),
         };
@@ -776,6 +781,7 @@ impl Runtime {
 
     fn arm_deadline(&self, store: &mut Store<State>) {
         store.set_epoch_deadline(self.config.call_timeout.as_millis().div_ceil(TICK.as_millis()) as u64 + 1);
+        store.data_mut().deadline = std::time::Instant::now() + self.config.call_timeout;
     }
 
     /// Run `f` in a fresh instance with its own store, limits and deadline;
@@ -839,14 +845,16 @@ impl Runtime {
     }
 
     fn describe_failure(&self, state: &State, e: &wasmtime::Error) -> String {
-        let reason = match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => {
+        let reason = match (e.downcast_ref::<state::ImportLimit>(), e.downcast_ref::<Trap>()) {
+            // A host import refused to serve the call any more.
+            (Some(limit), _) => limit.to_string(),
+            (_, Some(Trap::Interrupt)) => {
                 format!("exceeded its time budget of {} ms", self.config.call_timeout.as_millis())
             }
-            Some(Trap::StackOverflow) => "overflowed its stack".to_string(),
-            Some(Trap::UnreachableCodeReached) => "trapped: unreachable code (a panic or abort)".to_string(),
-            Some(trap) => format!("trapped: {trap}"),
-            None => {
+            (_, Some(Trap::StackOverflow)) => "overflowed its stack".to_string(),
+            (_, Some(Trap::UnreachableCodeReached)) => "trapped: unreachable code (a panic or abort)".to_string(),
+            (_, Some(trap)) => format!("trapped: {trap}"),
+            (_, None) => {
                 let text = format!("{e:#}");
                 if text.contains("memory") && (text.contains("grow") || text.contains("limit")) {
                     format!("exceeded its memory limit of {} MiB", self.config.max_memory >> 20)

@@ -5,7 +5,7 @@
 //! may legitimately get wrong (unknown field, key of the wrong type); an `Err`
 //! from them is a trap and is reserved for broken host invariants.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ring::{digest, hmac, rand::SecureRandom};
@@ -13,6 +13,7 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Result as WtResult, StoreLimits};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use zeroize::Zeroizing;
 
 use super::bindings::latchkey::plugin::{cache, credentials, crypto, log, random, secrets, types};
 use super::bindings::{Datetime, Level, Part, Segment, SignatureAlgorithm, WitError};
@@ -37,6 +38,9 @@ pub struct CallCredential {
     pub config: Vec<(String, String)>,
     secrets: BTreeMap<String, Secret>,
     pub(crate) keys: KeyCache,
+    /// What the plugin cache files this credential's entries under, unique
+    /// to one credential and version; `None` turns the cache off.
+    pub(crate) cache_scope: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for CallCredential {
@@ -46,6 +50,7 @@ impl std::fmt::Debug for CallCredential {
             .field("version", &self.version)
             .field("config", &self.config)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("cache_scope", &self.cache_scope)
             .finish()
     }
 }
@@ -58,7 +63,15 @@ impl CallCredential {
         config: Vec<(String, String)>,
         secrets: BTreeMap<String, Secret>,
     ) -> CallCredential {
-        CallCredential { name: name.into(), version, config, secrets, keys: KeyCache::default() }
+        CallCredential { name: name.into(), version, config, secrets, keys: KeyCache::default(), cache_scope: None }
+    }
+
+    /// Let the plugin cache keep entries for this credential under `scope`,
+    /// which must name this credential and version and nothing else (the
+    /// vault row's id and version, say). Without one, the cache is off.
+    pub fn with_cache_scope(mut self, scope: impl Into<Arc<str>>) -> CallCredential {
+        self.cache_scope = Some(scope.into());
+        self
     }
 
     /// A secret field's value.
@@ -72,41 +85,229 @@ impl CallCredential {
     }
 }
 
-/// Results a plugin asked the host to keep between calls, per (plugin,
-/// credential, version). Values are secrets (minted tokens).
+/// Results a plugin asked the host to keep between calls. Values are
+/// secrets (minted tokens).
+///
+/// Entries live on one shelf per plugin and, on it, in one bin per
+/// credential scope ([`CallCredential::cache_scope`]: the vault row's
+/// identity and version, so two organisations' credentials of the same name
+/// never share a bin, and a credential deleted and created again starts
+/// empty). Each bin and each shelf has a quota, so a plugin that fills its
+/// own shelf evicts only its own entries, and a credential that fills its bin
+/// evicts only its own.
 #[derive(Default)]
 pub struct PluginCache {
-    entries: std::sync::Mutex<std::collections::HashMap<CacheKey, (Secret, i64)>>,
+    shelves: std::sync::Mutex<HashMap<Arc<str>, Shelf>>,
 }
 
-/// (plugin, credential name, credential version, plugin's key).
-type CacheKey = (Arc<str>, String, u64, String);
+/// One plugin's entries, by credential scope and then by the plugin's key.
+#[derive(Default)]
+struct Shelf {
+    bins: HashMap<Arc<str>, HashMap<String, Entry>>,
+    entries: usize,
+    bytes: usize,
+    /// No entry expires before this, so a prune before then finds nothing.
+    soonest: i64,
+}
 
-/// How many entries the shared plugin cache holds before it evicts.
-const CACHE_CAPACITY: usize = 10_000;
+struct Entry {
+    value: Secret,
+    expires: i64,
+}
+
+impl Entry {
+    fn size(key: &str, value: &str) -> usize {
+        key.len() + value.len()
+    }
+}
+
+/// Entries one credential may keep, per plugin.
+pub const CACHE_PER_CREDENTIAL: usize = 64;
+/// Entries one plugin may keep, over all credentials.
+pub const CACHE_PER_PLUGIN: usize = 4096;
+/// Bytes of keys and values one plugin may keep, over all credentials.
+pub const CACHE_PLUGIN_BYTES: usize = 8 << 20;
+/// The largest key and value a plugin may cache; larger ones are dropped.
+const CACHE_MAX_KEY: usize = 512;
+const CACHE_MAX_VALUE: usize = 16 * 1024;
 /// The longest a plugin may cache a value.
 const CACHE_MAX_SECONDS: i64 = 86_400;
-/// Log lines one call may write before the host drops the rest.
-const MAX_LOG_LINES: u32 = 32;
 /// Secret field names are short; refuse absurd ones before any lookup.
 const MAX_FIELD_NAME: usize = 256;
 
-impl PluginCache {
-    fn get(&self, key: &CacheKey, now: i64) -> Option<String> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(key).filter(|(_, exp)| *exp > now).map(|(v, _)| v.expose().to_string())
+impl Shelf {
+    /// Remove `key` from bin `scope`, keeping the totals right.
+    fn remove(&mut self, scope: &str, key: &str) {
+        let Some(bin) = self.bins.get_mut(scope) else { return };
+        if let Some(e) = bin.remove(key) {
+            self.entries -= 1;
+            self.bytes -= Entry::size(key, e.value.expose());
+        }
+        if bin.is_empty() {
+            self.bins.remove(scope);
+        }
     }
 
-    fn set(&self, key: CacheKey, value: String, expires: i64, now: i64) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= CACHE_CAPACITY {
-            entries.retain(|_, (_, exp)| *exp > now);
-            if entries.len() >= CACHE_CAPACITY {
-                entries.clear();
-            }
+    /// Drop every expired entry of the shelf.
+    fn prune(&mut self, now: i64) {
+        if now < self.soonest {
+            return;
         }
-        entries.insert(key, (Secret::new(value), expires.min(now + CACHE_MAX_SECONDS)));
+        let (mut entries, mut bytes, mut soonest) = (0, 0, i64::MAX);
+        for bin in self.bins.values_mut() {
+            bin.retain(|_, e| e.expires > now);
+            for (k, e) in bin.iter() {
+                bytes += Entry::size(k, e.value.expose());
+                soonest = soonest.min(e.expires);
+            }
+            entries += bin.len();
+        }
+        self.bins.retain(|_, bin| !bin.is_empty());
+        (self.entries, self.bytes, self.soonest) = (entries, bytes, soonest);
     }
+
+    /// The key in bin `scope` that expires first (ties: the smallest key, so
+    /// eviction does not depend on hash order).
+    fn first_to_expire(&self, scope: &str) -> Option<String> {
+        let bin = self.bins.get(scope)?;
+        bin.iter().min_by(|a, b| (a.1.expires, a.0).cmp(&(b.1.expires, b.0))).map(|(k, _)| k.clone())
+    }
+
+    /// Make room for an entry of `size` bytes in bin `scope`: first in the
+    /// bin's own quota, then in the shelf's, evicting expired entries, then
+    /// the bin's own, then (only when the bin is empty) from the fullest bin.
+    fn make_room(&mut self, scope: &str, size: usize, now: i64) {
+        let bin_len = self.bins.get(scope).map_or(0, HashMap::len);
+        if bin_len >= CACHE_PER_CREDENTIAL {
+            self.prune(now);
+        }
+        while self.bins.get(scope).map_or(0, HashMap::len) >= CACHE_PER_CREDENTIAL {
+            let Some(k) = self.first_to_expire(scope) else { break };
+            self.remove(scope, &k);
+        }
+        let over = |s: &Shelf| s.entries >= CACHE_PER_PLUGIN || s.bytes + size > CACHE_PLUGIN_BYTES;
+        if over(self) {
+            self.prune(now);
+        }
+        while over(self) {
+            let victim = if self.bins.contains_key(scope) {
+                Arc::<str>::from(scope)
+            } else {
+                match self.bins.iter().max_by_key(|(s, bin)| (bin.len(), std::cmp::Reverse(Arc::clone(s)))) {
+                    Some((s, _)) => s.clone(),
+                    None => break,
+                }
+            };
+            let Some(k) = self.first_to_expire(&victim) else { break };
+            self.remove(&victim, &k);
+        }
+    }
+}
+
+impl PluginCache {
+    fn get(&self, plugin: &str, scope: &str, key: &str, now: i64) -> Option<String> {
+        let shelves = self.shelves.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = shelves.get(plugin)?.bins.get(scope)?.get(key)?;
+        (entry.expires > now).then(|| entry.value.expose().to_string())
+    }
+
+    fn set(&self, plugin: &Arc<str>, scope: &Arc<str>, key: String, value: String, expires: i64, now: i64) {
+        if key.len() > CACHE_MAX_KEY || value.len() > CACHE_MAX_VALUE || expires <= now {
+            // Caching is an optimisation: the call goes on without it.
+            return;
+        }
+        let mut shelves = self.shelves.lock().unwrap_or_else(|e| e.into_inner());
+        let shelf = shelves.entry(plugin.clone()).or_insert_with(|| Shelf { soonest: i64::MAX, ..Shelf::default() });
+        shelf.remove(scope, &key);
+        let size = Entry::size(&key, &value);
+        shelf.make_room(scope, size, now);
+        let entry = Entry { value: Secret::new(value), expires: expires.min(now + CACHE_MAX_SECONDS) };
+        shelf.soonest = shelf.soonest.min(entry.expires);
+        shelf.bins.entry(scope.clone()).or_default().insert(key, entry);
+        shelf.entries += 1;
+        shelf.bytes += size;
+    }
+
+    /// How many entries `plugin` keeps, and for `scope` among them.
+    #[cfg(test)]
+    fn count(&self, plugin: &str, scope: &str) -> (usize, usize) {
+        let shelves = self.shelves.lock().unwrap_or_else(|e| e.into_inner());
+        shelves.get(plugin).map_or((0, 0), |s| (s.entries, s.bins.get(scope).map_or(0, HashMap::len)))
+    }
+}
+
+/// How many times one call may use each host import. Host functions run
+/// outside the plugin's epoch deadline and fuel, so the time budget alone
+/// cannot bound them: an RSA signature costs about a millisecond of host
+/// time. A call over a compute limit traps (`plugin_failed`, naming the
+/// limit); log lines and cache use over theirs are dropped, as those imports
+/// are best-effort.
+pub mod limits {
+    /// `crypto.sign` calls.
+    pub const SIGN: u32 = 16;
+    /// `crypto.verify` calls.
+    pub const VERIFY: u32 = 64;
+    /// `crypto.hmac-sha256` calls.
+    pub const HMAC: u32 = 256;
+    /// `crypto.sha256` and `crypto.sha256-parts` calls.
+    pub const DIGEST: u32 = 1024;
+    /// Bytes from `random.bytes`, over all its calls.
+    pub const RANDOM_BYTES: u32 = 16 * 1024;
+    /// Bytes hashed, MACed, signed or verified, over all `crypto` calls.
+    pub const CRYPTO_BYTES: u32 = 32 << 20;
+    /// Derivation steps of one `crypto.hmac-sha256` call (SigV4 uses four).
+    pub const DERIVATION_STEPS: usize = 16;
+    /// `log.log` lines written; the rest are dropped.
+    pub const LOG_LINES: u32 = 32;
+    /// `cache.get` lookups answered; the rest find nothing.
+    pub const CACHE_READS: u32 = 256;
+    /// `cache.set` writes kept; the rest are dropped.
+    pub const CACHE_WRITES: u32 = 16;
+}
+
+/// What one call has used of [`limits`].
+#[derive(Default)]
+pub(crate) struct Usage {
+    sign: u32,
+    verify: u32,
+    hmac: u32,
+    digest: u32,
+    random_bytes: u32,
+    crypto_bytes: u32,
+    log_lines: u32,
+    cache_reads: u32,
+    cache_writes: u32,
+}
+
+/// The trap of a call that went over a per-call import limit.
+#[derive(Debug)]
+pub(crate) struct ImportLimit {
+    import: &'static str,
+    max: u32,
+    unit: &'static str,
+}
+
+impl std::fmt::Display for ImportLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exceeded the per-call limit of {} {} on `{}`", self.max, self.unit, self.import)
+    }
+}
+
+impl std::error::Error for ImportLimit {}
+
+/// Count `n` more uses of `import` against `max`; an `Err` traps the call.
+fn charge(used: &mut u32, n: u32, max: u32, import: &'static str, unit: &'static str) -> WtResult<()> {
+    *used = used.saturating_add(n);
+    if *used > max {
+        return Err(wasmtime::Error::new(ImportLimit { import, max, unit }));
+    }
+    Ok(())
+}
+
+/// Count one more use of a best-effort import; whether it may still be served.
+fn within(used: &mut u32, max: u32) -> bool {
+    *used = used.saturating_add(1);
+    *used <= max
 }
 
 /// The data of one call's `Store`.
@@ -121,7 +322,10 @@ pub struct State {
     pub(crate) rng: Arc<ring::rand::SystemRandom>,
     pub(crate) wasi: Option<WasiCtx>,
     pub(crate) stderr: MemoryOutputPipe,
-    pub(crate) log_lines: u32,
+    /// What this call has used of the per-call import limits.
+    pub(crate) usage: Usage,
+    /// When the call's time budget ends, host time included.
+    pub(crate) deadline: std::time::Instant,
     /// Secret fields this call used as a key (`crypto.hmac-sha256`,
     /// `crypto.sign`): host-only for this call, whatever was declared.
     pub(crate) keyed: Vec<String>,
@@ -130,6 +334,17 @@ pub struct State {
 }
 
 impl State {
+    /// Start a `crypto` import over `bytes` of input: refused once the call
+    /// is past its deadline (host time counts, though the epoch deadline
+    /// fires only in Wasm) or over its byte budget.
+    fn enter_crypto(&mut self, bytes: usize) -> WtResult<()> {
+        if std::time::Instant::now() >= self.deadline {
+            return Err(wasmtime::Error::new(wasmtime::Trap::Interrupt));
+        }
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        charge(&mut self.usage.crypto_bytes, bytes, limits::CRYPTO_BYTES, "crypto", "bytes of input")
+    }
+
     fn check_handle(&self, handle: &Resource<CredentialHandle>) -> WtResult<()> {
         self.table.get(handle)?;
         Ok(())
@@ -143,23 +358,31 @@ impl State {
     }
 
     /// Concatenate parts, splicing in secret field values (and encoding
-    /// `base64` parts).
-    pub(crate) fn resolve_parts(&self, parts: &[Part]) -> Result<Vec<u8>, WitError> {
-        let mut out = Vec::new();
+    /// `base64` parts). Stops once the result is longer than `max` bytes, so
+    /// a plugin naming one secret a million times costs no more than `max`.
+    pub(crate) fn resolve_parts(&self, parts: &[Part], max: usize) -> Result<Zeroizing<Vec<u8>>, WitError> {
+        let mut out = Zeroizing::new(Vec::new());
         for p in parts {
+            if out.len() > max {
+                break;
+            }
             match p {
                 Part::Text(t) => out.extend_from_slice(t.as_bytes()),
                 Part::Secret(f) => out.extend_from_slice(self.field(f)?.expose().as_bytes()),
                 Part::Base64(segments) => {
-                    let mut inner = zeroize::Zeroizing::new(Vec::new());
+                    let mut inner = Zeroizing::new(Vec::new());
                     for seg in segments {
+                        if inner.len() > max {
+                            break;
+                        }
                         match seg {
                             Segment::Text(t) => inner.extend_from_slice(t.as_bytes()),
                             Segment::Secret(f) => inner.extend_from_slice(self.field(f)?.expose().as_bytes()),
                         }
                     }
                     use base64::Engine as _;
-                    out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(&inner[..]).as_bytes());
+                    let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&inner[..]));
+                    out.extend_from_slice(encoded.as_bytes());
                 }
             }
         }
@@ -226,6 +449,8 @@ impl credentials::HostCredential for State {
 
 impl crypto::Host for State {
     fn sha256(&mut self, data: Vec<u8>) -> WtResult<Vec<u8>> {
+        charge(&mut self.usage.digest, 1, limits::DIGEST, "crypto.sha256", "digests")?;
+        self.enter_crypto(data.len())?;
         Ok(digest::digest(&digest::SHA256, &data).as_ref().to_vec())
     }
 
@@ -235,6 +460,8 @@ impl crypto::Host for State {
         parts: Vec<Part>,
     ) -> WtResult<Result<Vec<u8>, WitError>> {
         self.check_handle(&handle)?;
+        charge(&mut self.usage.digest, 1, limits::DIGEST, "crypto.sha256-parts", "digests")?;
+        self.enter_crypto(0)?;
         for p in &parts {
             match p {
                 Part::Text(_) => {}
@@ -247,7 +474,13 @@ impl crypto::Host for State {
         }
         self.digested.sort();
         self.digested.dedup();
-        Ok(self.resolve_parts(&parts).map(|data| digest::digest(&digest::SHA256, &data).as_ref().to_vec()))
+        let remaining = limits::CRYPTO_BYTES.saturating_sub(self.usage.crypto_bytes) as usize;
+        let data = match self.resolve_parts(&parts, remaining) {
+            Ok(data) => data,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.enter_crypto(data.len())?;
+        Ok(Ok(digest::digest(&digest::SHA256, &data).as_ref().to_vec()))
     }
 
     fn hmac_sha256(
@@ -259,9 +492,18 @@ impl crypto::Host for State {
         message: Vec<u8>,
     ) -> WtResult<Result<Vec<u8>, WitError>> {
         self.check_handle(&handle)?;
+        charge(&mut self.usage.hmac, 1, limits::HMAC, "crypto.hmac-sha256", "MACs")?;
+        self.enter_crypto(message.len() + derivation.iter().map(Vec::len).sum::<usize>())?;
+        if derivation.len() > limits::DERIVATION_STEPS {
+            return Ok(Err(WitError::Denied(format!(
+                "at most {} derivation steps per HMAC, not {}",
+                limits::DERIVATION_STEPS,
+                derivation.len()
+            ))));
+        }
         self.note_keyed(&field);
         Ok(self.field(&field).map(|secret| {
-            let mut k0 = zeroize::Zeroizing::new(key_prefix);
+            let mut k0 = Zeroizing::new(key_prefix);
             k0.extend_from_slice(secret.expose().as_bytes());
             let mut key = hmac::Key::new(hmac::HMAC_SHA256, &k0);
             for step in &derivation {
@@ -280,6 +522,8 @@ impl crypto::Host for State {
         message: Vec<u8>,
     ) -> WtResult<Result<Vec<u8>, WitError>> {
         self.check_handle(&handle)?;
+        charge(&mut self.usage.sign, 1, limits::SIGN, "crypto.sign", "signatures")?;
+        self.enter_crypto(message.len())?;
         self.note_keyed(&field);
         Ok(self
             .field(&field)
@@ -293,6 +537,8 @@ impl crypto::Host for State {
         message: Vec<u8>,
         signature: Vec<u8>,
     ) -> WtResult<Result<bool, WitError>> {
+        charge(&mut self.usage.verify, 1, limits::VERIFY, "crypto.verify", "verifications")?;
+        self.enter_crypto(message.len() + signature.len() + jwk.len())?;
         Ok(verify_jwk(algorithm, &jwk, &message, &signature))
     }
 }
@@ -312,8 +558,11 @@ impl secrets::Host for State {
 impl cache::Host for State {
     fn get(&mut self, handle: Resource<CredentialHandle>, key: String) -> WtResult<Option<String>> {
         self.check_handle(&handle)?;
-        let k = (self.plugin.clone(), self.cred.name.clone(), self.cred.version, key);
-        Ok(self.cache.get(&k, self.now.seconds))
+        let Some(scope) = &self.cred.cache_scope else { return Ok(None) };
+        if !within(&mut self.usage.cache_reads, limits::CACHE_READS) {
+            return Ok(None);
+        }
+        Ok(self.cache.get(&self.plugin, scope, &key, self.now.seconds))
     }
 
     fn set(
@@ -324,21 +573,19 @@ impl cache::Host for State {
         expires: Datetime,
     ) -> WtResult<()> {
         self.check_handle(&handle)?;
-        if key.len() > 512 || value.len() > 16 * 1024 {
-            // Oversized entries are dropped rather than trapping: caching is
-            // an optimisation and the call can go on without it.
-            return Ok(());
+        // A credential without a scope (one given on the command line, say)
+        // is never cached: nothing would tell its versions apart.
+        let Some(scope) = &self.cred.cache_scope else { return Ok(()) };
+        if within(&mut self.usage.cache_writes, limits::CACHE_WRITES) {
+            self.cache.set(&self.plugin, scope, key, value, expires.seconds, self.now.seconds);
         }
-        let k = (self.plugin.clone(), self.cred.name.clone(), self.cred.version, key);
-        self.cache.set(k, value, expires.seconds, self.now.seconds);
         Ok(())
     }
 }
 
 impl log::Host for State {
     fn log(&mut self, level: Level, message: String) -> WtResult<()> {
-        self.log_lines += 1;
-        if self.log_lines > MAX_LOG_LINES {
+        if !within(&mut self.usage.log_lines, limits::LOG_LINES) {
             return Ok(());
         }
         let msg = sanitize_for_log(&message, 1024);
@@ -357,8 +604,131 @@ impl log::Host for State {
 
 impl random::Host for State {
     fn bytes(&mut self, len: u32) -> WtResult<Vec<u8>> {
+        charge(&mut self.usage.random_bytes, len.min(1024), limits::RANDOM_BYTES, "random.bytes", "bytes")?;
         let mut buf = vec![0u8; len.min(1024) as usize];
         self.rng.fill(&mut buf).map_err(|_| wasmtime::format_err!("the system random number generator failed"))?;
         Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_000_000;
+
+    fn arc(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
+    /// Fill `scope` of `plugin` with `n` entries valid for an hour.
+    fn fill(cache: &PluginCache, plugin: &str, scope: &str, n: usize) {
+        for i in 0..n {
+            cache.set(&arc(plugin), &arc(scope), format!("k{i}"), format!("v{i}"), NOW + 3600, NOW);
+        }
+    }
+
+    #[test]
+    fn entries_are_kept_per_plugin_and_scope() {
+        let cache = PluginCache::default();
+        cache.set(&arc("jwt"), &arc("org-a/1"), "token".into(), "a".into(), NOW + 60, NOW);
+        cache.set(&arc("jwt"), &arc("org-b/1"), "token".into(), "b".into(), NOW + 60, NOW);
+        cache.set(&arc("other"), &arc("org-a/1"), "token".into(), "o".into(), NOW + 60, NOW);
+        assert_eq!(cache.get("jwt", "org-a/1", "token", NOW).as_deref(), Some("a"));
+        assert_eq!(cache.get("jwt", "org-b/1", "token", NOW).as_deref(), Some("b"));
+        assert_eq!(cache.get("other", "org-a/1", "token", NOW).as_deref(), Some("o"));
+        assert_eq!(cache.get("jwt", "org-a/2", "token", NOW), None, "another version sees nothing");
+        assert_eq!(cache.get("jwt", "org-a/1", "token", NOW + 60), None, "expired");
+    }
+
+    #[test]
+    fn a_plugin_that_fills_its_shelf_evicts_only_its_own_entries() {
+        let cache = PluginCache::default();
+        cache.set(&arc("jwt"), &arc("victim"), "token".into(), "kept".into(), NOW + 3600, NOW);
+        // Far more than a shelf holds, over many credentials.
+        for c in 0..(CACHE_PER_PLUGIN * 2 / CACHE_PER_CREDENTIAL) {
+            fill(&cache, "greedy", &format!("c{c}"), CACHE_PER_CREDENTIAL);
+        }
+        assert_eq!(cache.count("greedy", "c0").0, CACHE_PER_PLUGIN, "the greedy plugin is held to its quota");
+        assert_eq!(cache.get("jwt", "victim", "token", NOW).as_deref(), Some("kept"));
+    }
+
+    #[test]
+    fn a_credential_that_fills_its_bin_evicts_only_its_own_entries() {
+        let cache = PluginCache::default();
+        cache.set(&arc("jwt"), &arc("victim"), "token".into(), "kept".into(), NOW + 3600, NOW);
+        fill(&cache, "jwt", "greedy", CACHE_PER_CREDENTIAL * 3);
+        assert_eq!(cache.count("jwt", "greedy"), (CACHE_PER_CREDENTIAL + 1, CACHE_PER_CREDENTIAL));
+        assert_eq!(cache.get("jwt", "victim", "token", NOW).as_deref(), Some("kept"));
+        // The newest entries stay; the first to expire (ties: smallest key) went.
+        let last = CACHE_PER_CREDENTIAL * 3 - 1;
+        assert_eq!(cache.get("jwt", "greedy", &format!("k{last}"), NOW), Some(format!("v{last}")));
+    }
+
+    #[test]
+    fn a_full_shelf_evicts_expired_entries_first_then_the_writer_s_own() {
+        let cache = PluginCache::default();
+        let bins = CACHE_PER_PLUGIN / CACHE_PER_CREDENTIAL;
+        for c in 0..bins {
+            fill(&cache, "jwt", &format!("c{c}"), CACHE_PER_CREDENTIAL);
+        }
+        assert_eq!(cache.count("jwt", "c0").0, CACHE_PER_PLUGIN);
+        // An existing bin making room loses its own entry, nobody else's.
+        cache.set(&arc("jwt"), &arc("c0"), "new".into(), "n".into(), NOW + 3600, NOW);
+        assert_eq!(cache.count("jwt", "c0"), (CACHE_PER_PLUGIN, CACHE_PER_CREDENTIAL));
+        assert_eq!(cache.count("jwt", "c1").1, CACHE_PER_CREDENTIAL);
+        // A newcomer takes one entry from the fullest bin.
+        cache.set(&arc("jwt"), &arc("newcomer"), "t".into(), "n".into(), NOW + 3600, NOW);
+        assert_eq!(cache.count("jwt", "newcomer"), (CACHE_PER_PLUGIN, 1));
+        // Once time has passed, expired entries make room before live ones go.
+        let later = NOW + 7200;
+        cache.set(&arc("jwt"), &arc("late"), "t".into(), "n".into(), later + 60, later);
+        assert_eq!(cache.count("jwt", "late"), (1, 1));
+    }
+
+    #[test]
+    fn the_shelf_is_held_to_its_byte_quota() {
+        let cache = PluginCache::default();
+        let big = "x".repeat(CACHE_MAX_VALUE);
+        let per_bin = CACHE_PER_CREDENTIAL.min(CACHE_PLUGIN_BYTES / CACHE_MAX_VALUE);
+        for c in 0..(2 * CACHE_PLUGIN_BYTES / CACHE_MAX_VALUE / per_bin + 1) {
+            for i in 0..per_bin {
+                cache.set(&arc("jwt"), &arc(&format!("c{c}")), format!("k{i}"), big.clone(), NOW + 3600, NOW);
+            }
+        }
+        let shelves = cache.shelves.lock().unwrap();
+        let shelf = &shelves["jwt"];
+        assert!(shelf.bytes <= CACHE_PLUGIN_BYTES, "{} bytes kept", shelf.bytes);
+        let counted: usize =
+            shelf.bins.values().flat_map(|b| b.iter()).map(|(k, e)| Entry::size(k, e.value.expose())).sum();
+        assert_eq!(counted, shelf.bytes, "the running total matches the entries");
+    }
+
+    #[test]
+    fn oversized_or_already_expired_entries_are_not_kept() {
+        let cache = PluginCache::default();
+        cache.set(&arc("p"), &arc("s"), "k".repeat(CACHE_MAX_KEY + 1), "v".into(), NOW + 60, NOW);
+        cache.set(&arc("p"), &arc("s"), "k".into(), "v".repeat(CACHE_MAX_VALUE + 1), NOW + 60, NOW);
+        cache.set(&arc("p"), &arc("s"), "k".into(), "v".into(), NOW, NOW);
+        assert_eq!(cache.count("p", "s"), (0, 0));
+        // A lifetime over a day is cut to a day.
+        cache.set(&arc("p"), &arc("s"), "k".into(), "v".into(), i64::MAX, NOW);
+        assert!(cache.get("p", "s", "k", NOW + CACHE_MAX_SECONDS - 1).is_some());
+        assert!(cache.get("p", "s", "k", NOW + CACHE_MAX_SECONDS).is_none());
+    }
+
+    #[test]
+    fn compute_imports_trap_past_their_limit_and_best_effort_ones_stop_serving() {
+        let mut used = 0;
+        for _ in 0..limits::SIGN {
+            charge(&mut used, 1, limits::SIGN, "crypto.sign", "signatures").unwrap();
+        }
+        let err = charge(&mut used, 1, limits::SIGN, "crypto.sign", "signatures").unwrap_err();
+        assert_eq!(err.to_string(), "exceeded the per-call limit of 16 signatures on `crypto.sign`");
+        let mut reads = 0;
+        assert!((0..limits::CACHE_READS).all(|_| within(&mut reads, limits::CACHE_READS)));
+        assert!(!within(&mut reads, limits::CACHE_READS));
+        let mut saturated = u32::MAX;
+        assert!(charge(&mut saturated, 1, u32::MAX - 1, "x", "y").is_err(), "no wrap-around");
     }
 }

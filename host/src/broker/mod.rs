@@ -197,12 +197,16 @@ impl Ticket {
 
     /// The credential as a plugin call sees it.
     pub fn call_credential(&self) -> Arc<CallCredential> {
-        Arc::new(CallCredential::new(
+        let cred = CallCredential::new(
             self.name.clone(),
             self.version,
             self.config.clone(),
             self.resolution.resolved.secrets.clone(),
-        ))
+        );
+        Arc::new(match self.resolution.cache_scope() {
+            Some(scope) => cred.with_cache_scope(scope),
+            None => cred,
+        })
     }
 }
 

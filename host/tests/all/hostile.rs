@@ -153,6 +153,90 @@ fn state() {
 }
 
 #[test]
+fn imports() {
+    // Host imports run outside the epoch deadline, so each is bounded per
+    // call: compute ones trap one past their limit, naming it.
+    let p = load(guests::IMPORTS);
+    let rt = runtime();
+    let key = "k".repeat(32);
+    let run = |mode: &str, count: u32| {
+        let c = cred(&[("mode", mode), ("count", &count.to_string())], &[("key", &key)]);
+        rt.apply(&p, &c, at(), &get("https://h.test/"))
+    };
+    for (mode, max, unit, import) in [
+        ("sign", 16, "signatures", "crypto.sign"),
+        ("hmac", 256, "MACs", "crypto.hmac-sha256"),
+        ("digest", 1024, "digests", "crypto.sha256"),
+        ("verify", 64, "verifications", "crypto.verify"),
+        ("random", 16, "bytes", "random.bytes"),
+    ] {
+        run(mode, max).unwrap_or_else(|e| panic!("{mode} at its limit: {e}"));
+        let msg = failed(run(mode, max + 1));
+        let limit = if mode == "random" { max * 1024 } else { max };
+        assert!(msg.contains(&format!("exceeded the per-call limit of {limit} {unit} on `{import}`")), "{msg}");
+        still_works();
+    }
+    // Log lines past the limit are dropped, not fatal.
+    run("log", 1000).unwrap();
+
+    // Cache writes past the limit are dropped, and reads past theirs find nothing.
+    let cached = |mode: &str, count: u32| {
+        let secrets = [("key".to_string(), latchkey::Secret::new(key.clone()))].into_iter().collect();
+        let config = vec![("mode".to_string(), mode.to_string()), ("count".to_string(), count.to_string())];
+        let c = Arc::new(latchkey::plugin::CallCredential::new("c", 1, config, secrets).with_cache_scope("imports"));
+        match &rt.apply(&p, &c, at(), &get("https://h.test/")).unwrap()[0] {
+            Checked::Set(_, v) => v.text.parse::<u32>().unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    cached("cache", 100);
+    assert_eq!(cached("cache-read", 16), 16, "the first 16 writes were kept");
+    assert_eq!(cached("cache-read", 100), 16, "no write past the 16th was kept");
+    assert_eq!(cached("cache-read-first", 1000), 256, "reads past 256 find nothing");
+    // A credential without a cache scope is never cached.
+    let unscoped = cred(&[("mode", "cache"), ("count", "1")], &[("key", &key)]);
+    rt.apply(&p, &unscoped, at(), &get("https://h.test/")).unwrap();
+    let read = cred(&[("mode", "cache-read"), ("count", "1")], &[("key", &key)]);
+    assert!(
+        matches!(&rt.apply(&p, &read, at(), &get("https://h.test/")).unwrap()[0], Checked::Set(_, v) if v.text == "0")
+    );
+
+    // One import cannot run long either: derivation chains are short, and a
+    // call's `crypto` input is bounded in bytes, secrets spliced in
+    // included. A generous clock, so these bounds and not the time budget
+    // stop them on a loaded machine.
+    let slow =
+        Runtime::new(RuntimeConfig { call_timeout: std::time::Duration::from_secs(30), ..RuntimeConfig::default() })
+            .unwrap();
+    let p = slow.load_file(guests::IMPORTS.as_ref()).unwrap();
+    let kib = "k".repeat(1024);
+    let run = |mode: &str, count: u32| {
+        let c = cred(&[("mode", mode), ("count", &count.to_string())], &[("key", &kib)]);
+        slow.apply(&p, &c, at(), &get("https://h.test/"))
+    };
+    let msg = run("hmac-chain", 1).unwrap_err().to_string();
+    assert!(msg.contains("at most 16 derivation steps per HMAC, not 100000"), "{msg}");
+    run("digest-big", 4).unwrap();
+    let over = "exceeded the per-call limit of 33554432 bytes of input on `crypto`";
+    let msg = failed(run("digest-big", 5));
+    assert!(msg.contains(over), "{msg}");
+    let msg = failed(run("parts-bomb", 1));
+    assert!(msg.contains(over), "{msg}");
+
+    // Host time counts against the time budget, though the epoch deadline
+    // fires only in Wasm: sixteen RSA signatures (a millisecond or so each)
+    // run past a 2 ms budget, and an import refuses to start once it is spent.
+    let quick =
+        Runtime::new(RuntimeConfig { call_timeout: std::time::Duration::from_millis(2), ..RuntimeConfig::default() })
+            .unwrap();
+    let p = quick.load_file(guests::IMPORTS.as_ref()).unwrap();
+    let rsa = include_str!("../../../plugins/jwt/testdata/rsa2048-pkcs8.pem");
+    let c = cred(&[("mode", "sign-rsa"), ("count", "16")], &[("key", rsa)]);
+    let msg = failed(quick.apply(&p, &c, at(), &get("https://h.test/")));
+    assert!(msg.contains("exceeded its time budget of 2 ms"), "{msg}");
+}
+
+#[test]
 fn hostile_calls_do_not_starve_others() {
     let rt = runtime();
     let spin = Arc::new(load(guests::SPIN));

@@ -9,6 +9,7 @@ mod console;
 #[macro_use]
 mod db;
 mod audit;
+mod canaries;
 mod directory;
 mod hostile;
 mod identity;
@@ -16,6 +17,7 @@ mod lifecycle;
 mod log_injection;
 mod openapi;
 mod pipeline;
+mod plugin_cache;
 mod s3;
 mod s3_upstream;
 mod schemes;

@@ -40,9 +40,13 @@ pub fn at() -> Datetime {
     Datetime { seconds: 1_440_938_160, nanoseconds: 0 }
 }
 
-/// A random-looking value unique to this run, for canary secrets.
+/// A random-looking value unique to this run, for canary secrets. It is
+/// watched for the rest of the run: should it appear in any log line or
+/// panic, the test binary stops ([`crate::canaries`]).
 pub fn canary(tag: &str) -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    format!("canary-{tag}-{:x}{:x}", n, std::process::id())
+    let value = format!("canary-{tag}-{:x}{:x}", n, std::process::id());
+    crate::canaries::watch(tag, &value);
+    value
 }

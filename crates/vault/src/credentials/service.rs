@@ -334,6 +334,21 @@ impl Resolution {
         self.entry.as_ref().map(|e| &e.credential)
     }
 
+    /// What a plugin's cache may file this credential's entries under: the
+    /// vault row's random id (new for every created credential, so no other
+    /// organisation's credential of the same name, and no earlier credential
+    /// of this name, shares it) with its version and secret version. `None`
+    /// when the secrets come from another layer: nothing would tell one set
+    /// of values from another, so such calls are not cached.
+    pub fn cache_scope(&self) -> Option<String> {
+        match &self.entry {
+            Some(row) if self.resolved.layer == model::Layer::Vault => {
+                Some(format!("{}/{}/{}", row.id, row.credential.version, row.secret_version))
+            }
+            _ => None,
+        }
+    }
+
     /// Refuse `host` unless the vault record allows it. A name the vault
     /// does not hold has no destination list (an override is the caller's
     /// own key; an environment credential's destination is the operator's
