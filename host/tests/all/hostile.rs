@@ -178,6 +178,10 @@ fn imports() {
     }
     // Log lines past the limit are dropped, not fatal.
     run("log", 1000).unwrap();
+    // A forged credential handle (another tenant's, say) reaches nothing.
+    let msg = failed(run("forge-handle", 1));
+    assert!(msg.contains("handle") || msg.contains("trapped"), "{msg}");
+    still_works();
 
     // Cache writes past the limit are dropped, and reads past theirs find nothing.
     let cached = |mode: &str, count: u32| {

@@ -243,3 +243,73 @@ async fn resolve(v: &Vault) -> Result<String, latchkey::vault::VaultError> {
     let r = v.resolve("default", "feed", &Overrides::new()).await?;
     Ok(r.resolved.secrets["key"].expose().to_string())
 }
+
+/// Set in the redeeming child process: `location\nkey`.
+const REDEEM_ENV: &str = "LATCHKEY_TEST_REDEEM_CHILD";
+
+/// The redeemer. A no-op in a normal test run; [`sigkill_mid_redemption`]
+/// runs this test binary again with [`REDEEM_ENV`] set, and it issues and
+/// redeems registration tokens until killed, printing `BEGIN <i>` before
+/// each redemption and `ACK <i>` once it returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeem_child() {
+    let Ok(spec) = std::env::var(REDEEM_ENV) else { return };
+    let (location, key) = spec.split_once('\n').unwrap();
+    let keys = KeySource { master_key: Some(Zeroizing::new(key.to_string())), ..KeySource::default() };
+    let vault = Vault::open(VaultOptions::new(Location::from_url(location), keys), runtime()).await.unwrap();
+    for i in 0.. {
+        let issued = vault.create_registration_token("default", time::Duration::hours(1), "t").await.unwrap();
+        println!("BEGIN {i}");
+        vault.redeem_registration_token(issued.token.expose(), "default", &format!("agent-{i:04}")).await.unwrap();
+        println!("ACK {i}");
+    }
+}
+
+vault_tests! {
+    sigkill_mid_redemption => sigkill_mid_redemption;
+}
+
+/// Case 14 of the threat catalogue: a redemption killed at any point either
+/// happened whole (token used, agent created, audit event written) or not at
+/// all (token unused, no agent).
+async fn sigkill_mid_redemption(db: &TestDb) {
+    let location = match &db.location {
+        Location::SqliteFile(p) => p.display().to_string(),
+        Location::Postgres(url) => url.clone(),
+    };
+    db.open().await.close().await;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["vault_crash::redeem_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(REDEEM_ENV, format!("{location}\n{}", db.key.as_str()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut acked = 0;
+    while acked < KILL_AFTER {
+        let line = lines.next().expect("child ended early").unwrap();
+        if line.starts_with("ACK ") {
+            acked += 1;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let acked = acked + lines.map_while(Result::ok).filter(|l| l.starts_with("ACK ")).count();
+
+    let vault = db.open().await;
+    let tokens = vault.list_registration_tokens(Some("default")).await.unwrap();
+    let agents = vault.list_agents(Some("default")).await.unwrap();
+    for t in &tokens {
+        assert_eq!(t.used_at.is_some(), t.agent.is_some(), "token {}: used without its agent, or the reverse", t.prefix);
+    }
+    let used = tokens.iter().filter(|t| t.used_at.is_some()).count();
+    assert_eq!(used, agents.len(), "every agent came from one used token");
+    assert!(used == acked || used == acked + 1, "{used} redeemed, {acked} acknowledged");
+    assert!(tokens.len() <= used + 1, "at most the token in flight is left unused");
+    let audit = vault.audit(&AuditFilter { limit: Some(100_000), ..AuditFilter::default() }).await.unwrap();
+    let registered = audit.iter().filter(|e| e.action == AuditAction::Register.as_str()).count();
+    assert_eq!(registered, agents.len(), "an agent without its audit event (or the reverse)");
+    eprintln!("sigkill mid-redemption ({:?}): {acked} acknowledged, {used} redeemed, all whole", db.backend);
+    vault.close().await;
+}

@@ -71,6 +71,15 @@ impl Scheme for Guest {
                     let parts = vec![Part::secret("key"); 40_000];
                     call.sha256_parts(&parts)?;
                 }
+                "forge-handle" => {
+                    // A handle the host never gave out, as if it named another
+                    // tenant's credential.
+                    // SAFETY: deliberately invalid; the host must trap.
+                    let forged = unsafe { Credential::from_handle(0xdead + i) };
+                    let name = forged.name();
+                    std::mem::forget(forged);
+                    return Ok(vec![Edit::set_header_text("x-test", name)]);
+                }
                 other => return Err(Error::InvalidConfig(format!("unknown mode `{other}`"))),
             }
         }
