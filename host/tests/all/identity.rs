@@ -187,6 +187,18 @@ async fn jwt_identity(backend: Backend) {
     let forged = jwt(serde_json::json!({"alg": "RS256", "kid": "r1"}), claims("svc-ci", 300), Signer::Ed(&attacker));
     let (s, v, _) = call(forged).await;
     refused(&v, s, 401, "token_rejected", "signature");
+    // Keys named by the token itself (`jku`, `x5u`, an embedded `jwk`) are
+    // never used or fetched: only the provider's JWKS counts.
+    let trap = jwks_server(&w.pki, vec![ed_jwk(&attacker, "r1")]).await;
+    let header = serde_json::json!({
+        "alg": "RS256", "kid": "r1", "jku": trap.url, "x5u": trap.url, "jwk": ed_jwk(&attacker, "r1"),
+    });
+    let (s, v, _) = call(jwt(header, claims("svc-ci", 300), Signer::Ed(&attacker))).await;
+    refused(&v, s, 401, "token_rejected", "signature");
+    let header = serde_json::json!({"alg": "EdDSA", "kid": "r1", "jku": trap.url, "jwk": ed_jwk(&attacker, "r1")});
+    let (s, v, _) = call(jwt(header, claims("svc-ci", 300), Signer::Ed(&attacker))).await;
+    refused(&v, s, 401, "token_rejected", "pinned to RS256");
+    assert_eq!(trap.fetches.load(Ordering::SeqCst), 0, "a key URL from the token was fetched");
     // Expired beyond the leeway; not yet valid; another audience; another issuer.
     let t = jwt(serde_json::json!({"alg": "RS256", "kid": "r1"}), claims("svc-ci", -120), Signer::Rsa(&rsa));
     let (s, v, _) = call(t).await;

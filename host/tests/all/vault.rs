@@ -35,6 +35,7 @@ async fn key_of(vault: &Vault, name: &str) -> Result<String, VaultError> {
 vault_tests! {
     lifecycle => lifecycle;
     sealed_rows_cannot_be_swapped => sealed_rows_cannot_be_swapped;
+    secrets_are_sealed_again_only_when_they_change => secrets_are_sealed_again_only_when_they_change;
     input_hygiene => input_hygiene;
     version_conflicts_and_concurrent_writers => version_conflicts_and_concurrent_writers;
     changes_reach_other_instances => changes_reach_other_instances;
@@ -163,6 +164,59 @@ async fn sealed_rows_cannot_be_swapped(db: &TestDb) {
     let e = vault.resolve(ORG, "beta", &Overrides::new()).await.unwrap_err();
     assert_eq!(e.code(), "vault_integrity", "{e}");
     assert!(key_of(&vault, "alpha").await.is_ok());
+    vault.close().await;
+}
+
+/// The stored sealed blob of `name`, read from the database directly.
+async fn stored_blob(db: &TestDb, name: &str) -> Vec<u8> {
+    let sql = "SELECT secret_blob FROM credentials WHERE name = $1";
+    let row: (Vec<u8>,) = match db.backend {
+        Backend::Sqlite => {
+            let pool =
+                sqlx::SqlitePool::connect(&format!("sqlite://{}", db.path().join("vault.db").display())).await.unwrap();
+            let row = sqlx::query_as(sql).bind(name).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            row
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(db.url.as_deref().unwrap()).await.unwrap();
+            let row = sqlx::query_as(sql).bind(name).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            row
+        }
+    };
+    row.0
+}
+
+/// Threat catalogue case 6: a secret change seals the fields again under a
+/// fresh data key (new wrap, new data nonce); a change of anything else leaves
+/// the sealed blob exactly as it was, so no key is used more than its secrets
+/// change.
+async fn secrets_are_sealed_again_only_when_they_change(db: &TestDb) {
+    let vault = db.open().await;
+    vault.create(api_key("sealed", &canary("v1")), "test").await.unwrap();
+    let first = stored_blob(db, "sealed").await;
+    let update = RawUpdate {
+        config: Some(vec![("prefix".into(), "Token ".into())]),
+        destinations: Some(vec!["api.example.org".into()]),
+        ..RawUpdate::default()
+    };
+    vault.update(ORG, "sealed", update, "test").await.unwrap();
+    vault.set_enabled(ORG, "sealed", false, "test").await.unwrap();
+    vault.set_enabled(ORG, "sealed", true, "test").await.unwrap();
+    assert_eq!(stored_blob(db, "sealed").await, first, "a change without new secrets sealed them again");
+    // A rotation seals them again: a new wrap nonce, the data key wrapped
+    // anew, a new data nonce.
+    let again = canary("v2");
+    vault.rotate(ORG, "sealed", BTreeMap::from([("key".to_string(), Secret::new(&again))]), BTreeSet::new(), "t")
+        .await
+        .unwrap();
+    let second = stored_blob(db, "sealed").await;
+    // Offsets from the blob format: 8..20 wrap nonce, 20..52 wrapped DEK, 68..80 data nonce.
+    assert_ne!(first[8..20], second[8..20], "the wrap nonce was reused");
+    assert_ne!(first[20..52], second[20..52], "the data key was not wrapped anew");
+    assert_ne!(first[68..80], second[68..80], "the data nonce was reused");
+    assert_eq!(key_of(&vault, "sealed").await.unwrap(), again);
     vault.close().await;
 }
 
