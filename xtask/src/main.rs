@@ -19,7 +19,8 @@ tasks:
   test      everything CI runs: formatting, clippy, host and plugin tests,
             golden vectors, and the official-SDK comparisons
   bench     criterion benchmarks; writes the measured ratios to BENCHMARKS.md
-            (`bench plugins` or `bench vault` runs one of them)
+            (`bench plugins` or `bench vault` runs one of them; `bench timing`
+            runs the dudect constant-time test of the token checks and prints max t)
   bench-http
             HTTP load on loopback with wrk (installs nginx and wrk if missing): the
             broker's proxy against an nginx proxy, /v1/sign against /healthz;
@@ -27,6 +28,10 @@ tasks:
   bench-isolation
             another route's p50/p99 alone and while 8 clients hammer a route whose
             plugin loops until its time budget (same run); writes BENCHMARKS.md
+  fuzz [TARGET] [SECONDS]
+            run one fuzz target (every one, in turn, without TARGET) for SECONDS
+            (default 120) on its corpus in fuzz/corpus/TARGET; needs cargo-fuzz,
+            and runs it on the stable toolchain with RUSTC_BOOTSTRAP=1 (docs/fuzzing.md)
 ";
 
 fn main() -> Result<()> {
@@ -40,6 +45,7 @@ fn main() -> Result<()> {
         "bench" => bench(&root, std::env::args().nth(2).as_deref()),
         "bench-http" => bench_http::bench_http(&root),
         "bench-isolation" => bench_http::bench_isolation(&root),
+        "fuzz" => fuzz(&root, std::env::args().nth(2).as_deref(), std::env::args().nth(3).as_deref()),
         _ => {
             eprint!("{USAGE}");
             if task.is_empty() || task == "help" || task == "--help" { Ok(()) } else { bail!("unknown task `{task}`") }
@@ -198,6 +204,33 @@ fn test(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `cargo fuzz run` on stable: libFuzzer's flags are nightly-only, which
+/// `RUSTC_BOOTSTRAP=1` allows. Without a sanitizer (the targets check their
+/// own contracts; ASan over wasmtime would make the build far slower). The
+/// build, the runtime's plugin build included, stays in `fuzz/target`.
+fn fuzz(root: &Path, target: Option<&str>, seconds: Option<&str>) -> Result<()> {
+    let seconds: u64 = seconds.unwrap_or("120").parse().context("SECONDS must be a whole number")?;
+    let targets: Vec<String> = match target {
+        Some(t) => vec![t.to_string()],
+        None => {
+            let mut all: Vec<String> = std::fs::read_dir(root.join("fuzz/fuzz_targets"))?
+                .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".rs").map(str::to_string))
+                .collect();
+            all.sort();
+            all
+        }
+    };
+    for t in &targets {
+        run(cargo()
+            .args(["fuzz", "run", "--sanitizer", "none", t])
+            .arg(format!("fuzz/corpus/{t}"))
+            .args(["--", &format!("-max_total_time={seconds}")])
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env("CARGO_TARGET_DIR", root.join("fuzz/target")))?;
+    }
+    Ok(())
+}
+
 fn bench(root: &Path, which: Option<&str>) -> Result<()> {
     match which {
         None => {
@@ -206,7 +239,9 @@ fn bench(root: &Path, which: Option<&str>) -> Result<()> {
         }
         Some("plugins") => plugin_bench(root),
         Some("vault") => vault_bench(root),
-        Some(other) => bail!("unknown benchmark `{other}`: `plugins` or `vault`"),
+        // dudect prints its verdicts; there is no ratio to write down.
+        Some("timing") => run(cargo().args(["bench", "-p", "latchkey", "--bench", "timing"])),
+        Some(other) => bail!("unknown benchmark `{other}`: `plugins`, `vault` or `timing`"),
     }
 }
 

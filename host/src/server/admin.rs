@@ -19,7 +19,6 @@ use axum::extract::{FromRequestParts, OptionalFromRequestParts, Path, Query, Sta
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::Json;
-use ring::digest;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -92,19 +91,12 @@ impl FromRequestParts<Arc<AppState>> for AdminToken {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| ApiError::new(ErrorCode::InvalidAdminToken, "send `Authorization: Bearer <admin token>`"))?;
-        if admin_token_matches(expected, presented) {
+        if super::auth::admin_token_matches(expected, presented) {
             Ok(AdminToken { actor: admin_actor(app) })
         } else {
             Err(ApiError::new(ErrorCode::InvalidAdminToken, "the admin token is not valid"))
         }
     }
-}
-
-/// Whether `presented` is the admin token whose SHA-256 is `expected`
-/// (compared as digests, in constant time).
-pub(super) fn admin_token_matches(expected: &[u8], presented: &str) -> bool {
-    let got = digest::digest(&digest::SHA256, presented.as_bytes());
-    bool::from(subtle::ConstantTimeEq::ct_eq(got.as_ref(), expected))
 }
 
 /// The audit actor of a change made with the admin token.
@@ -254,6 +246,22 @@ fn yes() -> bool {
     true
 }
 
+impl NewCredentialBody {
+    /// What [`create_credential`] hands the vault.
+    fn into_raw(self, org: String) -> RawCredential {
+        RawCredential {
+            name: self.name,
+            org: Some(org),
+            scheme: self.scheme,
+            config: self.config,
+            secrets: secrets(self.secrets),
+            verbatim: self.verbatim,
+            enabled: self.enabled,
+            destinations: self.destinations,
+        }
+    }
+}
+
 fn secrets(map: BTreeMap<String, String>) -> BTreeMap<String, Secret> {
     map.into_iter().map(|(k, v)| (k, Secret::new(v))).collect()
 }
@@ -277,17 +285,7 @@ async fn create_credential(
     State(app): State<Arc<AppState>>,
     JsonBody(b): JsonBody<NewCredentialBody>,
 ) -> Result<(StatusCode, Json<CredentialChange>), ApiError> {
-    let raw = RawCredential {
-        name: b.name,
-        org: Some(org),
-        scheme: b.scheme,
-        config: b.config,
-        secrets: secrets(b.secrets),
-        verbatim: b.verbatim,
-        enabled: b.enabled,
-        destinations: b.destinations,
-    };
-    let done = app.vault.create(raw, &admin.actor).await?;
+    let done = app.vault.create(b.into_raw(org), &admin.actor).await?;
     Ok((StatusCode::CREATED, Json(CredentialChange::new(&done.value, &done.notices))))
 }
 
@@ -334,6 +332,20 @@ struct UpdateBody {
     expected_version: Option<u64>,
 }
 
+impl UpdateBody {
+    /// What [`update_credential`] hands the vault.
+    fn into_raw(self) -> RawUpdate {
+        RawUpdate {
+            config: self.config,
+            secrets: self.secrets.map(secrets),
+            verbatim: self.verbatim,
+            enabled: self.enabled,
+            destinations: self.destinations,
+            expected_version: self.expected_version,
+        }
+    }
+}
+
 /// Update a credential
 #[utoipa::path(
     patch,
@@ -354,15 +366,7 @@ async fn update_credential(
     State(app): State<Arc<AppState>>,
     JsonBody(b): JsonBody<UpdateBody>,
 ) -> Result<Json<CredentialChange>, ApiError> {
-    let raw = RawUpdate {
-        config: b.config,
-        secrets: b.secrets.map(secrets),
-        verbatim: b.verbatim,
-        enabled: b.enabled,
-        destinations: b.destinations,
-        expected_version: b.expected_version,
-    };
-    let done = app.vault.update(&org, &name, raw, &admin.actor).await?;
+    let done = app.vault.update(&org, &name, b.into_raw(), &admin.actor).await?;
     Ok(Json(CredentialChange::new(&done.value, &done.notices)))
 }
 
@@ -634,6 +638,20 @@ struct RouteBody {
     check_path: Option<String>,
 }
 
+impl RouteBody {
+    /// What [`put_route`] hands the vault.
+    fn into_route(self, org: String) -> Route {
+        Route {
+            name: self.name,
+            org,
+            upstream: self.upstream,
+            credential: self.credential,
+            mock: self.mock,
+            check_path: self.check_path,
+        }
+    }
+}
+
 /// Add or replace a route
 ///
 /// The credential must exist and be allowed to go to the upstream's host
@@ -656,14 +674,7 @@ async fn put_route(
     State(app): State<Arc<AppState>>,
     JsonBody(b): JsonBody<RouteBody>,
 ) -> Result<(StatusCode, Json<RouteView>), ApiError> {
-    let route = Route {
-        name: b.name,
-        org,
-        upstream: b.upstream,
-        credential: b.credential,
-        mock: b.mock,
-        check_path: b.check_path,
-    };
+    let route = b.into_route(org);
     app.vault.put_route(&route, &admin.actor).await?;
     let stored = app.vault.route(&route.org, &route.name).await?.unwrap_or(route);
     Ok((StatusCode::CREATED, Json(RouteView::from(&stored))))
@@ -1019,6 +1030,31 @@ struct IdpBody {
     max_token_lifetime_seconds: Option<i64>,
 }
 
+impl IdpBody {
+    /// What [`put_idp`] hands the vault, defaults filled in.
+    fn into_provider(self, org: String) -> Result<IdentityProvider, ApiError> {
+        let jwks = match (self.jwks_url, self.jwks) {
+            (Some(url), None) => JwksSource::Url(url),
+            (None, Some(doc)) => JwksSource::Static(doc.to_string()),
+            _ => return Err(ApiError::new(ErrorCode::InvalidRequest, "give exactly one of `jwks_url` and `jwks`")),
+        };
+        Ok(IdentityProvider {
+            org,
+            name: self.name,
+            issuer: self.issuer,
+            alg: self.alg,
+            audience: self.audience,
+            leeway_seconds: self.leeway_seconds.unwrap_or(crate::vault::identity::DEFAULT_LEEWAY_SECONDS),
+            jwks,
+            refresh_seconds: self.refresh_seconds.unwrap_or(crate::vault::identity::DEFAULT_REFRESH_SECONDS),
+            subject_claim: self.subject_claim.unwrap_or_else(|| "sub".into()),
+            max_token_lifetime_seconds: self
+                .max_token_lifetime_seconds
+                .unwrap_or(crate::vault::identity::DEFAULT_MAX_TOKEN_LIFETIME_SECONDS),
+        })
+    }
+}
+
 /// Add or replace an identity provider
 ///
 /// Its issuer (unique in the organisation: 409 `issuer_exists`), pinned
@@ -1041,25 +1077,7 @@ async fn put_idp(
     State(app): State<Arc<AppState>>,
     JsonBody(b): JsonBody<IdpBody>,
 ) -> Result<(StatusCode, Json<IdpView>), ApiError> {
-    let jwks = match (b.jwks_url, b.jwks) {
-        (Some(url), None) => JwksSource::Url(url),
-        (None, Some(doc)) => JwksSource::Static(doc.to_string()),
-        _ => return Err(ApiError::new(ErrorCode::InvalidRequest, "give exactly one of `jwks_url` and `jwks`")),
-    };
-    let p = IdentityProvider {
-        org,
-        name: b.name,
-        issuer: b.issuer,
-        alg: b.alg,
-        audience: b.audience,
-        leeway_seconds: b.leeway_seconds.unwrap_or(crate::vault::identity::DEFAULT_LEEWAY_SECONDS),
-        jwks,
-        refresh_seconds: b.refresh_seconds.unwrap_or(crate::vault::identity::DEFAULT_REFRESH_SECONDS),
-        subject_claim: b.subject_claim.unwrap_or_else(|| "sub".into()),
-        max_token_lifetime_seconds: b
-            .max_token_lifetime_seconds
-            .unwrap_or(crate::vault::identity::DEFAULT_MAX_TOKEN_LIFETIME_SECONDS),
-    };
+    let p = b.into_provider(org)?;
     app.vault.put_identity_provider(&p, &admin.actor).await?;
     Ok((StatusCode::CREATED, Json(IdpView::from(&p))))
 }
@@ -1125,6 +1143,18 @@ struct TokenBody {
     ttl: Option<String>,
 }
 
+impl TokenBody {
+    /// The lifetime [`create_token`] asks for: an hour without a body or a `ttl`.
+    fn ttl(body: Option<TokenBody>) -> Result<time::Duration, ApiError> {
+        match body.and_then(|b| b.ttl) {
+            None => Ok(crate::vault::agents::DEFAULT_REGISTRATION_TTL),
+            Some(t) => crate::text::parse_duration_seconds(&t).map(time::Duration::seconds).ok_or_else(|| {
+                ApiError::new(ErrorCode::InvalidArgument, format!("ttl `{t}`: give a duration like 90s, 15m, 1h or 2d"))
+            }),
+        }
+    }
+}
+
 /// Create a registration token (lk_reg_…)
 ///
 /// The body is optional: without one the token lives an hour.
@@ -1146,12 +1176,7 @@ async fn create_token(
     State(app): State<Arc<AppState>>,
     body: Option<JsonBody<TokenBody>>,
 ) -> Result<(StatusCode, Json<NewToken>), ApiError> {
-    let ttl = match body.and_then(|JsonBody(b)| b.ttl) {
-        None => crate::vault::agents::DEFAULT_REGISTRATION_TTL,
-        Some(t) => crate::text::parse_duration_seconds(&t).map(time::Duration::seconds).ok_or_else(|| {
-            ApiError::new(ErrorCode::InvalidArgument, format!("ttl `{t}`: give a duration like 90s, 15m, 1h or 2d"))
-        })?,
-    };
+    let ttl = TokenBody::ttl(body.map(|JsonBody(b)| b))?;
     let issued = app.vault.create_registration_token(&org, ttl, &admin.actor).await?;
     Ok((StatusCode::CREATED, Json(NewToken::from(&issued))))
 }
@@ -1345,4 +1370,56 @@ async fn audit(
     };
     let filter = AuditFilter { org: q.org, credential: q.credential, action, since: None, limit: q.limit };
     Ok(Json(app.vault.audit(&filter).await?))
+}
+
+/// The admin API's JSON bodies as its handlers read them, for the fuzz
+/// targets (`fuzz/`): `data` parsed as each body type (as [`JsonBody`] does),
+/// and each body that parses turned into what its handler hands the vault,
+/// by the handler's own conversion. `None`: `data` is not that body.
+#[doc(hidden)]
+#[derive(Default)]
+pub struct FuzzBodies {
+    /// `POST /credentials`.
+    pub create: Option<RawCredential>,
+    /// `PATCH /credentials/{name}`.
+    pub update: Option<RawUpdate>,
+    /// `POST /credentials/{name}/rotate`: secrets and verbatim fields.
+    pub rotate: Option<(BTreeMap<String, Secret>, BTreeSet<String>)>,
+    /// `POST /credentials/{name}/attach` and `detach`.
+    pub attach: Option<Result<(AttachmentKind, String), ApiError>>,
+    /// `POST /routes`.
+    pub route: Option<Route>,
+    /// `POST /agents`: name and credentials.
+    pub agent: Option<(String, Vec<String>)>,
+    /// `PUT /agents/{name}/jwt`: provider and subject.
+    pub bind_jwt: Option<(String, String)>,
+    /// `POST /identity-providers`.
+    pub idp: Option<Result<IdentityProvider, ApiError>>,
+    /// `POST /tokens`: the lifetime (an empty body counts as none).
+    pub token_ttl: Option<Result<time::Duration, ApiError>>,
+}
+
+#[doc(hidden)]
+impl FuzzBodies {
+    /// Parse `data` as every body, in organisation `org`.
+    pub fn parse(data: &[u8], org: &str) -> FuzzBodies {
+        fn body<T: serde::de::DeserializeOwned>(data: &[u8]) -> Option<T> {
+            JsonBody::<T>::parse(data).ok().map(|JsonBody(b)| b)
+        }
+        FuzzBodies {
+            create: body::<NewCredentialBody>(data).map(|b| b.into_raw(org.to_string())),
+            update: body::<UpdateBody>(data).map(UpdateBody::into_raw),
+            rotate: body::<RotateBody>(data).map(|b| (secrets(b.secrets), b.verbatim)),
+            attach: body::<AttachBody>(data).map(AttachBody::target),
+            route: body::<RouteBody>(data).map(|b| b.into_route(org.to_string())),
+            agent: body::<AgentBody>(data).map(|b| (b.name, b.credentials)),
+            bind_jwt: body::<BindJwtBody>(data).map(|b| (b.idp, b.subject)),
+            idp: body::<IdpBody>(data).map(|b| b.into_provider(org.to_string())),
+            token_ttl: if data.is_empty() {
+                Some(TokenBody::ttl(None))
+            } else {
+                body::<TokenBody>(data).map(|b| TokenBody::ttl(Some(b)))
+            },
+        }
+    }
 }

@@ -60,6 +60,13 @@ pub enum TokenSource {
 #[derive(Debug, Clone, Copy)]
 pub struct ArrivedOverTls;
 
+/// Whether `presented` is the admin token whose SHA-256 is `expected`
+/// (compared as digests, in constant time; `benches/timing.rs` measures it).
+pub fn admin_token_matches(expected: &[u8], presented: &str) -> bool {
+    let got = ring::digest::digest(&ring::digest::SHA256, presented.as_bytes());
+    bool::from(subtle::ConstantTimeEq::ct_eq(got.as_ref(), expected))
+}
+
 fn unauthorized(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidAgentToken, message)
 }

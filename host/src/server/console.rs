@@ -481,7 +481,7 @@ async fn login(
         return (StatusCode::TOO_MANY_REQUESTS, page).into_response();
     }
     let token = Secret::new(Fields(form).get("token").unwrap_or_default().trim());
-    if !admin::admin_token_matches(expected, token.expose()) {
+    if !super::auth::admin_token_matches(expected, token.expose()) {
         app.console.sign_in_allowed(true);
         tracing::warn!(target: "latchkey::audit", action = "console-sign-in", outcome = "invalid_admin_token", "audit");
         return (StatusCode::UNAUTHORIZED, login_form(Some("That is not the admin token."))).into_response();

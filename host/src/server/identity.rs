@@ -109,7 +109,10 @@ impl JwksStore {
     }
 }
 
-fn kids_of(doc: &str) -> HashSet<String> {
+/// The `kid`s of a JWKS document's keys (none when it is not one).
+/// Public only for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn kids_of(doc: &str) -> HashSet<String> {
     serde_json::from_str::<serde_json::Value>(doc)
         .ok()
         .and_then(|v| v.get("keys").and_then(|k| k.as_array()).cloned())
@@ -282,8 +285,10 @@ pub fn looks_like_jwt(token: &str) -> bool {
 }
 
 /// The unverified header `kid` and claims `iss` of a compact JWS: used only
-/// to choose the provider and its keys, never trusted.
-fn peek(token: &str) -> Option<(Option<String>, String)> {
+/// to choose the provider and its keys, never trusted. Public only for the
+/// fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn peek(token: &str) -> Option<(Option<String>, String)> {
     let mut parts = token.split('.');
     let (h, c) = (parts.next()?, parts.next()?);
     let header: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).ok()?).ok()?;

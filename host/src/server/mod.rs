@@ -22,6 +22,20 @@ mod proxy;
 mod sign;
 pub mod views;
 
+/// The JSON bodies of the broker's own routes as their handlers read them,
+/// for the fuzz targets (`fuzz/`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::admin::FuzzBodies;
+    pub use super::sign::fuzz_body as sign_body;
+
+    /// A `POST /v1/agents/register` body: token, organisation and name.
+    pub fn register_body(data: &[u8]) -> Option<(String, String, String)> {
+        let b: super::RegisterBody = serde_json::from_slice(data).ok()?;
+        Some((b.token, b.org, b.name))
+    }
+}
+
 use crate::error::ErrorCode;
 use std::sync::Arc;
 use std::time::Duration;

@@ -120,11 +120,64 @@ impl AddressPolicy {
     }
 }
 
+/// Where a host name's addresses come from: the system's resolver
+/// ([`SystemLookup`]) in the broker. The one seam for a stand-in (a test's
+/// name that answers one address, then another), passed to
+/// [`client_with_lookup`]; every answer still goes through the policy.
+pub trait Lookup: Send + Sync {
+    /// The addresses `host` resolves to now.
+    fn lookup(&self, host: &str) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send + 'static>>;
+}
+
+/// The system's resolver (`getaddrinfo`, through tokio).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemLookup;
+
+impl Lookup for SystemLookup {
+    fn lookup(&self, host: &str) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send + 'static>> {
+        let host = host.to_string();
+        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), 0)).await?.map(|a| a.ip()).collect()) })
+    }
+}
+
 /// A DNS resolver that returns only addresses the policy allows, and fails
 /// when none is left.
 #[derive(Clone)]
 pub struct CheckedResolver {
     policy: Arc<AddressPolicy>,
+    lookup: Arc<dyn Lookup>,
+}
+
+impl CheckedResolver {
+    /// A resolver asking `lookup` and keeping what `policy` allows.
+    pub fn new(policy: Arc<AddressPolicy>, lookup: Arc<dyn Lookup>) -> CheckedResolver {
+        CheckedResolver { policy, lookup }
+    }
+
+    /// Resolve `host` once and keep the addresses the policy allows: what
+    /// the connector dials, and all it dials (it never resolves again for
+    /// the same connection). Fails with [`AddressRefused`] when none is left.
+    pub async fn resolve(&self, host: &str) -> std::io::Result<Vec<SocketAddr>> {
+        let addrs = self.lookup.lookup(host).await?;
+        let mut refused = None;
+        let allowed: Vec<SocketAddr> = addrs
+            .into_iter()
+            .filter(|ip| match self.policy.refusal(*ip) {
+                None => true,
+                Some(why) => {
+                    refused = Some(why);
+                    false
+                }
+            })
+            .map(|ip| SocketAddr::new(ip, 0))
+            .collect();
+        if allowed.is_empty() {
+            let why = refused.unwrap_or_else(|| "it has no addresses".into());
+            let host = host.to_string();
+            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, AddressRefused { host, why }));
+        }
+        Ok(allowed)
+    }
 }
 
 impl tower_service::Service<Name> for CheckedResolver {
@@ -137,27 +190,8 @@ impl tower_service::Service<Name> for CheckedResolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let policy = self.policy.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let mut refused = None;
-            let allowed: Vec<SocketAddr> = addrs
-                .into_iter()
-                .filter(|a| match policy.refusal(a.ip()) {
-                    None => true,
-                    Some(why) => {
-                        refused = Some(why);
-                        false
-                    }
-                })
-                .collect();
-            if allowed.is_empty() {
-                let why = refused.unwrap_or_else(|| "it has no addresses".into());
-                return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, AddressRefused { host, why }));
-            }
-            Ok(allowed.into_iter())
-        })
+        let resolver = self.clone();
+        Box::pin(async move { resolver.resolve(name.as_str()).await.map(Vec::into_iter) })
     }
 }
 
@@ -235,8 +269,18 @@ pub enum TlsSetupError {
     },
 }
 
-/// Build the upstream client.
+/// Build the upstream client, resolving through the system's resolver.
 pub fn client(policy: Arc<AddressPolicy>, tls: &TlsOptions) -> Result<UpstreamClient, TlsSetupError> {
+    client_with_lookup(policy, tls, Arc::new(SystemLookup))
+}
+
+/// Build the upstream client, resolving host names through `lookup`
+/// (checked by the policy like the system's answers).
+pub fn client_with_lookup(
+    policy: Arc<AddressPolicy>,
+    tls: &TlsOptions,
+    lookup: Arc<dyn Lookup>,
+) -> Result<UpstreamClient, TlsSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     if !tls.no_system_roots {
         let native = rustls_native_certs::load_native_certs();
@@ -264,7 +308,7 @@ pub fn client(policy: Arc<AddressPolicy>, tls: &TlsOptions) -> Result<UpstreamCl
         .map_err(|source| TlsSetupError::Rustls { what: "upstream TLS", source })?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let mut http = HttpConnector::new_with_resolver(CheckedResolver { policy });
+    let mut http = HttpConnector::new_with_resolver(CheckedResolver::new(policy, lookup));
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));

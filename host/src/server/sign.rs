@@ -73,8 +73,7 @@ pub(super) async fn sign(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let (agent, _) = auth::agent(&app, &headers, tls.is_some()).await?;
-    let body: SignBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("the body is not a sign request: {e}")))?;
+    let body = parse(&body)?;
     let ticket = match app.broker.open(&Caller::Agent(agent), &body.credential, &Overrides::new(), None).await {
         Ok(t) => t,
         Err(e) => {
@@ -104,19 +103,30 @@ pub(super) async fn sign(
     }
 }
 
+/// The request body as a sign request.
+fn parse(body: &[u8]) -> Result<SignBody, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("the body is not a sign request: {e}")))
+}
+
 /// The sign request as the call path's input.
 fn input(app: &AppState, ticket: &crate::broker::Ticket, body: SignBody) -> Result<SignInput, ApiError> {
+    to_input(body, ticket.reads_body(), ticket.scheme(), app.config.max_body)
+}
+
+/// [`input`] without the server: `reads_body` and `scheme` are the
+/// credential's scheme's, `max_body` the broker's body limit.
+fn to_input(body: SignBody, reads_body: bool, scheme: &str, max_body: usize) -> Result<SignInput, ApiError> {
     let request = body.request;
     // The agent sends the body itself, so the broker cannot re-frame an
     // aws-chunked upload or re-sign its chunk signatures for it.
-    if ticket.reads_body() && aws_chunked::is_streaming(&request.headers) {
+    if reads_body && aws_chunked::is_streaming(&request.headers) {
         return Err(ApiError::new(
             ErrorCode::UnsupportedPayload,
             format!(
                 "the request announces a streaming (aws-chunked / STREAMING-*) payload, which /v1/sign cannot sign \
-                 for scheme `{}`: send the decoded body (body_base64 or body_sha256, no aws-chunked encoding), \
-                 or send the upload through a proxy route, which decodes it",
-                ticket.scheme()
+                 for scheme `{scheme}`: send the decoded body (body_base64 or body_sha256, no aws-chunked encoding), \
+                 or send the upload through a proxy route, which decodes it"
             ),
         ));
     }
@@ -128,14 +138,10 @@ fn input(app: &AppState, ticket: &crate::broker::Ticket, body: SignBody) -> Resu
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("body_base64: {e}")))?;
-            if bytes.len() > app.config.max_body {
+            if bytes.len() > max_body {
                 return Err(ApiError::new(
                     ErrorCode::PayloadTooLarge,
-                    format!(
-                        "the body is {} bytes; the limit is {} (send body_sha256 instead)",
-                        bytes.len(),
-                        app.config.max_body
-                    ),
+                    format!("the body is {} bytes; the limit is {} (send body_sha256 instead)", bytes.len(), max_body),
                 ));
             }
             (bytes, BodyDigest::Compute)
@@ -158,4 +164,15 @@ fn input(app: &AppState, ticket: &crate::broker::Ticket, body: SignBody) -> Resu
         at,
         body_digest: digest,
     })
+}
+
+/// A `/v1/sign` body as the handler reads it, for the fuzz targets
+/// (`fuzz/`): parsed, then turned into the call path's input for a scheme
+/// that reads the body (or not), under a `max_body` limit; the credential's
+/// name comes back beside it.
+#[doc(hidden)]
+pub fn fuzz_body(data: &[u8], reads_body: bool, max_body: usize) -> Result<(String, SignInput), ApiError> {
+    let body = parse(data)?;
+    let credential = body.credential.clone();
+    Ok((credential, to_input(body, reads_body, "fuzz", max_body)?))
 }

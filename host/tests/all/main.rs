@@ -11,6 +11,7 @@ mod db;
 mod audit;
 mod canaries;
 mod directory;
+mod fuzz_corpus;
 mod hostile;
 mod identity;
 mod lifecycle;

@@ -208,7 +208,8 @@ async fn secrets_are_sealed_again_only_when_they_change(db: &TestDb) {
     // A rotation seals them again: a new wrap nonce, the data key wrapped
     // anew, a new data nonce.
     let again = canary("v2");
-    vault.rotate(ORG, "sealed", BTreeMap::from([("key".to_string(), Secret::new(&again))]), BTreeSet::new(), "t")
+    vault
+        .rotate(ORG, "sealed", BTreeMap::from([("key".to_string(), Secret::new(&again))]), BTreeSet::new(), "t")
         .await
         .unwrap();
     let second = stored_blob(db, "sealed").await;

@@ -301,7 +301,12 @@ async fn sigkill_mid_redemption(db: &TestDb) {
     let tokens = vault.list_registration_tokens(Some("default")).await.unwrap();
     let agents = vault.list_agents(Some("default")).await.unwrap();
     for t in &tokens {
-        assert_eq!(t.used_at.is_some(), t.agent.is_some(), "token {}: used without its agent, or the reverse", t.prefix);
+        assert_eq!(
+            t.used_at.is_some(),
+            t.agent.is_some(),
+            "token {}: used without its agent, or the reverse",
+            t.prefix
+        );
     }
     let used = tokens.iter().filter(|t| t.used_at.is_some()).count();
     assert_eq!(used, agents.len(), "every agent came from one used token");

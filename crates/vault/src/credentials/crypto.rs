@@ -1096,8 +1096,11 @@ fn encode_fields(out: &mut Vec<u8>, fields: &BTreeMap<String, Secret>) {
 
 /// Decode authenticated plaintext, strictly: the exact layout, names in
 /// increasing order, UTF-8, nothing left over. On any failure the fields
-/// decoded so far are dropped, and so zeroed.
-fn decode_fields(plain: &[u8]) -> Option<BTreeMap<String, Secret>> {
+/// decoded so far are dropped, and so zeroed. Public only for the fuzz
+/// targets (`fuzz/`), which cannot reach it through [`open`] with bytes that
+/// fail authentication.
+#[doc(hidden)]
+pub fn decode_fields(plain: &[u8]) -> Option<BTreeMap<String, Secret>> {
     let mut reader = Reader(plain);
     let count = usize::try_from(reader.u32()?).ok()?;
     if count > MAX_FIELDS {
