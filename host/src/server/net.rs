@@ -125,8 +125,8 @@ impl AddressPolicy {
 /// name that answers one address, then another), passed to
 /// [`client_with_lookup`]; every answer still goes through the policy.
 pub trait Lookup: Send + Sync {
-    /// The addresses `host` resolves to now.
-    fn lookup(&self, host: &str) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send + 'static>>;
+    /// The addresses `host` resolves to now, with port 0 (the connector dials the URL's port).
+    fn lookup(&self, host: &str) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'static>>;
 }
 
 /// The system's resolver (`getaddrinfo`, through tokio).
@@ -134,9 +134,9 @@ pub trait Lookup: Send + Sync {
 pub struct SystemLookup;
 
 impl Lookup for SystemLookup {
-    fn lookup(&self, host: &str) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send + 'static>> {
+    fn lookup(&self, host: &str) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'static>> {
         let host = host.to_string();
-        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), 0)).await?.map(|a| a.ip()).collect()) })
+        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), 0)).await?.collect()) })
     }
 }
 
@@ -162,14 +162,13 @@ impl CheckedResolver {
         let mut refused = None;
         let allowed: Vec<SocketAddr> = addrs
             .into_iter()
-            .filter(|ip| match self.policy.refusal(*ip) {
+            .filter(|a| match self.policy.refusal(a.ip()) {
                 None => true,
                 Some(why) => {
                     refused = Some(why);
                     false
                 }
             })
-            .map(|ip| SocketAddr::new(ip, 0))
             .collect();
         if allowed.is_empty() {
             let why = refused.unwrap_or_else(|| "it has no addresses".into());

@@ -5,7 +5,11 @@
 //!   that header (and every other credential-bearing header) is removed
 //!   before the scheme runs, so the agent's token never goes upstream.
 //! - The agent must be attached to the route's credential, and the upstream
-//!   host must be among the credential's destinations.
+//!   host must be among the credential's destinations. The host is the
+//!   route's: the agent's `Host` is dropped (the client sets the route's),
+//!   and the forwarding headers an agent could forge toward the provider
+//!   (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`) are dropped too, so they
+//!   are neither sent nor signed.
 //! - Request bodies stream to the upstream, except for schemes that declare
 //!   `reads-body` (SigV4, ACS3, TC3, or any third-party scheme that says so),
 //!   which buffer it up to the configured limit (413 beyond, never an
@@ -53,6 +57,13 @@ const HOP_BY_HOP: &[&str] = &[
     "host",
     "expect",
 ];
+
+/// Whether `name` (lower case) is a forwarding header: what a proxy in front
+/// of the upstream says about the client. The agent is the client here and
+/// could claim any host or address in them; the broker adds none of its own.
+fn is_forwarding(name: &str) -> bool {
+    name == "forwarded" || name == "x-real-ip" || name.starts_with("x-forwarded-")
+}
 
 /// Headers of the agent's own SigV4 signature, replaced by the real one.
 const AGENT_SIGV4: &[&str] = &["x-amz-date", "x-amz-content-sha256", "x-amz-security-token"];
@@ -243,11 +254,13 @@ async fn proxy_input(
     }
     ticket.check_destination(&host)?;
 
-    // Headers to forward: not hop-by-hop, not the agent's credentials.
+    // Headers to forward: not hop-by-hop, not the agent's credentials, not
+    // the agent's claims about hosts and addresses.
     let mut headers: Vec<(String, String)> = Vec::with_capacity(parts.headers.len());
     for (name, value) in &parts.headers {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || auth::CREDENTIAL_HEADERS.contains(&n) || n == "content-length" {
+        if HOP_BY_HOP.contains(&n) || auth::CREDENTIAL_HEADERS.contains(&n) || n == "content-length" || is_forwarding(n)
+        {
             continue;
         }
         let value = value

@@ -26,6 +26,7 @@ mod serve_cli;
 mod server;
 mod smuggling;
 mod support;
+mod threats_proxy;
 mod upstream_tls;
 mod vault;
 mod vault_crash;
