@@ -19,12 +19,16 @@ static CANARIES: RwLock<Vec<(String, Vec<String>)>> = RwLock::new(Vec::new());
 /// How many log bytes the scanner has read, to prove it runs.
 static SCANNED: Mutex<u64> = Mutex::new(0);
 
-/// Every form of `value` a log line, an error or a panic could carry it in.
+/// Every form of `value` a log line, an error, a panic or an answer could
+/// carry it in: raw, base64 (padded and not), base64url, percent-encoded,
+/// hex, and JSON-escaped.
 pub fn forms(value: &str) -> Vec<String> {
+    let e = base64::engine::general_purpose::STANDARD;
+    let u = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let pct: String = value
         .bytes()
         .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
                 (b as char).to_string()
             } else {
                 format!("%{b:02X}")
@@ -33,10 +37,12 @@ pub fn forms(value: &str) -> Vec<String> {
         .collect();
     let mut forms = vec![
         value.to_string(),
-        base64::engine::general_purpose::STANDARD.encode(value),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value),
+        e.encode(value),
+        e.encode(value).trim_end_matches('=').to_string(),
+        u.encode(value),
         pct,
         hex::encode(value),
+        serde_json::to_string(value).expect("a string serialises").trim_matches('"').to_string(),
     ];
     forms.sort();
     forms.dedup();

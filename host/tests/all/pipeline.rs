@@ -141,34 +141,9 @@ impl Bench {
     }
 }
 
-/// Every form of `value` an answer could carry it in.
-fn encodings(value: &str) -> Vec<String> {
-    let e = base64::engine::general_purpose::STANDARD;
-    let u = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let pct: String = value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    vec![
-        value.to_string(),
-        e.encode(value),
-        e.encode(value).trim_end_matches('=').to_string(),
-        u.encode(value),
-        pct,
-        hex::encode(value),
-        serde_json::to_string(value).unwrap().trim_matches('"').to_string(),
-    ]
-}
-
 fn assert_holds_none(answer: &str, secrets: &[(&str, &str)], what: &str) {
     for (field, value) in secrets {
-        for form in encodings(value) {
+        for form in crate::canaries::forms(value) {
             assert!(!answer.contains(&form), "{what}: the answer holds secret field `{field}` as {form:?}: {answer}");
         }
     }
