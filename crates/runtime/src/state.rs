@@ -101,13 +101,18 @@ pub struct PluginCache {
 }
 
 /// One plugin's entries, by credential scope and then by the plugin's key.
-#[derive(Default)]
 struct Shelf {
     bins: HashMap<Arc<str>, HashMap<String, Entry>>,
     entries: usize,
     bytes: usize,
     /// No entry expires before this, so a prune before then finds nothing.
     soonest: i64,
+}
+
+impl Default for Shelf {
+    fn default() -> Shelf {
+        Shelf { bins: HashMap::new(), entries: 0, bytes: 0, soonest: i64::MAX }
+    }
 }
 
 struct Entry {
@@ -217,7 +222,7 @@ impl PluginCache {
             return;
         }
         let mut shelves = self.shelves.lock().unwrap_or_else(|e| e.into_inner());
-        let shelf = shelves.entry(plugin.clone()).or_insert_with(|| Shelf { soonest: i64::MAX, ..Shelf::default() });
+        let shelf = shelves.entry(plugin.clone()).or_default();
         shelf.remove(scope, &key);
         let size = Entry::size(&key, &value);
         shelf.make_room(scope, size, now);

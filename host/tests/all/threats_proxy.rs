@@ -147,6 +147,25 @@ async fn credential(
     vault.set_attachment("default", name, AttachmentKind::Agent, "bot", true, "t").await.unwrap();
 }
 
+/// An api-key credential `key` for 127.0.0.1 and an S3 SigV4 credential
+/// `aws` (key id `aws_id`) for `aws_destination`, both with canary secrets
+/// tagged `tag`; returns the api key.
+async fn key_and_aws(vault: &Vault, tag: &str, aws_id: &str, aws_destination: &str) -> String {
+    let key = canary(&format!("{tag}-key"));
+    let aws_secret = canary(&format!("{tag}-aws"));
+    credential(vault, "key", "api-key", &[("prefix", "Bearer ")], &[("key", &key)], &["127.0.0.1"]).await;
+    credential(
+        vault,
+        "aws",
+        "aws-sigv4",
+        &[("region", "us-east-1"), ("service", "s3")],
+        &[("access_key_id", aws_id), ("secret_access_key", &aws_secret)],
+        &[aws_destination],
+    )
+    .await;
+    key
+}
+
 /// Route `name` to `upstream` with `credential`.
 async fn route(vault: &Vault, name: &str, upstream: &str, credential: &str) {
     let r = Route {
@@ -333,18 +352,7 @@ async fn spoofed_host_and_forwarding_headers_do_not_reach_the_upstream() {
     let token = agent(&vault).await;
     let up = Upstream::start().await;
     let upstream = format!("http://127.0.0.1:{}", up.port);
-    let key = canary("host-key");
-    let aws_secret = canary("host-aws");
-    credential(&vault, "key", "api-key", &[("prefix", "Bearer ")], &[("key", &key)], &["127.0.0.1"]).await;
-    credential(
-        &vault,
-        "aws",
-        "aws-sigv4",
-        &[("region", "us-east-1"), ("service", "s3")],
-        &[("access_key_id", "AKIDLATCHKEYHOST"), ("secret_access_key", &aws_secret)],
-        &["127.0.0.1"],
-    )
-    .await;
+    let key = key_and_aws(&vault, "host", "AKIDLATCHKEYHOST", "127.0.0.1").await;
     // A credential for the spoofed host, attached to the same agent: a
     // Host header must not select it (no route may pair it with 127.0.0.1).
     let evil_key = canary("evil-key");
@@ -535,18 +543,7 @@ async fn store_unreachable_under_a_running_server(db: &TestDb) {
     let vault = Arc::new(Vault::open(outage.options(db), crate::db::runtime()).await.unwrap());
     let token = agent(&vault).await;
     let up = Upstream::start().await;
-    let key = canary("outage-key");
-    let aws_secret = canary("outage-aws");
-    credential(&vault, "key", "api-key", &[("prefix", "Bearer ")], &[("key", &key)], &["127.0.0.1"]).await;
-    credential(
-        &vault,
-        "aws",
-        "aws-sigv4",
-        &[("region", "us-east-1"), ("service", "s3")],
-        &[("access_key_id", "AKIDLATCHKEYOUTAGE"), ("secret_access_key", &aws_secret)],
-        &["*.amazonaws.com"],
-    )
-    .await;
+    let key = key_and_aws(&vault, "outage", "AKIDLATCHKEYOUTAGE", "*.amazonaws.com").await;
     route(&vault, "up", &format!("http://127.0.0.1:{}", up.port), "key").await;
     let b =
         broker(&vault, token, ServerConfig { address_policy: loopback_only(), ..ServerConfig::default() }, None).await;
