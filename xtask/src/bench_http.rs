@@ -1,6 +1,8 @@
 //! `cargo xtask bench-http`: the broker under load on loopback, measured with
 //! wrk against references run beside it — nginx as a proxy that adds the same
-//! header, and the broker's own no-op endpoint for `/v1/sign`.
+//! header, and the broker's own no-op endpoint for `/v1/sign` — then both
+//! proxies' latency at a fixed rate (`fixed_rate.rs`), and a JWT-identified
+//! agent's calls against a token-identified agent's.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -8,16 +10,58 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
+use crate::fixed_rate;
 use crate::{cargo, run, write_table};
 
-const ROUNDS: usize = 3;
 const C16: [&str; 3] = ["-t1", "-c16", "--latency"];
 const C64: [&str; 3] = ["-t1", "-c64", "--latency"];
 const C1: [&str; 3] = ["-t1", "-c1", "--latency"];
-const MEASURE: &str = "10s";
-const WARM_UP: &str = "2s";
+
+/// How long the benchmarks run: `rounds` interleaved rounds of `measure`
+/// per target, after a `warm_up` per target (the fixed-rate runs warm up
+/// [`FIXED_WARM_UP`] each instead).
+#[derive(Clone, Copy)]
+struct Timing {
+    rounds: usize,
+    measure: Duration,
+    warm_up: Duration,
+    /// Figures printed only, BENCHMARKS.md left as it is.
+    quick: bool,
+}
+
+const TIMING: Timing =
+    Timing { rounds: 3, measure: Duration::from_secs(10), warm_up: Duration::from_secs(2), quick: false };
+/// `LATCHKEY_BENCH_QUICK=1`: a short run that checks the whole task works; its figures mean little.
+const QUICK: Timing =
+    Timing { rounds: 1, measure: Duration::from_secs(2), warm_up: Duration::from_secs(1), quick: true };
+
+impl Timing {
+    fn get() -> Timing {
+        if std::env::var_os("LATCHKEY_BENCH_QUICK").is_some_and(|v| v == "1") { QUICK } else { TIMING }
+    }
+
+    /// Write the table to BENCHMARKS.md, or only print it after a quick run.
+    fn write(&self, root: &Path, marker: &str, table: &str) -> Result<()> {
+        if self.quick {
+            println!("{table}");
+            eprintln!("xtask: LATCHKEY_BENCH_QUICK=1: BENCHMARKS.md not updated");
+            return Ok(());
+        }
+        write_table(root, marker, table)
+    }
+}
+
+/// Each fixed-rate run's warm-up: sent at the rate, not counted.
+const FIXED_WARM_UP: Duration = Duration::from_secs(1);
+/// The connections a fixed rate is spread over.
+const FIXED_CONNECTIONS: usize = 16;
+
+/// The identity provider and the JWT-identified agent's token.
+const JWT_ISSUER: &str = "https://bench.example/";
+const JWT_AUDIENCE: &str = "latchkey-bench";
+const JWT_SUBJECT: &str = "bench-subject";
 
 /// A SigV4 sign request for the `bench-aws` credential: DynamoDB ListTables, body `{}`.
 const SIGN_BODY: &str = r#"{"credential":"bench-aws","request":{"method":"POST","url":"https://dynamodb.us-east-1.amazonaws.com/","headers":[["content-type","application/x-amz-json-1.0"],["x-amz-target","DynamoDB_20120810.ListTables"]],"body_base64":"e30="}}"#;
@@ -69,6 +113,8 @@ const PROXY_SERVER: &str = r#"    upstream bench_upstream {
     }"#;
 
 pub fn bench_http(root: &Path) -> Result<()> {
+    let timing = Timing::get();
+    let (rounds, measure, warm_up) = (timing.rounds, secs(timing.measure), secs(timing.warm_up));
     let nginx_bin = install_tools()?;
     run(cargo().args(["build", "--release", "-p", "latchkey"]))?;
     let bin = root.join("target/release/latchkey");
@@ -83,16 +129,19 @@ pub fn bench_http(root: &Path) -> Result<()> {
         .replace("@PORT@", &proxy.to_string())
         .replace("@KEY@", &key);
     lab.nginx(&nginx_bin, "proxy", proxy, &proxy_conf)?;
-    let agent_token = lab.broker(&bin, &key, upstream, broker)?;
+    let agent_token = lab.set_up_broker(&bin, &key, upstream)?;
+    let jwt = lab.jwt_agent(&bin)?;
+    lab.serve_broker(&bin, broker)?;
 
     // Correctness, once, before any timing.
     let bearer = |t: &str| format!("Bearer {t}");
-    let (key_auth, agent_auth) = (bearer(&key), bearer(&agent_token));
+    let (key_auth, agent_auth, jwt_auth) = (bearer(&key), bearer(&agent_token), bearer(&jwt));
     let checks = [
         ("upstream without the key", upstream, "GET", "/", None, "", 401),
         ("upstream with the key", upstream, "GET", "/", Some(&key_auth), "", 200),
         ("nginx proxy", proxy, "GET", "/anything", Some(&agent_auth), "", 200),
         ("broker proxy", broker, "GET", "/proxy/bench/anything", Some(&agent_auth), "", 200),
+        ("broker proxy, JWT-identified agent", broker, "GET", "/proxy/bench/anything", Some(&jwt_auth), "", 200),
         ("broker /v1/sign", broker, "POST", "/v1/sign", Some(&agent_auth), SIGN_BODY, 200),
         ("broker /healthz", broker, "GET", "/healthz", None, "", 200),
     ];
@@ -105,7 +154,10 @@ pub fn bench_http(root: &Path) -> Result<()> {
             bail!("{what}: unexpected body {}", text.trim());
         }
     }
-    eprintln!("xtask: checks passed: the upstream wants the key, both proxies add it, /v1/sign signs");
+    eprintln!(
+        "xtask: checks passed: the upstream wants the key, both proxies add it (the broker's for a token and a JWT \
+         agent), /v1/sign signs"
+    );
 
     let script = lab.dir.join("sign.lua");
     std::fs::write(
@@ -169,17 +221,24 @@ pub fn bench_http(root: &Path) -> Result<()> {
             &C1,
             Some(&broker_cpu),
         ),
+        Target::new(
+            "broker proxy, JWT-identified agent",
+            url(broker, "/proxy/bench/anything"),
+            header(&jwt_auth),
+            &C16,
+            Some(&broker_cpu),
+        ),
     ];
     for t in &targets {
-        eprintln!("xtask: warm-up {WARM_UP}: {}", t.name);
-        wrk_with(t.shape, &t.url, &t.extra, WARM_UP, None)?;
+        eprintln!("xtask: warm-up {warm_up}: {}", t.name);
+        wrk_with(t.shape, &t.url, &t.extra, &warm_up, None)?;
     }
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); targets.len()];
-    for round in 1..=ROUNDS {
+    for round in 1..=rounds {
         for (t, out) in targets.iter().zip(&mut samples) {
-            let s = wrk_with(t.shape, &t.url, &t.extra, MEASURE, t.cpu.as_ref())?;
+            let s = wrk_with(t.shape, &t.url, &t.extra, &measure, t.cpu.as_ref())?;
             eprintln!(
-                "xtask: round {round}/{ROUNDS} {}: {:.0} req/s, p50 {}, p99 {}, CPU {}",
+                "xtask: round {round}/{rounds} {}: {:.0} req/s, p50 {}, p99 {}, CPU {}",
                 t.name,
                 s.rps,
                 ms(s.p50),
@@ -189,11 +248,45 @@ pub fn bench_http(root: &Path) -> Result<()> {
             out.push(s);
         }
     }
+
+    // Latency at a fixed rate of half the broker proxy's capacity (its
+    // median over the 16-connection rounds above), from xtask's open-loop
+    // generator: the same rate to each target, interleaved per round.
+    let rate = Sample::median(&samples[2]).rps / 2.0;
+    let key_header = [("Authorization", key_auth.as_str())];
+    let agent_header = [("Authorization", agent_auth.as_str())];
+    let fixed_targets: [(&str, u16, &str, fixed_rate::Headers); 3] = [
+        ("direct to the upstream (key sent by the generator)", upstream, "/anything", &key_header),
+        ("nginx reference proxy", proxy, "/anything", &agent_header),
+        ("broker proxy `GET /proxy/bench/anything`", broker, "/proxy/bench/anything", &agent_header),
+    ];
+    let mut fixed: Vec<Vec<Sample>> = vec![Vec::new(); fixed_targets.len()];
+    for round in 1..=rounds {
+        for ((name, port, path, headers), out) in fixed_targets.iter().zip(&mut fixed) {
+            let load = fixed_rate::Load {
+                port: *port,
+                path,
+                headers,
+                rate,
+                connections: FIXED_CONNECTIONS,
+                warm_up: FIXED_WARM_UP,
+                measure: timing.measure,
+            };
+            let o = fixed_rate::run(&load).with_context(|| format!("{rate:.0} requests/s to the {name}"))?;
+            eprintln!(
+                "xtask: round {round}/{rounds} {name} at {rate:.0} req/s: achieved {:.0}, p50 {}, p99 {}",
+                o.achieved,
+                us(o.p50),
+                us(o.p99)
+            );
+            out.push(Sample { rps: o.achieved, p50: o.p50, p99: o.p99, cpu_us: None });
+        }
+    }
     drop(lab);
 
     let m: Vec<Sample> = samples.iter().map(|s| Sample::median(s)).collect();
-    let [direct, nginx, proxied, sign, healthz, nginx64, proxied64, sequential] =
-        [m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]];
+    let [direct, nginx, proxied, sign, healthz, nginx64, proxied64, sequential, jwt_proxied] =
+        [m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8]];
     let mut table = String::from(
         "| target | connections | requests/s | p50 | p99 | CPU per request |\n|---|---|---|---|---|---|\n",
     );
@@ -208,13 +301,45 @@ pub fn bench_http(root: &Path) -> Result<()> {
             cpu_text(s.cpu_us)
         );
     }
+    let fm: Vec<Sample> = fixed.iter().map(|s| Sample::median(s)).collect();
+    let [fixed_direct, fixed_nginx, fixed_broker] = [fm[0], fm[1], fm[2]];
+    table += &format!(
+        "\n| at a fixed {rate:.0} requests/s ({FIXED_CONNECTIONS} connections) | achieved requests/s | p50 | p99 | \
+         added p50 | added p99 |\n|---|---|---|---|---|---|\n"
+    );
+    for (i, ((name, ..), s)) in fixed_targets.iter().zip(&fm).enumerate() {
+        let added = |f: fn(&Sample) -> f64| {
+            if i == 0 { "–".to_string() } else { format!("{:+.0} µs", f(s) - f(&fixed_direct)) }
+        };
+        table += &format!(
+            "| {name} | {:.0} | {} | {} | {} | {} |\n",
+            s.rps,
+            us(s.p50),
+            us(s.p99),
+            added(|s| s.p50),
+            added(|s| s.p99)
+        );
+    }
     let at_least = |ratio: f64, min: f64| if ratio >= min { "met" } else { "**not met**" };
     let at_most = |ratio: f64, max: f64| if ratio <= max { "met" } else { "**not met**" };
     let proxy_ratio = proxied.rps / nginx.rps;
     let proxy64_ratio = proxied64.rps / nginx64.rps;
     let cpu_ratio = proxied.cpu_us.zip(nginx.cpu_us).map_or(f64::NAN, |(b, n)| b / n);
     let sign_ratio = sign.rps / healthz.rps;
+    let jwt_ratio = jwt_proxied.rps / proxied.rps;
     let added = |s: Sample| format!("{:+.2} / {:+.2} ms", (s.p50 - direct.p50) / 1e3, (s.p99 - direct.p99) / 1e3);
+    // Broker's added latency ÷ nginx's, at the fixed rate: no ratio when
+    // nginx adds (next to) nothing.
+    let fixed_ratio = |f: fn(&Sample) -> f64, max: f64| {
+        let (b, n) = (f(&fixed_broker) - f(&fixed_direct), f(&fixed_nginx) - f(&fixed_direct));
+        if n < 1.0 {
+            (format!("n/a (broker {b:+.0} µs, nginx {n:+.0} µs)"), format!("≤ {max:.1}: n/a"))
+        } else {
+            (format!("**{:.2}**", b / n), format!("≤ {max:.1}: {}", at_most(b / n, max)))
+        }
+    };
+    let (fixed_p50, fixed_p50_goal) = fixed_ratio(|s| s.p50, 1.0);
+    let (fixed_p99, fixed_p99_goal) = fixed_ratio(|s| s.p99, 1.2);
     table += &format!(
         "\n| ratio | measured | goal |\n|---|---|---|\n\
          | (f) broker proxy ÷ nginx proxy, requests/s, 16 connections | **{proxy_ratio:.2}** | ≥ 0.95: {} |\n\
@@ -222,6 +347,11 @@ pub fn bench_http(root: &Path) -> Result<()> {
          | CPU per proxied request, broker ÷ nginx (16 connections) | **{cpu_ratio:.2}** | ≤ 1.2: {} |\n\
          | added latency over direct, nginx proxy (p50 / p99) | {} | (reference) |\n\
          | added latency over direct, broker proxy (p50 / p99) | {} | |\n\
+         | added latency at a fixed {rate:.0} requests/s (half the broker's capacity), broker ÷ nginx, p50 | \
+         {fixed_p50} | {fixed_p50_goal} |\n\
+         | the same, p99 | {fixed_p99} | {fixed_p99_goal} |\n\
+         | JWT-identified agent ÷ token-identified agent, broker proxy requests/s, 16 connections | \
+         **{jwt_ratio:.2}** | ≥ 0.9: {} |\n\
          | (g) `/v1/sign` ÷ `/healthz`, requests/s | **{sign_ratio:.2}** | ≥ 0.85: {} |\n\
          | sequential client p99, broker proxy | **{}** | ≤ 2 ms: {} |\n",
         at_least(proxy_ratio, 0.95),
@@ -229,6 +359,7 @@ pub fn bench_http(root: &Path) -> Result<()> {
         at_most(cpu_ratio, 1.2),
         added(nginx),
         added(proxied),
+        at_least(jwt_ratio, 0.9),
         at_least(sign_ratio, 0.85),
         ms(sequential.p99),
         at_most(sequential.p99, 2000.0),
@@ -237,12 +368,18 @@ pub fn bench_http(root: &Path) -> Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     table += &format!(
         "\nMeasured {} on a {cores}-core machine, wrk, nginx and the broker sharing the cores; medians of \
-         {ROUNDS} interleaved rounds of `wrk -t1 -cN --latency -d{MEASURE}`. CPU per request is the \
+         {rounds} interleaved rounds of `wrk -t1 -cN --latency -d{measure}`. CPU per request is the \
          process's utime + stime (from `/proc`, all its threads; for nginx its master and worker) over \
-         the round, divided by the requests wrk completed.\n",
+         the round, divided by the requests wrk completed. The fixed-rate rows: half the broker proxy's \
+         median requests/s above, from xtask's open-loop generator (`xtask/src/fixed_rate.rs`, \
+         {FIXED_CONNECTIONS} keep-alive connections, each on its own schedule; a latency runs from the time \
+         its request was due), {} s warm-up then {} s per target, in {rounds} interleaved rounds; added \
+         latency is the target's percentile minus the direct call's.\n",
         date.unwrap_or_default(),
+        FIXED_WARM_UP.as_secs(),
+        timing.measure.as_secs(),
     );
-    write_table(root, "http-bench", &table)
+    timing.write(root, "http-bench", &table)
 }
 
 /// `nginx` and `wrk` from Debian packages, if missing. Returns the nginx binary.
@@ -302,6 +439,14 @@ impl Lab {
     /// Set the broker up with the CLI as a user would, start it and wait for `/healthz`.
     /// Returns the agent token.
     fn broker(&mut self, bin: &Path, key: &str, upstream: u16, port: u16) -> Result<String> {
+        let token = self.set_up_broker(bin, key, upstream)?;
+        self.serve_broker(bin, port)?;
+        Ok(token)
+    }
+
+    /// Set the broker up with the CLI as a user would: the credentials, the
+    /// route to the upstream, an agent with both attached. Returns the agent token.
+    fn set_up_broker(&self, bin: &Path, key: &str, upstream: u16) -> Result<String> {
         let latchkey = |args: &[&str]| self.latchkey(bin, args);
         // Secret values go through files (`field=@file`), as an operator
         // would pass them, so the echoed commands never show them.
@@ -358,16 +503,73 @@ impl Lab {
         for credential in ["bench-key", "bench-aws"] {
             run(latchkey(&["credential", "attach", credential, "--agent", "bench-agent"]).stdout(Stdio::null()))?;
         }
+        Ok(token)
+    }
+
+    /// A second agent, `bench-jwt`, identified by JWTs: an Ed25519 key pair
+    /// made for the run, its public half as the static JWKS of identity
+    /// provider `bench-idp`, the agent bound to a subject of it and attached
+    /// to `bench-key`. Returns a JWT for it, valid for an hour.
+    fn jwt_agent(&self, bin: &Path) -> Result<String> {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        use ring::signature::{Ed25519KeyPair, KeyPair as _};
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .map_err(|_| anyhow!("cannot generate an Ed25519 key pair"))?;
+        let pair =
+            Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| anyhow!("cannot read the Ed25519 key pair"))?;
+        let jwks = self.dir.join("jwks.json");
+        std::fs::write(
+            &jwks,
+            format!(
+                r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","x":"{}","kid":"bench","alg":"EdDSA","use":"sig"}}]}}"#,
+                B64.encode(pair.public_key())
+            ),
+        )?;
+        let jwks = jwks.display().to_string();
+        let setup: [&[&str]; 3] = [
+            &[
+                "idp",
+                "add",
+                "bench-idp",
+                "--issuer",
+                JWT_ISSUER,
+                "--alg",
+                "EdDSA",
+                "--jwks-file",
+                &jwks,
+                "--audience",
+                JWT_AUDIENCE,
+            ],
+            &["agent", "bind-jwt", "bench-jwt", "--idp", "bench-idp", "--subject", JWT_SUBJECT],
+            &["credential", "attach", "bench-key", "--agent", "bench-jwt"],
+        ];
+        for args in setup {
+            run(self.latchkey(bin, args).stdout(Stdio::null()))?;
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        let header = r#"{"alg":"EdDSA","typ":"JWT","kid":"bench"}"#;
+        let claims = format!(
+            r#"{{"iss":"{JWT_ISSUER}","sub":"{JWT_SUBJECT}","aud":"{JWT_AUDIENCE}","iat":{now},"nbf":{now},"exp":{}}}"#,
+            now + 3600
+        );
+        let signing_input = format!("{}.{}", B64.encode(header), B64.encode(claims));
+        let signature = pair.sign(signing_input.as_bytes());
+        Ok(format!("{signing_input}.{}", B64.encode(signature.as_ref())))
+    }
+
+    /// Start the broker set up by [`Lab::set_up_broker`] and wait for `/healthz`.
+    fn serve_broker(&mut self, bin: &Path, port: u16) -> Result<()> {
         let log = self.dir.join("broker.log");
         let listen = format!("127.0.0.1:{port}");
-        let child = latchkey(&["serve", "--listen", &listen, "--allow-upstream-network", "127.0.0.0/8"])
+        let child = self
+            .latchkey(bin, &["serve", "--listen", &listen, "--allow-upstream-network", "127.0.0.0/8"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting latchkey serve")?;
         self.children.push(child);
-        self.wait("latchkey serve", &log, || http(port, "GET", "/healthz", None, "").is_ok_and(|(s, _)| s == 200))?;
-        Ok(token)
+        self.wait("latchkey serve", &log, || http(port, "GET", "/healthz", None, "").is_ok_and(|(s, _)| s == 200))
     }
 
     /// A `latchkey` command on the lab's data folder.
@@ -550,6 +752,15 @@ fn ms(us: f64) -> String {
     format!("{:.2} ms", us / 1000.0)
 }
 
+fn us(us: f64) -> String {
+    format!("{us:.0} µs")
+}
+
+/// A duration as wrk's `-d` takes it: `10s`.
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
 /// Run wrk and read Requests/sec, the 50% and 99% latencies and, for `cpu`,
 /// the CPU time per request; any non-2xx answer fails the run.
 fn wrk_with(shape: &[&str], url: &str, extra: &[String], duration: &str, cpu: Option<&Cpu>) -> Result<Sample> {
@@ -608,6 +819,10 @@ fn micros(s: &str) -> Result<f64> {
 pub fn bench_isolation(root: &Path) -> Result<()> {
     const LOOPING_CLIENTS: &str = "-c8";
     const MEASURING: [&str; 3] = ["-t1", "-c2", "--latency"];
+    let timing = Timing::get();
+    let (rounds, measure) = (timing.rounds, secs(timing.measure));
+    // The looping load starts 2 s before the measuring run and outlasts it.
+    let looping_for = format!("-d{}s", timing.measure.as_secs() + 6);
     let nginx_bin = install_tools()?;
     run(cargo().args(["build", "--release", "-p", "latchkey"]))?;
     let bin = root.join("target/release/latchkey");
@@ -644,11 +859,11 @@ pub fn bench_isolation(root: &Path) -> Result<()> {
     let fast = format!("http://127.0.0.1:{broker}/proxy/bench/x");
     let looping = format!("http://127.0.0.1:{broker}/proxy/loop/x");
     let (mut alone, mut loaded) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        eprintln!("xtask: round {}/{ROUNDS}", round + 1);
-        alone.push(wrk_with(&MEASURING, &fast, &header(&auth), MEASURE, None)?);
+    for round in 0..rounds {
+        eprintln!("xtask: round {}/{rounds}", round + 1);
+        alone.push(wrk_with(&MEASURING, &fast, &header(&auth), &measure, None)?);
         let mut background = Command::new("wrk")
-            .args(["-t1", LOOPING_CLIENTS, "-d16s"])
+            .args(["-t1", LOOPING_CLIENTS, &looping_for])
             .args(header(&auth))
             .arg(&looping)
             .stdout(Stdio::null())
@@ -656,7 +871,7 @@ pub fn bench_isolation(root: &Path) -> Result<()> {
             .spawn()
             .context("starting the looping clients")?;
         std::thread::sleep(Duration::from_secs(2));
-        let sample = wrk_with(&MEASURING, &fast, &header(&auth), MEASURE, None);
+        let sample = wrk_with(&MEASURING, &fast, &header(&auth), &measure, None);
         let _ = background.wait();
         loaded.push(sample?);
     }
@@ -671,7 +886,7 @@ pub fn bench_isolation(root: &Path) -> Result<()> {
          \n| ratio | measured | goal |\n|---|---|---|\n\
          | p99 growth under the looping load | **{growth:+.2} ms** | ≤ +20 ms: {} |\n\
          \nMeasured {} on a {cores}-core machine, wrk, nginx and the broker sharing the cores; medians of \
-         {ROUNDS} interleaved rounds of `wrk {} -d{MEASURE}`; the looping load is `wrk -t1 {LOOPING_CLIENTS}`.\n",
+         {rounds} interleaved rounds of `wrk {} -d{measure}`; the looping load is `wrk -t1 {LOOPING_CLIENTS}`.\n",
         a.rps,
         ms(a.p50),
         ms(a.p99),
@@ -682,5 +897,5 @@ pub fn bench_isolation(root: &Path) -> Result<()> {
         date.unwrap_or_default(),
         MEASURING.join(" "),
     );
-    write_table(root, "isolation-bench", &table)
+    timing.write(root, "isolation-bench", &table)
 }

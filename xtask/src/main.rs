@@ -1,5 +1,6 @@
 //! `cargo xtask`: the developer loop beyond `cargo build` — set-up, plugins,
-//! the full test suite, benchmarks (`bench_http.rs`: the HTTP load benchmark).
+//! the full test suite, benchmarks (`bench_http.rs`: the HTTP load benchmark;
+//! `fixed_rate.rs`: its open-loop load generator).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 mod bench_http;
+mod fixed_rate;
 
 const USAGE: &str = "\
 usage: cargo xtask <task>
@@ -23,11 +25,14 @@ tasks:
             runs the dudect constant-time test of the token checks and prints max t)
   bench-http
             HTTP load on loopback with wrk (installs nginx and wrk if missing): the
-            broker's proxy against an nginx proxy, /v1/sign against /healthz;
-            writes the measured ratios to BENCHMARKS.md
+            broker's proxy against an nginx proxy, also at a fixed rate, and with a
+            JWT-identified agent; /v1/sign against /healthz; writes the measured
+            ratios to BENCHMARKS.md
   bench-isolation
             another route's p50/p99 alone and while 8 clients hammer a route whose
             plugin loops until its time budget (same run); writes BENCHMARKS.md
+            (both with LATCHKEY_BENCH_QUICK=1: one short round to check a run works;
+            the figures are printed, BENCHMARKS.md is left as it is)
   fuzz [TARGET] [SECONDS]
             run one fuzz target (every one, in turn, without TARGET) for SECONDS
             (default 120) on its corpus in fuzz/corpus/TARGET; needs cargo-fuzz,
@@ -76,8 +81,25 @@ fn show(cmd: &Command) -> String {
     s
 }
 
+/// What `cargo run` sets for xtask, besides `CARGO` and `CARGO_PKG_*`.
+const RUN_VARS: [&str; 5] =
+    ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_BIN_NAME", "CARGO_PRIMARY_PACKAGE"];
+
+/// A cargo command without the package variables `cargo run` gave xtask.
+/// ring's build script declares `CARGO_MANIFEST_DIR` and `CARGO_PKG_*` with
+/// `rerun-if-env-changed`, and cargo compares them with its own
+/// environment: with xtask's values, a build from here would rebuild ring
+/// and everything above it after a build from a shell, and the other way round.
 fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (k, _) in std::env::vars_os() {
+        if let Some(k) = k.to_str()
+            && (k.starts_with("CARGO_PKG_") || RUN_VARS.contains(&k))
+        {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
 }
 
 fn host_triple() -> Result<String> {
