@@ -93,6 +93,7 @@ pub struct Prepared {
     request: crate::plugin::Request,
     headers: Vec<Header>,
     url: String,
+    host: String,
     now: Datetime,
 }
 
@@ -119,6 +120,7 @@ pub fn prepare(input: &SignInput) -> Result<Prepared, SignError> {
         return Err(bad("URL must not contain user information (`user@host`)".into()));
     }
     let Some(host) = parsed.host_str() else { return Err(bad("URL has no host".into())) };
+    let host_name = host.to_string();
     // Keep the URL as written (S3 signs `//` and `/./` literally); only the
     // fragment goes, since it is never sent.
     let url = input.url.split('#').next().unwrap_or_default().to_string();
@@ -159,7 +161,7 @@ pub fn prepare(input: &SignInput) -> Result<Prepared, SignError> {
             BodyDigest::Unknown => None,
         },
     };
-    Ok(Prepared { request, headers, url, now })
+    Ok(Prepared { request, headers, url, host: host_name, now })
 }
 
 /// Check secret fields against what the scheme declares (the vault's rule,
@@ -254,6 +256,11 @@ impl Prepared {
     /// The signing time.
     pub fn now(&self) -> Datetime {
         self.now
+    }
+
+    /// The URL's host, as the destination check compares it.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 }
 

@@ -79,6 +79,11 @@ impl CallCredential {
         self.secrets.get(field)
     }
 
+    /// Every secret field's value, by name.
+    pub fn secrets(&self) -> &BTreeMap<String, Secret> {
+        &self.secrets
+    }
+
     /// The secret field names, sorted.
     pub fn secret_names(&self) -> impl Iterator<Item = &str> {
         self.secrets.keys().map(String::as_str)

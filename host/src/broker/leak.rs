@@ -14,10 +14,18 @@
 //! base64(user:pass)` is found), and hex. Values shorter than
 //! [`MIN_SCANNED`] bytes are not scanned (they would match by chance); the
 //! declarations still cover them.
+//!
+//! It runs on every answer `/v1/sign` hands out, so it allocates once per
+//! call: each decoding is written into buffers sized for the longest text
+//! (zeroed when the scan ends) and searched at once, and what cannot hold a
+//! secret is skipped — a text or run shorter than the shortest value
+//! (every encoding undone here is at least as long as what it encodes; hex
+//! twice as long), a percent decoding of a text with no `%` or `+`.
 
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
+use memchr::memmem::Finder;
 use zeroize::Zeroizing;
 
 use crate::secret::Secret;
@@ -35,97 +43,147 @@ const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::
 
 /// The first secret field whose value appears in `texts`, raw or encoded.
 pub fn find<'a>(texts: &[String], secrets: &'a BTreeMap<String, Secret>) -> Option<&'a str> {
-    let wanted: Vec<(&str, &[u8])> = secrets
+    let wanted: Vec<(&'a str, Finder<'a>)> = secrets
         .iter()
-        .map(|(f, s)| (f.as_str(), s.expose().as_bytes()))
-        .filter(|(_, v)| v.len() >= MIN_SCANNED)
+        .filter(|(_, s)| s.expose().len() >= MIN_SCANNED)
+        .map(|(f, s)| (f.as_str(), Finder::new(s.expose().as_bytes())))
         .collect();
-    if wanted.is_empty() {
+    let shortest = wanted.iter().map(|(_, f)| f.needle().len()).min()?;
+    let longest_text = texts.iter().map(String::len).max().unwrap_or(0);
+    if longest_text < shortest {
         return None;
     }
-    for text in texts {
-        for hay in haystacks(text) {
-            if let Some((field, _)) = wanted.iter().find(|(_, v)| contains(&hay, v)) {
-                return Some(field);
+    let mut scan = Scan { wanted: &wanted, shortest, buffers: Buffers::new(longest_text) };
+    texts.iter().find_map(|text| scan.text(text.as_bytes()))
+}
+
+/// Scratch space for decodings: each at most as long as the text decoded.
+struct Buffers {
+    /// A percent decoding of the whole text.
+    percent: Zeroizing<Vec<u8>>,
+    /// One run of the base64 alphabet, in the standard alphabet, unpadded.
+    run: Zeroizing<Vec<u8>>,
+    /// A base64 or hex decoding of a run.
+    decoded: Zeroizing<Vec<u8>>,
+}
+
+impl Buffers {
+    fn new(len: usize) -> Buffers {
+        // Sized once, so nothing decoded is left behind by a reallocation.
+        let zeroed = || Zeroizing::new(vec![0u8; len + 4]);
+        Buffers { percent: zeroed(), run: zeroed(), decoded: zeroed() }
+    }
+}
+
+struct Scan<'s, 'a> {
+    wanted: &'s [(&'a str, Finder<'a>)],
+    shortest: usize,
+    buffers: Buffers,
+}
+
+impl<'a> Scan<'_, 'a> {
+    fn hit(wanted: &[(&'a str, Finder<'a>)], hay: &[u8]) -> Option<&'a str> {
+        wanted.iter().find(|(_, f)| f.find(hay).is_some()).map(|(field, _)| *field)
+    }
+
+    /// `text` and every decoding of it (and of its runs) worth searching.
+    fn text(&mut self, text: &[u8]) -> Option<&'a str> {
+        if text.len() < self.shortest {
+            return None;
+        }
+        if let Some(f) = Self::hit(self.wanted, text) {
+            return Some(f);
+        }
+        let has_percent = memchr::memchr(b'%', text).is_some();
+        let has_plus = memchr::memchr(b'+', text).is_some();
+        for plus_is_space in [false, true] {
+            if !(has_percent || plus_is_space && has_plus) {
+                continue;
+            }
+            let mut percent = std::mem::take(&mut self.buffers.percent);
+            let n = percent_decode(text, plus_is_space, &mut percent);
+            let found = if percent[..n] != *text {
+                // Decoded text may itself hold base64 or hex (a percent-encoded token).
+                Self::hit(self.wanted, &percent[..n]).or_else(|| self.runs(&percent[..n]))
+            } else {
+                None
+            };
+            self.buffers.percent = percent;
+            if found.is_some() {
+                return found;
             }
         }
+        self.runs(text)
     }
-    None
-}
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(hay, needle).is_some()
-}
-
-/// `text` and every decoding of it (and of its runs) worth searching.
-fn haystacks(text: &str) -> Vec<Zeroizing<Vec<u8>>> {
-    let mut out = vec![Zeroizing::new(text.as_bytes().to_vec())];
-    let percent = percent_decode(text.as_bytes(), false);
-    let form = percent_decode(text.as_bytes(), true);
-    for decoded in [percent, form] {
-        if decoded[..] != *text.as_bytes() {
-            // Decoded text may itself hold base64 or hex (a percent-encoded token).
-            let inner = String::from_utf8_lossy(&decoded).into_owned();
-            out.extend(encoded_runs(&inner));
-            out.push(decoded);
-        }
-    }
-    out.extend(encoded_runs(text));
-    out
-}
-
-/// Base64 and hex decodings of every long enough run of their alphabets.
-fn encoded_runs(text: &str) -> Vec<Zeroizing<Vec<u8>>> {
-    let mut out = Vec::new();
-    let b64 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'=');
-    for run in runs(text.as_bytes(), b64, 4) {
-        // One copy of the run in the standard alphabet, without padding;
-        // each alignment decodes a slice of it.
-        let standard: Vec<u8> = run
-            .iter()
-            .filter(|b| **b != b'=')
-            .map(|b| match b {
-                b'-' => b'+',
-                b'_' => b'/',
-                b => *b,
-            })
-            .collect();
-        // Every alignment: the run may start inside an encoded value.
-        for skip in 0..4.min(standard.len()) {
-            let part = &standard[skip..];
-            // A length of 4n+1 is never valid base64: drop the odd symbol.
-            let len = if part.len() % 4 == 1 { part.len() - 1 } else { part.len() };
-            if let Ok(d) = LENIENT.decode(&part[..len]) {
-                out.push(Zeroizing::new(d));
+    /// Base64 and hex decodings of every long enough run of their alphabets.
+    fn runs(&mut self, text: &[u8]) -> Option<&'a str> {
+        let b64 = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'=');
+        let Buffers { run: standard, decoded, .. } = &mut self.buffers;
+        // Base64 needs 4 symbols for 3 bytes: a run shorter than the value cannot hold it.
+        for run in text.split(|b| !b64(b)).filter(|r| r.len() >= self.shortest.max(4)) {
+            // One copy of the run in the standard alphabet, without padding;
+            // each alignment decodes a slice of it.
+            let mut len = 0;
+            for &b in run.iter().filter(|b| **b != b'=') {
+                standard[len] = match b {
+                    b'-' => b'+',
+                    b'_' => b'/',
+                    b => b,
+                };
+                len += 1;
+            }
+            // Every alignment: the run may start inside an encoded value.
+            for skip in 0..4.min(len) {
+                let part = &standard[skip..len];
+                // A length of 4n+1 is never valid base64: drop the odd symbol.
+                let usable = if part.len() % 4 == 1 { part.len() - 1 } else { part.len() };
+                if let Ok(n) = LENIENT.decode_slice(&part[..usable], &mut decoded[..])
+                    && let Some(f) = Self::hit(self.wanted, &decoded[..n])
+                {
+                    return Some(f);
+                }
             }
         }
-    }
-    for run in runs(text.as_bytes(), |b| b.is_ascii_hexdigit(), 8) {
-        for skip in 0..2.min(run.len()) {
-            let part = &run[skip..];
-            if let Ok(d) = hex::decode(&part[..part.len() - part.len() % 2]) {
-                out.push(Zeroizing::new(d));
+        // Hex needs 2 symbols a byte.
+        let min_hex = (self.shortest * 2).max(8);
+        for run in text.split(|b| !b.is_ascii_hexdigit()).filter(|r| r.len() >= min_hex) {
+            for skip in 0..2.min(run.len()) {
+                let part = &run[skip..];
+                let even = part.len() - part.len() % 2;
+                let out = &mut decoded[..even / 2];
+                if hex::decode_to_slice(&part[..even], out).is_ok()
+                    && let Some(f) = Self::hit(self.wanted, out)
+                {
+                    return Some(f);
+                }
             }
         }
+        None
     }
-    out
 }
 
-fn runs(bytes: &[u8], member: impl Fn(u8) -> bool, min: usize) -> Vec<&[u8]> {
-    bytes.split(|b| !member(*b)).filter(|r| r.len() >= min).collect()
-}
-
-fn percent_decode(bytes: &[u8], plus_is_space: bool) -> Zeroizing<Vec<u8>> {
-    // `percent-encoding` keeps malformed `%` sequences as they are, as a
-    // lenient scan wants; form encoding adds `+` for a space.
-    let decoded: Vec<u8> = if plus_is_space {
-        let spaced: Zeroizing<Vec<u8>> =
-            Zeroizing::new(bytes.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect());
-        percent_encoding::percent_decode(&spaced).collect()
-    } else {
-        percent_encoding::percent_decode(bytes).collect()
-    };
-    Zeroizing::new(decoded)
+/// Percent-decode `bytes` into `out` (at least as long), returning the
+/// decoded length. Malformed `%` sequences stay as they are, as a lenient
+/// scan wants; form encoding adds `+` for a space.
+fn percent_decode(bytes: &[u8], plus_is_space: bool, out: &mut [u8]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        out[n] = match (b, bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                i += 2;
+                hi << 4 | lo
+            }
+            (b'+', _, _) if plus_is_space => b' ',
+            _ => b,
+        };
+        n += 1;
+        i += 1;
+    }
+    n
 }
 
 #[cfg(test)]
@@ -173,6 +231,31 @@ mod tests {
             assert_eq!(found(&text).as_deref(), Some("password"), "not found in {text:?}");
         }
         assert_eq!(found(&format!("user={USER}")).as_deref(), Some("username"));
+    }
+
+    #[test]
+    fn the_skips_never_hide_a_value() {
+        let e = base64::engine::general_purpose::STANDARD;
+        // The shortest value scanned, base64-encoded after 0, 1 and 2 bytes
+        // of padding text: its run is never shorter than the value.
+        let four = BTreeMap::from([("k".to_string(), Secret::new("w0rd"))]);
+        for prefix in ["", "a", "ab"] {
+            let text = format!("x {}", e.encode(format!("{prefix}w0rd")));
+            assert_eq!(find(std::slice::from_ref(&text), &four), Some("k"), "{text}");
+        }
+        // A space as form `+` with no `%` anywhere.
+        let spaced = BTreeMap::from([("k".to_string(), Secret::new("pass word here"))]);
+        assert_eq!(find(&["q=pass+word+here".to_string()], &spaced), Some("k"));
+        // Long texts: the buffers are sized for the longest text scanned,
+        // whichever of them it is.
+        let long = "s3cr3t-".repeat(300);
+        let big = BTreeMap::from([("k".to_string(), Secret::new(long.as_str()))]);
+        let texts = ["short".to_string(), format!("h={}", hex::encode(&long)), "x".repeat(10)];
+        assert_eq!(find(&texts, &big), Some("k"));
+        let texts = [format!("t={}", pct(&e.encode(format!("zz{long}"))))];
+        assert_eq!(find(&texts, &big), Some("k"));
+        // Texts shorter than every value hold none of them.
+        assert_eq!(find(&["w0r".to_string()], &four), None);
     }
 
     #[test]

@@ -131,7 +131,9 @@ pub struct Ticket {
     name: String,
     resolution: Resolution,
     plugin: Arc<Plugin>,
-    config: Vec<(String, String)>,
+    /// The credential as the plugin sees it, made once: the resolution's
+    /// secrets move into it.
+    cred: Arc<CallCredential>,
     version: u64,
 }
 
@@ -192,21 +194,12 @@ impl Ticket {
 
     /// The secret values, for redacting mock answers.
     pub(crate) fn secrets(&self) -> &std::collections::BTreeMap<String, crate::Secret> {
-        &self.resolution.resolved.secrets
+        self.cred.secrets()
     }
 
     /// The credential as a plugin call sees it.
     pub fn call_credential(&self) -> Arc<CallCredential> {
-        let cred = CallCredential::new(
-            self.name.clone(),
-            self.version,
-            self.config.clone(),
-            self.resolution.resolved.secrets.clone(),
-        );
-        Arc::new(match self.resolution.cache_scope() {
-            Some(scope) => cred.with_cache_scope(scope),
-            None => cred,
-        })
+        self.cred.clone()
     }
 }
 
@@ -315,16 +308,32 @@ impl Broker {
             // Vault secrets were validated when stored; others are checked now.
             sign::check_credential(&self.runtime, &plugin, &config, &resolution.resolved.secrets)?;
         }
-        Ok(Ticket { caller: caller.clone(), name: name.to_string(), resolution, plugin, config, version })
+        let mut resolution = resolution;
+        let secrets = std::mem::take(&mut resolution.resolved.secrets);
+        let cred = CallCredential::new(name, version, config, secrets);
+        let cred = Arc::new(match resolution.cache_scope() {
+            Some(scope) => cred.with_cache_scope(scope),
+            None => cred,
+        });
+        Ok(Ticket { caller: caller.clone(), name: name.to_string(), resolution, plugin, cred, version })
     }
 
     /// Steps 3–7: sign `input` with the ticket's credential for `delivery`,
     /// and commit the use before returning.
     pub async fn sign(&self, ticket: &Ticket, input: &SignInput, delivery: Delivery) -> Result<Signed, CallError> {
-        let host = url::Url::parse(&input.url).ok().and_then(|u| u.host_str().map(str::to_string));
-        let result = self.sign_inner(ticket, input, delivery, host.as_deref()).await;
+        // The URL is parsed once, by the input checks; a request they refuse
+        // is recorded with its host when it has one.
+        let prepared = match sign::prepare(input) {
+            Ok(p) => p,
+            Err(e) => {
+                let host = url::Url::parse(&input.url).ok().and_then(|u| u.host_str().map(str::to_string));
+                self.refused(ticket, host.as_deref(), e.code());
+                return Err(e.into());
+            }
+        };
+        let result = self.sign_inner(ticket, input, &prepared, delivery).await;
         if let Err(e) = &result {
-            self.refused(ticket, host.as_deref(), e.code);
+            self.refused(ticket, Some(prepared.host()), e.code);
         }
         result
     }
@@ -333,26 +342,26 @@ impl Broker {
         &self,
         ticket: &Ticket,
         input: &SignInput,
+        prepared: &sign::Prepared,
         delivery: Delivery,
-        host: Option<&str>,
     ) -> Result<Signed, CallError> {
-        let prepared = sign::prepare(input)?;
-        ticket.check_destination(host.unwrap_or_default())?;
+        let host = prepared.host();
+        ticket.check_destination(host)?;
         let for_agent = delivery == Delivery::Caller && matches!(ticket.caller, Caller::Agent(_));
         if for_agent && ticket.plugin.reads_secrets {
             // Refused before the call: not even its error text reaches the agent.
             return Err(granted_refusal(ticket));
         }
 
-        let runtime = self.runtime.clone();
-        let (plugin, cred) = (ticket.plugin.clone(), ticket.call_credential());
-        let (request, now) = (prepared.request().clone(), prepared.now());
+        let cred = ticket.call_credential();
         let started = Instant::now();
         // A request-independent scheme's answer for this credential state is
         // reused (checked and spliced afresh); other calls run the plugin.
-        let applied = match self.runtime.apply_template(&plugin, &cred) {
+        let applied = match self.runtime.apply_template(&ticket.plugin, &cred) {
             Some(applied) => applied,
             None => {
+                let (runtime, plugin) = (self.runtime.clone(), ticket.plugin.clone());
+                let (request, now) = (prepared.request().clone(), prepared.now());
                 self.runtime
                     .pool()
                     .run(ticket.plugin.name(), ticket.caller.org(), move || {
@@ -383,8 +392,8 @@ impl Broker {
         // Derived only where they are used: the scan text for an answer to an
         // agent, the redacted view for a mock answer.
         let produced = for_agent.then(|| sign::produced(&applied.edits));
-        let shown = (delivery == Delivery::Mock).then(|| sign::shown(&prepared, &applied.edits));
-        let signed = sign::finish(&prepared, applied.edits);
+        let shown = (delivery == Delivery::Mock).then(|| sign::shown(prepared, &applied.edits));
+        let signed = sign::finish(prepared, applied.edits);
 
         if let Some(produced) = &produced {
             release_check(ticket, &signed, produced, input, applied.digested)?;
@@ -402,7 +411,7 @@ impl Broker {
                 org: ticket.caller.org().to_string(),
                 credential: ticket.name.clone(),
                 agent: Some(ticket.caller.name()),
-                destination: host.map(str::to_string),
+                destination: Some(host.to_string()),
                 outcome: "ok".into(),
                 layer: Some(ticket.layer()),
                 version: ticket.audit_version(),
@@ -472,6 +481,13 @@ fn release_check(
                  hand it to the agent. Send the call through a proxy route instead"
             ),
         ));
+    }
+    // Masking only takes text away (it puts a NUL, in no alphabet the scan
+    // decodes, where the caller's text was), so what it finds in the masked
+    // answer it finds in the whole one: an answer with no secret in it at
+    // all, the usual case, needs no masking.
+    if leak::find(produced, ticket.secrets()).is_none() {
+        return Ok(());
     }
     // What the caller sent and the plugin echoes (a body hash, header names)
     // is masked first, so the scan cannot be used to test guesses.

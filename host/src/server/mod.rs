@@ -110,6 +110,8 @@ pub struct AppState {
     pub broker: crate::broker::Broker,
     /// The console's sessions.
     pub console: console::Sessions,
+    /// Routes' upstream URLs, parsed once each (see [`proxy::Upstream`]).
+    pub(crate) upstreams: proxy::Upstreams,
 }
 
 /// An API error: a stable code (which gives the status) and a message.
@@ -273,6 +275,7 @@ pub fn state(
         metrics: metrics::Metrics::default(),
         jwks: identity::JwksStore::default(),
         console: console::Sessions::default(),
+        upstreams: proxy::Upstreams::default(),
     }))
 }
 

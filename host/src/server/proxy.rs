@@ -219,6 +219,43 @@ async fn forward(
     Ok(Response::from_parts(parts, Body::new(incoming)))
 }
 
+/// A route's upstream base URL as the proxy checks it: its host, and why
+/// the address policy refuses it if its host is an address literal the
+/// policy refuses.
+pub(crate) struct Upstream {
+    host: String,
+    refusal: Option<String>,
+}
+
+/// Upstream base URLs parsed once each (they are few: one per route), so a
+/// proxied call does not parse its route's URL again. Keyed by the URL
+/// text, so a route changed to another upstream is parsed afresh.
+#[derive(Default)]
+pub(crate) struct Upstreams(std::sync::RwLock<std::collections::HashMap<String, Arc<Upstream>>>);
+
+/// Upstream URLs kept at most; when full, the map starts again.
+const MAX_UPSTREAMS: usize = 10_000;
+
+impl Upstreams {
+    fn get(&self, base: &str, policy: &super::net::AddressPolicy) -> Result<Arc<Upstream>, ApiError> {
+        if let Some(u) = self.0.read().unwrap_or_else(|e| e.into_inner()).get(base) {
+            return Ok(u.clone());
+        }
+        let parsed = url::Url::parse(base)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("upstream URL: {e}")))?;
+        let upstream = Arc::new(Upstream {
+            host: parsed.host_str().unwrap_or_default().to_string(),
+            refusal: policy.literal_refusal(&parsed),
+        });
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_UPSTREAMS {
+            map.clear();
+        }
+        map.insert(base.to_string(), upstream.clone());
+        Ok(upstream)
+    }
+}
+
 /// How the request body travels.
 enum OutBody {
     /// Streamed as it arrives, with the agent's Content-Length.
@@ -239,20 +276,21 @@ async fn proxy_input(
     host_out: &mut Option<String>,
 ) -> Result<(SignInput, OutBody), ApiError> {
     // The upstream URL: the route's base, then the path exactly as sent.
+    // The path and query cannot change the host: the path starts with `/`.
     let rest = rest_of_path(&parts.uri, &app.config.proxy_prefix);
-    let mut url = format!("{}{}", route.upstream, if rest.is_empty() { "/" } else { rest });
+    let mut url = String::with_capacity(route.upstream.len() + rest.len() + parts.uri.query().map_or(1, str::len) + 1);
+    url.push_str(&route.upstream);
+    url.push_str(if rest.is_empty() { "/" } else { rest });
     if let Some(q) = parts.uri.query() {
         url.push('?');
         url.push_str(q);
     }
-    let parsed =
-        url::Url::parse(&url).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("upstream URL: {e}")))?;
-    let host = parsed.host_str().unwrap_or_default().to_string();
-    *host_out = Some(host.clone());
-    if let Some(why) = app.config.address_policy.literal_refusal(&parsed) {
+    let upstream = app.upstreams.get(&route.upstream, &app.config.address_policy)?;
+    *host_out = Some(upstream.host.clone());
+    if let Some(why) = &upstream.refusal {
         return Err(ApiError::new(ErrorCode::UpstreamAddressRefused, format!("upstream {why}")));
     }
-    ticket.check_destination(&host)?;
+    ticket.check_destination(&upstream.host)?;
 
     // Headers to forward: not hop-by-hop, not the agent's credentials, not
     // the agent's claims about hosts and addresses.
@@ -314,16 +352,19 @@ async fn proxy_input(
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too.
-    let named: Vec<String> = headers
+    let named: Vec<HeaderName> = headers
         .get_all("connection")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
+        .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
         .collect();
-    for h in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(named) {
+    for h in HOP_BY_HOP.iter().filter(|h| **h != "host") {
+        headers.remove(*h);
+    }
+    for h in named {
         if h != "host" {
-            headers.remove(h.as_str());
+            headers.remove(h);
         }
     }
 }
