@@ -220,8 +220,9 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    /// A server on a free port answering every request on every connection with `response`.
-    fn serve(response: &'static str) -> u16 {
+    /// A server on a free port answering every request on every connection
+    /// with `response`, each answer `delay` after its request.
+    fn serve(response: &'static str, delay: Duration) -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
@@ -241,6 +242,7 @@ mod tests {
                                 break;
                             }
                         }
+                        std::thread::sleep(delay);
                         if stream.write_all(response.as_bytes()).is_err() {
                             return;
                         }
@@ -265,7 +267,7 @@ mod tests {
 
     #[test]
     fn keeps_the_rate_and_measures_latency() {
-        let port = serve("HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"ok\":true}");
+        let port = serve("HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"ok\":true}", Duration::ZERO);
         let o = run(&load(port, 200.0)).unwrap();
         assert!((180.0..=210.0).contains(&o.achieved), "achieved {}", o.achieved);
         assert!(o.p50 > 0.0 && o.p99 >= o.p50, "p50 {} p99 {}", o.p50, o.p99);
@@ -276,36 +278,17 @@ mod tests {
     #[test]
     fn a_slow_server_fails_the_rate() {
         // One answer per connection every 50 ms at most: 80 requests/s on 4 connections, of 200 asked.
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let mut stream = stream.unwrap();
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    let mut line = String::new();
-                    while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                        if line.ends_with("\r\n\r\n") {
-                            line.clear();
-                            std::thread::sleep(Duration::from_millis(50));
-                            if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
+        let port = serve("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", Duration::from_millis(50));
         let e = run(&load(port, 200.0)).unwrap_err().to_string();
         assert!(e.contains("could not keep up"), "{e}");
     }
 
     #[test]
     fn refuses_errors_and_chunked_answers() {
-        let port = serve("HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\nno");
+        let port = serve("HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\nno", Duration::ZERO);
         let e = format!("{:#}", run(&load(port, 100.0)).unwrap_err());
         assert!(e.contains("401 Unauthorized"), "{e}");
-        let port = serve("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n");
+        let port = serve("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", Duration::ZERO);
         let e = format!("{:#}", run(&load(port, 100.0)).unwrap_err());
         assert!(e.contains("Transfer-Encoding: chunked"), "{e}");
     }
