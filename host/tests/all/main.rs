@@ -32,3 +32,4 @@ mod vault;
 mod vault_crash;
 mod vault_plaintext;
 mod vectors;
+mod wycheproof_jws;

@@ -182,25 +182,47 @@ pub struct Decoded {
     pub signature: Vec<u8>,
 }
 
-/// Split and decode a compact JWS: exactly three non-empty, canonical
-/// base64url segments, the first two UTF-8.
-pub fn decode_compact(token: &str) -> Result<Decoded, String> {
+/// A compact JWS as RFC 7515 §7.1 defines it: the header as JSON text, the
+/// payload and the signature as bytes. The payload may be empty or any
+/// octets; whether it is a JWT's claims set is the JWT layer's question,
+/// asked only once the signature verified (RFC 7519 §7.2, steps 9 and 10).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Jws {
+    /// The JOSE header, as JSON text.
+    pub header: String,
+    /// The payload bytes.
+    pub payload: Vec<u8>,
+    /// The raw signature bytes.
+    pub signature: Vec<u8>,
+}
+
+/// Split and decode a compact JWS: exactly three canonical base64url
+/// segments; the header non-empty and UTF-8, the signature non-empty, the
+/// payload any bytes (empty included).
+pub fn decode_jws(token: &str) -> Result<Jws, String> {
     let segments: Vec<&str> = token.split('.').collect();
-    let [h, c, s] = segments[..] else {
+    let [h, p, s] = segments[..] else {
         return Err(format!("a compact JWS has 3 segments, not {}", segments.len()));
     };
     let decode = |seg: &str, what: &str| {
-        if seg.is_empty() {
-            return Err(format!("empty {what}"));
-        }
         b64::decode(seg, Alphabet::UrlNoPad).ok_or_else(|| format!("{what} is not canonical base64url"))
     };
-    let text = |bytes: Vec<u8>, what: &str| String::from_utf8(bytes).map_err(|_| format!("{what} is not UTF-8"));
-    Ok(Decoded {
-        header: text(decode(h, "header")?, "header")?,
-        claims: text(decode(c, "claims")?, "claims")?,
-        signature: decode(s, "signature")?,
-    })
+    let nonempty =
+        |seg: &str, what: &str| if seg.is_empty() { Err(format!("empty {what}")) } else { decode(seg, what) };
+    let header = String::from_utf8(nonempty(h, "header")?).map_err(|_| "header is not UTF-8".to_string())?;
+    let payload = if p.is_empty() { Vec::new() } else { decode(p, "payload")? };
+    Ok(Jws { header, payload, signature: nonempty(s, "signature")? })
+}
+
+/// Split and decode a compact JWS whose payload is text: [`decode_jws`],
+/// with the payload non-empty and UTF-8.
+pub fn decode_compact(token: &str) -> Result<Decoded, String> {
+    let Jws { header, payload, signature } = decode_jws(token)?;
+    if payload.is_empty() {
+        return Err("empty claims".into());
+    }
+    let claims = String::from_utf8(payload).map_err(|_| "claims is not UTF-8".to_string())?;
+    Ok(Decoded { header, claims, signature })
 }
 
 /// Parse a JSON object, refusing duplicate member names at any depth.
@@ -362,6 +384,20 @@ mod tests {
         assert!(decode_compact("e30=.e30.AA").is_err());
         assert!(decode_compact("/w.e30.AA").is_err(), "not UTF-8");
         assert_eq!(decode_compact("e30.e30.AA").unwrap().header, "{}");
+        assert!(decode_compact("e30..AA").is_err(), "empty claims");
+        assert!(decode_compact("e30.4OE.AA").is_err(), "claims not UTF-8");
+    }
+
+    #[test]
+    fn a_jws_payload_may_be_empty_or_any_bytes() {
+        let jws = decode_jws("e30..AA").unwrap();
+        assert_eq!((jws.header.as_str(), jws.payload.as_slice(), jws.signature.as_slice()), ("{}", &b""[..], &[0][..]));
+        assert_eq!(decode_jws("e30.4OE.AA").unwrap().payload, [0xe0, 0xe1]);
+        assert!(decode_jws(".e30.AA").is_err(), "empty header");
+        assert!(decode_jws("e30.e30.").is_err(), "empty signature");
+        assert!(decode_jws("e30.4OE=.AA").is_err(), "padded payload");
+        assert!(decode_jws("e30.4OF.AA").is_err(), "non-zero unused bits");
+        assert!(decode_jws("e30.e30").is_err() && decode_jws("e30.e30.AA.").is_err());
     }
 
     #[test]

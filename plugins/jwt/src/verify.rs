@@ -165,7 +165,7 @@ pub fn verify(
     if token.len() > MAX_TOKEN_LEN {
         return Err(rejected(format!("the token is longer than {MAX_TOKEN_LEN} bytes")));
     }
-    let decoded = jose::decode_compact(token).map_err(|e| rejected(format!("not a compact JWS: {e}")))?;
+    let decoded = jose::decode_jws(token).map_err(|e| rejected(format!("not a compact JWS: {e}")))?;
     let header = jose::parse_object(&decoded.header).map_err(|e| rejected(format!("bad JOSE header: {e}")))?;
 
     // The algorithm first: nothing else in the token is trusted until the
@@ -239,8 +239,13 @@ pub fn verify(
         return Err(rejected("the signature does not verify with the issuer's key"));
     }
 
-    // Claims, only now that they are known to come from the issuer.
-    let claims = jose::parse_object(&decoded.claims).map_err(|e| rejected(format!("bad claims: {e}")))?;
+    // Claims, only now that they are known to come from the issuer: a JWS
+    // payload may be any bytes, and whether they are a JWT's claims set is
+    // asked after the signature (RFC 7519 §7.2, steps 9 and 10).
+    let claims = std::str::from_utf8(&decoded.payload)
+        .map_err(|_| "not UTF-8".to_string())
+        .and_then(jose::parse_object)
+        .map_err(|e| rejected(format!("the signature verifies, but the payload is not a JWT claims set: {e}")))?;
     let (now, leeway) = (now as f64, policy.leeway as f64);
     let exp = numeric_date(&claims, "exp")?
         .ok_or_else(|| rejected("the token has no `exp`: unbounded tokens are not accepted"))?;
@@ -499,6 +504,18 @@ mod tests {
             with(format!(r#"{{"iss":"https://idp.test","aud":[1],"exp":{exp}}}"#), Some("latchkey")),
             "non-string",
         );
+    }
+
+    #[test]
+    fn a_payload_that_is_no_claims_set_is_refused_after_the_signature() {
+        let not_claims: [&[u8]; 5] = [b"", b"foo", b"123400", b"[1]", &[0xe0, 0xe1, 0xe2]];
+        for payload in not_claims {
+            let input = format!("{}.{}", base64url(br#"{"alg":"EdDSA","kid":"k1"}"#), base64url(payload));
+            let signed = format!("{input}.{}", base64url(&fake_sig("key-one", &input, 64)));
+            rejected_with(verify_ed(&signed), "the signature verifies, but the payload is not a JWT claims set");
+            let forged = format!("{input}.{}", base64url(&fake_sig("attacker", &input, 64)));
+            rejected_with(verify_ed(&forged), "does not verify");
+        }
     }
 
     #[test]
