@@ -9,6 +9,7 @@ mod console;
 #[macro_use]
 mod db;
 mod audit;
+mod audit_salt;
 mod canaries;
 mod directory;
 mod fuzz_corpus;
