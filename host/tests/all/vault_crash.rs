@@ -67,6 +67,7 @@ async fn burst_child() {
 
 vault_tests! {
     sigkill_mid_burst => sigkill_mid_burst;
+    sigkill_mid_master_key_rotation => sigkill_mid_master_key_rotation;
 }
 
 async fn sigkill_mid_burst(db: &TestDb) {
@@ -163,6 +164,122 @@ async fn sigkill_mid_burst(db: &TestDb) {
         in_flight
     );
     vault.close().await;
+}
+
+/// Credentials in the vault the rotation test kills part-way: six batches of
+/// the rotation's 256 rows.
+const ROTATED: usize = 1_500;
+/// Re-wrap statements the rotation has logged when it is killed: past its
+/// first batch's commit, so the kill lands between or inside later ones.
+const KILL_AT_UPDATE: usize = 300;
+
+/// `latchkey` on the test's database with the keyring file, all other
+/// configuration cleared.
+fn cli(db: &TestDb, keyring: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+    c.env("LATCHKEY_DATA_DIR", db.path())
+        .env("LATCHKEY_KEYRING_FILE", keyring)
+        .env_remove("LATCHKEY_MASTER_KEY")
+        .env_remove("LATCHKEY_DATABASE_URL")
+        .env_remove("LATCHKEY_CONFIG")
+        .env_remove("LATCHKEY_ORG");
+    if let Some(url) = &db.url {
+        c.env("LATCHKEY_DATABASE_URL", url);
+    }
+    c
+}
+
+/// THREATS.md case 4: `latchkey vault rotate-master-key` on a vault of
+/// [`ROTATED`] credentials, killed with SIGKILL once it has logged
+/// [`KILL_AT_UPDATE`] re-wrap statements (read from its debug log, so the
+/// kill always lands part-way: the log is a pipe the test stops reading, and
+/// the job cannot write far past it). Then every row still opens, some under
+/// each term, and running the rotation again (`--no-generate`: the new term
+/// is already in the keyring file) completes it, the audit salt included.
+async fn sigkill_mid_master_key_rotation(db: &TestDb) {
+    let keyring = db.path().join("keyring");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new();
+        f.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
+        writeln!(f.open(&keyring).unwrap(), "1:{}", db.key.as_str()).unwrap();
+    }
+    let mut options = db.options();
+    options.keys = KeySource { keyring_file: Some(keyring.clone()), ..KeySource::default() };
+    let vault = Vault::open(options.clone(), runtime()).await.unwrap();
+    let mut expected = BTreeMap::new();
+    for i in 0..ROTATED {
+        let name = format!("r{i:04}");
+        let key = format!("sk-rotate-{i}-{}", crate::db::suffix());
+        vault.create(raw(&name, &key), "test").await.unwrap();
+        expected.insert(name, key);
+    }
+    let probe = BTreeMap::from([("key".to_string(), Secret::new("probe-value"))]);
+    let fingerprint = vault.fingerprint(&probe).await.unwrap();
+    vault.close().await;
+
+    let mut child = cli(db, &keyring)
+        .args(["vault", "rotate-master-key"])
+        .env("LATCHKEY_LOG", "warn,sqlx::query=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut updates = 0;
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    while updates < KILL_AT_UPDATE {
+        let line = lines.next().expect("the rotation ended before the kill").unwrap();
+        updates += usize::from(line.contains("UPDATE credentials SET"));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the rotation finished before the kill");
+    drop(lines);
+
+    if db.backend == Backend::Sqlite {
+        let pool =
+            sqlx::SqlitePool::connect(&format!("sqlite://{}", db.path().join("vault.db").display())).await.unwrap();
+        let check: Vec<(String,)> = sqlx::query_as("PRAGMA integrity_check").fetch_all(&pool).await.unwrap();
+        assert_eq!(check, [("ok".to_string(),)], "SQLite integrity check after the kill");
+        pool.close().await;
+    }
+    // Part-way: rows under both terms; every one opens to its own secret.
+    let vault = Vault::open(options.clone(), runtime()).await.unwrap();
+    let killed_at = vault.credentials_by_term().await.unwrap();
+    assert!(killed_at.get(&2).is_some_and(|&n| n >= 256), "the first batch did not commit: {killed_at:?}");
+    assert!(killed_at.get(&1).is_some_and(|&n| n > 0), "the kill came after the rotation: {killed_at:?}");
+    assert_eq!(killed_at.values().sum::<u64>(), ROTATED as u64);
+    for (name, key) in &expected {
+        let r = vault.resolve("default", name, &Overrides::new()).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(r.resolved.secrets["key"].expose(), key.as_str(), "{name} opens to another value");
+    }
+    assert_eq!(vault.fingerprint(&probe).await.unwrap(), fingerprint, "the audit salt is lost");
+    vault.close().await;
+
+    // Run again: it completes, re-wrapping only what was left.
+    let out = cli(db, &keyring).args(["vault", "rotate-master-key", "--no-generate", "--json"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the rerun failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(report["term"], 2, "{report}");
+    assert_eq!(report["rewrapped"], killed_at[&1], "{report}");
+    assert_eq!(report["failed"].as_array().map(Vec::len), Some(0), "{report}");
+
+    let vault = Vault::open(options, runtime()).await.unwrap();
+    assert_eq!(vault.credentials_by_term().await.unwrap(), BTreeMap::from([(2, ROTATED as u64)]));
+    for (name, key) in &expected {
+        vault.forget("default", name);
+        let r = vault.resolve("default", name, &Overrides::new()).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(r.resolved.secrets["key"].expose(), key.as_str());
+    }
+    assert_eq!(vault.fingerprint(&probe).await.unwrap(), fingerprint, "the audit salt changed");
+    vault.close().await;
+    eprintln!(
+        "rotation killed ({:?}) after {KILL_AT_UPDATE} logged re-wraps: {killed_at:?}; the rerun re-wrapped {}",
+        db.backend, report["rewrapped"]
+    );
 }
 
 /// PostgreSQL only: cut replica B's LISTEN connection, change a credential
