@@ -17,6 +17,7 @@ mod hostile;
 mod identity;
 mod lifecycle;
 mod log_injection;
+mod master_key_server;
 mod openapi;
 mod pipeline;
 mod plugin_cache;

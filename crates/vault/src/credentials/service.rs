@@ -672,10 +672,15 @@ impl Vault {
 
     /// Read the keyring again from its source (after another process added
     /// a term).
-    pub fn reload_keyring(&self) -> Result<(), VaultError> {
+    pub async fn reload_keyring(&self) -> Result<(), VaultError> {
         let ring = keyring_from_source(&self.keys)?.ok_or_else(|| {
             VaultError::KeySetup("the master key source is gone; it was there when the vault opened".into())
         })?;
+        // Every term must open its key-check row before the keyring is used:
+        // a key that is not this vault's is `master_key_wrong` (not an
+        // integrity failure of each row it meets), and the keyring in use is
+        // kept, so no row is sealed under a key other replicas do not hold.
+        check_key_terms(&self.db, &ring).await?;
         *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
         Ok(())
     }
@@ -834,7 +839,7 @@ impl Vault {
                     // Another process rotated the master key: read the keyring
                     // and the row again, once.
                     tracing::info!(term, "vault blob under an unknown master key term; reloading the keyring");
-                    self.reload_keyring()?;
+                    self.reload_keyring().await?;
                     self.cache.invalidate(org, name);
                     let (id, version) = (row.id.clone(), row.credential.version);
                     entry = self.lookup(org, name).await?;
@@ -887,7 +892,7 @@ impl Vault {
             .get_or_try_init(|| async {
                 match load_audit_salt(&self.db, &self.keyring()).await {
                     Err(VaultError::Crypto(VaultCryptoError::UnknownTerm(_))) => {
-                        self.reload_keyring()?;
+                        self.reload_keyring().await?;
                         load_audit_salt(&self.db, &self.keyring()).await
                     }
                     other => other,
@@ -1375,9 +1380,8 @@ impl Vault {
             let term = crypto::add_term_to_keyring_file(file)?;
             tracing::warn!(term, file = %file.display(), "added a new master key term to the keyring file; back it up");
         }
-        self.reload_keyring()?;
+        self.reload_keyring().await?;
         let keyring = self.keyring();
-        check_key_terms(&self.db, &keyring).await?;
         let term = keyring.current();
         let mut rewrapped = 0u64;
         let mut failed = Vec::new();
@@ -1625,14 +1629,18 @@ async fn load_audit_salt(db: &Db, keyring: &Keyring) -> Result<zeroize::Zeroizin
 }
 
 /// Re-wrap the audit salt under the keyring's current term (master key
-/// rotation), so it opens once the old term is retired.
+/// rotation), so it opens once the old term is retired. A vault that has
+/// recorded no use yet has no salt: nothing to re-wrap.
 async fn rewrap_audit_salt(db: &Db, keyring: &Keyring) -> Result<(), VaultError> {
-    let blob: Vec<u8> = on_db!(db, pool => {
+    // `fetch_all`, not `fetch_optional`, so SQLite keeps no read snapshot open.
+    let blob: Option<Vec<u8>> = on_db!(db, pool => {
         sqlx::query_scalar("SELECT value FROM installation WHERE key = 'audit_salt'")
-            .fetch_one(pool)
+            .fetch_all(pool)
             .await
             .map_err(StoreError::from)?
+            .pop()
     });
+    let Some(blob) = blob else { return Ok(()) };
     let new = crypto::rewrap(keyring, &blob, &AUDIT_SALT_AAD)?;
     on_db!(db, pool => {
         sqlx::query("UPDATE installation SET value = $1 WHERE key = 'audit_salt' AND value = $2")
