@@ -62,6 +62,10 @@ struct RuntimeArgs {
     /// Plugin calls of one organisation that may run at once [default: three quarters of the plugin threads].
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     org_plugin_concurrency: Option<u16>,
+    /// Plugin calls that may run at once on the server's own threads, with a 1 ms budget, before a pool thread
+    /// takes over; 0 sends every call to the plugin threads [default: the number of cores].
+    #[arg(long, global = true, value_name = "N")]
+    plugin_inline: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -230,6 +234,9 @@ fn runtime(args: &RuntimeArgs) -> Result<Runtime, Failure> {
     }
     if let Some(n) = args.org_plugin_concurrency {
         config.pool.per_org = n.into();
+    }
+    if let Some(n) = args.plugin_inline {
+        config.pool.inline = n.into();
     }
     Ok(Runtime::new(config)?)
 }

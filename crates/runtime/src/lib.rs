@@ -31,7 +31,7 @@ pub use bindings::{Datetime, Exposure, FieldInfo, Request, SchemeInfo, SecretFie
 pub use bindings::{Edit, Part, Segment};
 pub use latchkey_core::error::ErrorCode;
 pub use latchkey_core::text::sanitize_for_log;
-pub use pool::{CallPool, PoolConfig, PoolError};
+pub use pool::{CallPool, DEMOTION, Lane, PoolConfig, PoolError};
 pub use state::{CallCredential, PluginCache};
 
 use bindings::{CallContext, SchemePlugin, SchemePluginPre};
@@ -283,7 +283,19 @@ pub fn exposure_name(e: Exposure) -> &'static str {
 
 /// The epoch tick. Deadlines are whole ticks, so a call gets its budget
 /// plus at most one tick.
-const TICK: Duration = Duration::from_millis(2);
+const TICK: Duration = Duration::from_millis(1);
+
+/// Give `store` `budget` from now: its epoch deadline (whole ticks, so at
+/// most one tick more) and the wall-clock deadline its host imports check.
+fn arm_deadline(store: &mut Store<State>, budget: Duration) {
+    store.set_epoch_deadline(budget.as_millis().div_ceil(TICK.as_millis()) as u64 + 1);
+    store.data_mut().deadline = std::time::Instant::now() + budget;
+}
+
+/// A call on the inline lane ([`Lane::Inline`]) that ran out of its short
+/// budget: nothing of it is kept; run it again on a pool thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overran;
 
 /// Increments the engine's epoch until dropped.
 struct Ticker(Arc<AtomicBool>);
@@ -648,10 +660,39 @@ impl Runtime {
         now: Datetime,
         request: &Request,
     ) -> Result<Applied, PluginError> {
+        match self.apply_call_in(plugin, cred, now, request, Lane::Pool) {
+            Ok(applied) => applied,
+            Err(Overran) => unreachable!("a call with the whole budget is never asked to run again"),
+        }
+    }
+
+    /// [`Runtime::apply_call`] on `lane` ([`CallPool::run_call`]): on the
+    /// inline lane the call gets that lane's short budget, and a call that
+    /// runs out of it answers [`Overran`], to be run again on a pool thread.
+    pub fn apply_call_in(
+        &self,
+        plugin: &Plugin,
+        cred: &Arc<CallCredential>,
+        now: Datetime,
+        request: &Request,
+        lane: Lane,
+    ) -> Result<Result<Applied, PluginError>, Overran> {
         let ctx = CallContext { now, config: cred.config.clone() };
-        let (answer, touched) = self.call(plugin, cred, now, |p, store, handle| {
+        let called = self.call_in(plugin, cred, now, lane, |p, store, handle| {
             p.latchkey_plugin_scheme().call_apply(store, &ctx, handle, request)
         })?;
+        Ok(called.and_then(|(answer, touched)| self.applied(plugin, cred, answer, touched)))
+    }
+
+    /// A scheme's answer as the call path takes it: the template kept for a
+    /// request-independent scheme, the edits checked and spliced.
+    fn applied(
+        &self,
+        plugin: &Plugin,
+        cred: &Arc<CallCredential>,
+        answer: Result<Vec<Edit>, bindings::latchkey::plugin::types::Error>,
+        touched: Touched,
+    ) -> Result<Applied, PluginError> {
         let edits = answer.map_err(|e| PluginError::Scheme { plugin: plugin.info.name.clone(), error: e.into() })?;
         if let Some(key) = self.template_key(plugin, cred) {
             let mut map = self.templates.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -730,7 +771,7 @@ impl Runtime {
             });
         };
         let nobody = Arc::new(CallCredential::new("", 0, vec![], Default::default()));
-        let mut store = self.store(plugin, &nobody, now);
+        let mut store = self.store(plugin, &nobody, now, self.config.call_timeout);
         let fail = |store: &Store<State>, e: wasmtime::Error| PluginError::Failed {
             plugin: plugin.name.to_string(),
             reason: self.describe_failure(store.data(), &e),
@@ -748,7 +789,7 @@ impl Runtime {
     }
 
     /// A store for one call: its own limits, tables and deadline.
-    fn store(&self, plugin: &Plugin, cred: &Arc<CallCredential>, now: Datetime) -> Store<State> {
+    fn store(&self, plugin: &Plugin, cred: &Arc<CallCredential>, now: Datetime, budget: Duration) -> Store<State> {
         let state = State {
             plugin: plugin.name.clone(),
             cred: cred.clone(),
@@ -768,20 +809,15 @@ impl Runtime {
             wasi: None,
             stderr: MemoryOutputPipe::new(wasi::STDERR_CAPACITY),
             usage: Default::default(),
-            deadline: std::time::Instant::now() + self.config.call_timeout,
+            deadline: std::time::Instant::now() + budget,
             keyed: Vec::new(),
             digested: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
-        self.arm_deadline(&mut store);
+        arm_deadline(&mut store, budget);
         store
-    }
-
-    fn arm_deadline(&self, store: &mut Store<State>) {
-        store.set_epoch_deadline(self.config.call_timeout.as_millis().div_ceil(TICK.as_millis()) as u64 + 1);
-        store.data_mut().deadline = std::time::Instant::now() + self.config.call_timeout;
     }
 
     /// Run `f` in a fresh instance with its own store, limits and deadline;
@@ -797,33 +833,59 @@ impl Runtime {
             wasmtime::component::Resource<CredentialHandle>,
         ) -> wasmtime::Result<R>,
     ) -> Result<(R, Touched), PluginError> {
-        let mut store = self.store(plugin, cred, now);
+        match self.call_in(plugin, cred, now, Lane::Pool, f) {
+            Ok(called) => called,
+            Err(Overran) => unreachable!("a call with the whole budget is never asked to run again"),
+        }
+    }
+
+    /// [`Runtime::call`] with `lane`'s budget: a call on the inline lane
+    /// that runs out of it answers [`Overran`] instead of failing.
+    fn call_in<R>(
+        &self,
+        plugin: &Plugin,
+        cred: &Arc<CallCredential>,
+        now: Datetime,
+        lane: Lane,
+        f: impl FnOnce(
+            &SchemePlugin,
+            &mut Store<State>,
+            wasmtime::component::Resource<CredentialHandle>,
+        ) -> wasmtime::Result<R>,
+    ) -> Result<Result<(R, Touched), PluginError>, Overran> {
+        let (budget, inline) = match lane {
+            Lane::Inline(budget) => (budget.min(self.config.call_timeout), true),
+            Lane::Pool => (self.config.call_timeout, false),
+        };
+        // The epoch deadline, or a host import past the wall-clock one.
+        let overran = |e: &wasmtime::Error| inline && e.downcast_ref::<Trap>() == Some(&Trap::Interrupt);
+        let mut store = self.store(plugin, cred, now, budget);
         let fail = |store: &Store<State>, e: wasmtime::Error| PluginError::Failed {
             plugin: plugin.name.to_string(),
             reason: self.describe_failure(store.data(), &e),
         };
-        let handle = store
-            .data_mut()
-            .table
-            .push(CredentialHandle)
-            .map_err(|e| PluginError::Failed { plugin: plugin.name.to_string(), reason: e.to_string() })?;
+        let handle = match store.data_mut().table.push(CredentialHandle) {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(PluginError::Failed { plugin: plugin.name.to_string(), reason: e.to_string() })),
+        };
         let instance = match plugin.pre.instantiate(&mut store) {
             Ok(i) => i,
-            Err(e) => return Err(fail(&store, e)),
+            Err(e) if overran(&e) => return Err(Overran),
+            Err(e) => return Ok(Err(fail(&store, e))),
         };
-        let out = f(&instance, &mut store, handle);
-        match out {
+        match f(&instance, &mut store, handle) {
             Ok(r) => {
                 let data = store.data_mut();
-                Ok((
+                Ok(Ok((
                     r,
                     Touched { keyed: std::mem::take(&mut data.keyed), digested: std::mem::take(&mut data.digested) },
-                ))
+                )))
             }
+            Err(e) if overran(&e) => Err(Overran),
             Err(e) => {
                 let err = fail(&store, e);
                 tracing::warn!(plugin = %plugin.name, credential = %cred.name, error = %err, "plugin call failed");
-                Err(err)
+                Ok(Err(err))
             }
         }
     }
@@ -836,7 +898,7 @@ impl Runtime {
         cred: &Arc<CallCredential>,
         now: Datetime,
     ) -> Result<WarmInstance<'_>, PluginError> {
-        let mut store = self.store(plugin, cred, now);
+        let mut store = self.store(plugin, cred, now, self.config.call_timeout);
         let fail =
             |e: wasmtime::Error| PluginError::Failed { plugin: plugin.name.to_string(), reason: format!("{e:#}") };
         let handle = store.data_mut().table.push(CredentialHandle).map_err(|e| fail(e.into()))?;
@@ -917,7 +979,9 @@ pub struct WarmInstance<'a> {
 impl WarmInstance<'_> {
     /// `apply` on the kept instance, with the same checks as a fresh call.
     pub fn apply(&mut self, request: &Request) -> Result<Vec<edits::Checked>, PluginError> {
-        self.runtime.arm_deadline(&mut self.store);
+        arm_deadline(&mut self.store, self.runtime.config.call_timeout);
+        // Each call gets its own import limits, as a fresh instance would.
+        self.store.data_mut().usage = Default::default();
         let (cred, now) = (self.store.data().cred.clone(), self.store.data().now);
         let ctx = CallContext { now, config: cred.config.clone() };
         let handle = wasmtime::component::Resource::new_borrow(self.handle.rep());

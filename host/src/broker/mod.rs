@@ -362,12 +362,19 @@ impl Broker {
             None => {
                 let (runtime, plugin) = (self.runtime.clone(), ticket.plugin.clone());
                 let (request, now) = (prepared.request().clone(), prepared.now());
-                self.runtime
+                // Short calls run on this worker, long ones on a pool
+                // thread (the pool's inline lane).
+                let called = self
+                    .runtime
                     .pool()
-                    .run(ticket.plugin.name(), ticket.caller.org(), move || {
-                        runtime.apply_call(&plugin, &cred, now, &request)
-                    })
-                    .await?
+                    .run_call(
+                        ticket.plugin.name(),
+                        ticket.caller.org(),
+                        move |lane| runtime.apply_call_in(&plugin, &cred, now, &request, lane),
+                        |called| called.is_err(),
+                    )
+                    .await?;
+                called.unwrap_or_else(|_| unreachable!("a call on a pool thread has its whole budget"))
             }
         };
         let applied = match applied {

@@ -50,6 +50,36 @@ fn spin() {
     still_works();
 }
 
+/// On the inline lane a looping call stops at the lane's short budget and
+/// says so (to be run again on a pool thread), instead of failing; on the
+/// pool lane it fails at the whole budget. A call that ends in time answers.
+#[test]
+fn spin_on_the_inline_lane() {
+    use latchkey::plugin::{Lane, Overran};
+    use std::time::Duration;
+    let rt =
+        Runtime::new(RuntimeConfig { call_timeout: Duration::from_millis(400), ..RuntimeConfig::default() }).unwrap();
+    let p = rt.load_file(guests::SPIN.as_ref()).unwrap();
+    let spin = cred(&[], &[]);
+    let inline = rt.apply_call_in(&p, &spin, at(), &get("https://h.test/"), Lane::Inline(Duration::from_millis(20)));
+    assert!(matches!(inline, Err(Overran)), "{:?}", inline.map(|r| r.map(|a| a.edits.len())));
+    match rt.apply_call_in(&p, &spin, at(), &get("https://h.test/"), Lane::Pool) {
+        Ok(Err(e)) => assert!(e.to_string().contains("time budget of 400 ms"), "{e}"),
+        other => panic!("expected a failed call, got {:?}", other.map(|r| r.map(|a| a.edits.len()))),
+    }
+    // A budget longer than the whole one is held to the whole one.
+    let long = rt.apply_call_in(&p, &spin, at(), &get("https://h.test/"), Lane::Inline(Duration::from_secs(60)));
+    assert!(matches!(long, Err(Overran)));
+    let ok = rt.apply_call_in(
+        &p,
+        &cred(&[("mode", "ok")], &[]),
+        at(),
+        &get("https://h.test/"),
+        Lane::Inline(Duration::from_millis(300)),
+    );
+    assert_eq!(ok.unwrap().unwrap().edits.len(), 1);
+}
+
 #[test]
 fn alloc() {
     // A generous time budget, so the memory cap and not the clock stops it

@@ -478,8 +478,18 @@ async fn a_looping_plugin_spends_only_its_own_share() {
     let Some(b) = bench(Backend::Sqlite, &[guests::SPIN], RuntimeConfig::default()).await else { return };
     b.credential("loop", "test-spin", &[], &[("key", &canary("spin"))]).await;
     b.credential("key", "api-key", &[("prefix", "Bearer ")], &[("key", &canary("k"))]).await;
+    // A scheme that runs its plugin on every call (no held template), so its
+    // calls share the inline lane and the pool with the looping ones.
+    b.credential(
+        "sig",
+        "aws-sigv4",
+        &[("region", "us-east-1"), ("service", "s3")],
+        &[("access_key_id", "AKIDLOOPTEST"), ("secret_access_key", &canary("sk"))],
+    )
+    .await;
     b.route("loop", "loop").await;
     b.route("fast", "key").await;
+    b.route("signed", "sig").await;
     let b = Arc::new(b);
     // Many looping calls at once: each spins until its time budget.
     let looping: Vec<_> = (0..16)
@@ -498,11 +508,15 @@ async fn a_looping_plugin_spends_only_its_own_share() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
-    // Meanwhile another route's calls go through, one after another.
+    // Meanwhile other routes' calls go through, one after another: one
+    // answered from its held template, one whose plugin runs every time.
     for _ in 0..20 {
-        let (status, json) = proxied(&b, "fast").await;
-        assert_eq!(status, 200, "{json}");
+        for route in ["fast", "signed"] {
+            let (status, json) = proxied(&b, route).await;
+            assert_eq!(status, 200, "{route}: {json}");
+        }
     }
+
     assert!(
         b.runtime.pool().running(&Arc::from("test-spin")) > 0,
         "the looping calls ended too early to prove anything"
@@ -517,6 +531,11 @@ async fn a_looping_plugin_spends_only_its_own_share() {
         codes.keys().all(|(s, c)| (*s == 500 && c == "plugin_failed") || (*s == 503 && c == "plugin_busy")),
         "{codes:?}"
     );
+    // The looping plugin's inline tries overran, and its calls needed more
+    // than the inline budget on the pool too: its calls have left the inline
+    // lane (for a while), the other plugin's have not.
+    assert!(!b.runtime.pool().inline_allowed(&Arc::from("test-spin")));
+    assert!(b.runtime.pool().inline_allowed(&Arc::from("aws-sigv4")));
     let b = Arc::into_inner(b).unwrap();
     b.close().await;
 }
