@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
@@ -136,19 +135,6 @@ async fn upstream(key: String) -> u16 {
     port
 }
 
-/// Wait until the broker's standard error (a file) says where it serves.
-fn address(stderr: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let text = std::fs::read_to_string(stderr).unwrap_or_default();
-        if let Some(rest) = text.split("serving on http://").nth(1) {
-            return rest.split_whitespace().next().unwrap().to_string();
-        }
-        assert!(Instant::now() < deadline, "the broker printed no address:\n{text}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_salt_is_never_logged_returned_or_measured() {
     let dir = tempfile::tempdir().unwrap();
@@ -208,7 +194,7 @@ async fn the_audit_salt_is_never_logged_returned_or_measured() {
         .stderr(Stdio::from(std::fs::File::create(&err_path).unwrap()))
         .spawn()
         .unwrap();
-    let addr = address(&err_path);
+    let addr = crate::support::served_address(&err_path);
     let base = format!("http://{addr}");
     let bearer = format!("Bearer {token}");
     let admin_bearer = format!("Bearer {admin}");

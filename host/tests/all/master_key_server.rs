@@ -11,7 +11,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
@@ -49,19 +48,6 @@ fn write_keyring(path: &Path, text: &str) {
     std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
     f.open(&tmp).unwrap().write_all(text.as_bytes()).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-/// Wait until the broker's standard error (a file) says where it serves.
-fn address(stderr: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let text = std::fs::read_to_string(stderr).unwrap_or_default();
-        if let Some(rest) = text.split("serving on http://").nth(1) {
-            return rest.split_whitespace().next().unwrap().to_string();
-        }
-        assert!(Instant::now() < deadline, "the broker printed no address:\n{text}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +99,7 @@ async fn a_running_broker_whose_key_goes_missing_or_wrong_answers_503() {
         .stderr(Stdio::from(std::fs::File::create(&err_path).unwrap()))
         .spawn()
         .unwrap();
-    let addr = address(&err_path);
+    let addr = crate::support::served_address(&err_path);
     let bearer = format!("Bearer {token}");
     let auth = [("authorization", bearer.as_str())];
     let proxy = format!("http://{addr}/proxy/up/ok");

@@ -50,3 +50,17 @@ pub fn canary(tag: &str) -> String {
     crate::canaries::watch(tag, &value);
     value
 }
+
+/// Wait until a broker's standard error (a file) says where it serves.
+pub fn served_address(stderr: &std::path::Path) -> String {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(stderr).unwrap_or_default();
+        if let Some(rest) = text.split("serving on http://").nth(1) {
+            return rest.split_whitespace().next().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "the broker printed no address:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -120,13 +120,7 @@ async fn sigkill_mid_burst(db: &TestDb) {
         }
     }
 
-    if db.backend == Backend::Sqlite {
-        let pool =
-            sqlx::SqlitePool::connect(&format!("sqlite://{}", db.path().join("vault.db").display())).await.unwrap();
-        let check: Vec<(String,)> = sqlx::query_as("PRAGMA integrity_check").fetch_all(&pool).await.unwrap();
-        assert_eq!(check, [("ok".to_string(),)], "SQLite integrity check after the kill");
-        pool.close().await;
-    }
+    integrity_check_after_the_kill(db).await;
     let vault = db.open().await;
     // Every acknowledged write is there and opens to the acknowledged value
     // (or to the one write in flight, if it committed before the kill).
@@ -238,13 +232,7 @@ async fn sigkill_mid_master_key_rotation(db: &TestDb) {
     assert!(!status.success(), "the rotation finished before the kill");
     drop(lines);
 
-    if db.backend == Backend::Sqlite {
-        let pool =
-            sqlx::SqlitePool::connect(&format!("sqlite://{}", db.path().join("vault.db").display())).await.unwrap();
-        let check: Vec<(String,)> = sqlx::query_as("PRAGMA integrity_check").fetch_all(&pool).await.unwrap();
-        assert_eq!(check, [("ok".to_string(),)], "SQLite integrity check after the kill");
-        pool.close().await;
-    }
+    integrity_check_after_the_kill(db).await;
     // Part-way: rows under both terms; every one opens to its own secret.
     let vault = Vault::open(options.clone(), runtime()).await.unwrap();
     let killed_at = vault.credentials_by_term().await.unwrap();
@@ -434,4 +422,15 @@ async fn sigkill_mid_redemption(db: &TestDb) {
     assert_eq!(registered, agents.len(), "an agent without its audit event (or the reverse)");
     eprintln!("sigkill mid-redemption ({:?}): {acked} acknowledged, {used} redeemed, all whole", db.backend);
     vault.close().await;
+}
+
+/// On SQLite, `PRAGMA integrity_check` of the vault file a killed process left.
+async fn integrity_check_after_the_kill(db: &TestDb) {
+    if db.backend == Backend::Sqlite {
+        let pool =
+            sqlx::SqlitePool::connect(&format!("sqlite://{}", db.path().join("vault.db").display())).await.unwrap();
+        let check: Vec<(String,)> = sqlx::query_as("PRAGMA integrity_check").fetch_all(&pool).await.unwrap();
+        assert_eq!(check, [("ok".to_string(),)], "SQLite integrity check after the kill");
+        pool.close().await;
+    }
 }
