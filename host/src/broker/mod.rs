@@ -28,7 +28,7 @@ pub mod aws_chunked;
 pub mod leak;
 
 use crate::error::ErrorCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::plugin::{CallCredential, Plugin, PluginError, PoolError, Runtime};
@@ -36,7 +36,7 @@ use crate::sign::{self, SignError, SignInput, SignedRequest};
 use crate::vault::agents::Agent;
 use crate::vault::audit::AuditUnavailable;
 use crate::vault::model::{Layer, Overrides};
-use crate::vault::{Resolution, UseEvent, Vault, VaultError};
+use crate::vault::{CredentialRef, UseEvent, Vault, VaultError};
 
 /// Who is calling.
 #[derive(Debug, Clone)]
@@ -129,41 +129,62 @@ impl From<AuditUnavailable> for CallError {
 pub struct Ticket {
     caller: Caller,
     name: String,
-    resolution: Resolution,
+    /// The vault record the secrets were opened from, when the vault holds
+    /// the name (its destinations are checked against).
+    record: Option<CredentialRef>,
+    opened: Arc<Opened>,
+}
+
+/// What a credential's state gives every call with it: the winning layer,
+/// the plugin, the credential as plugin calls see it (its secrets, zeroed on
+/// drop) and the audit fingerprint of those secrets.
+///
+/// When the vault supplies the secrets, this is made once per record and
+/// kept with the cached record ([`CredentialRef::keep`]): a call with an
+/// unchanged credential opens no sealed blob and fingerprints nothing, and
+/// any change to the credential (a new record) starts afresh. It must never
+/// hold the record, which holds it. Secrets from an override or the
+/// environment are opened per call, as before.
+struct Opened {
+    layer: Layer,
+    source: String,
     plugin: Arc<Plugin>,
-    /// The credential as the plugin sees it, made once: the resolution's
-    /// secrets move into it.
     cred: Arc<CallCredential>,
     version: u64,
+    /// Computed on the first released call (it needs the audit salt).
+    fingerprint: OnceLock<String>,
 }
 
 impl std::fmt::Debug for Ticket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ticket").field("name", &self.name).field("version", &self.version).finish_non_exhaustive()
+        f.debug_struct("Ticket")
+            .field("name", &self.name)
+            .field("version", &self.opened.version)
+            .finish_non_exhaustive()
     }
 }
 
 impl Ticket {
     /// The scheme plugin (its declaration decides how the body travels).
     pub fn plugin(&self) -> &Arc<Plugin> {
-        &self.plugin
+        &self.opened.plugin
     }
 
     /// Whether the scheme needs the body's hash, so the body must be
     /// buffered (the plugin's declaration, never its name).
     pub fn reads_body(&self) -> bool {
-        self.plugin.info.reads_body
+        self.opened.plugin.info.reads_body
     }
 
     /// Whether the vault holds the credential (else an override or the
     /// environment supplied it).
     pub fn in_vault(&self) -> bool {
-        self.resolution.credential().is_some()
+        self.record.is_some()
     }
 
     /// The scheme's name.
     pub fn scheme(&self) -> &str {
-        &self.plugin.info.name
+        &self.opened.plugin.info.name
     }
 
     /// The credential's name.
@@ -173,33 +194,39 @@ impl Ticket {
 
     /// The layer that supplied the secrets.
     pub fn layer(&self) -> Layer {
-        self.resolution.resolved.layer
+        self.opened.layer
     }
 
     /// Where in that layer (for `--explain`; never a value).
     pub fn source(&self) -> &str {
-        &self.resolution.resolved.source
+        &self.opened.source
     }
 
     /// The version an audit row names: the vault's, when the vault supplied
     /// the secrets.
     fn audit_version(&self) -> Option<u64> {
-        (self.layer() == Layer::Vault).then_some(self.version)
+        (self.layer() == Layer::Vault).then_some(self.opened.version)
     }
 
-    /// Refuse `host` unless the credential may be sent there.
+    /// Refuse `host` unless the credential may be sent there. A name the
+    /// vault does not hold has no destination list (an override is the
+    /// caller's own key; an environment credential's destination is the
+    /// operator's route).
     pub fn check_destination(&self, host: &str) -> Result<(), CallError> {
-        Ok(self.resolution.check_destination(host)?)
+        match &self.record {
+            Some(record) => Ok(record.check_destination(host)?),
+            None => Ok(()),
+        }
     }
 
     /// The secret values, for redacting mock answers.
     pub(crate) fn secrets(&self) -> &std::collections::BTreeMap<String, crate::Secret> {
-        self.cred.secrets()
+        self.opened.cred.secrets()
     }
 
     /// The credential as a plugin call sees it.
     pub fn call_credential(&self) -> Arc<CallCredential> {
-        self.cred.clone()
+        self.opened.cred.clone()
     }
 }
 
@@ -291,6 +318,14 @@ impl Broker {
                 ));
             }
         }
+        // A record whose secrets were opened for an earlier call: the same
+        // snapshot, already made ready (see `Opened`).
+        if overrides.is_empty()
+            && let Some(record) = &record
+            && let Some(opened) = record.memo::<Opened>()
+        {
+            return Ok(Ticket { caller: caller.clone(), name: name.to_string(), record: Some(record.clone()), opened });
+        }
         // The secrets come from the record just checked: one snapshot.
         let resolution = self.vault.resolve_snapshot(org, name, record.as_ref(), overrides).await?;
         let (scheme, config, version) = match (resolution.credential(), scheme) {
@@ -308,14 +343,28 @@ impl Broker {
             // Vault secrets were validated when stored; others are checked now.
             sign::check_credential(&self.runtime, &plugin, &config, &resolution.resolved.secrets)?;
         }
-        let mut resolution = resolution;
-        let secrets = std::mem::take(&mut resolution.resolved.secrets);
-        let cred = CallCredential::new(name, version, config, secrets);
-        let cred = Arc::new(match resolution.cache_scope() {
+        let scope = resolution.cache_scope();
+        let (record, resolved) = resolution.into_parts();
+        let cred = CallCredential::new(name, version, config, resolved.secrets);
+        let cred = Arc::new(match scope {
             Some(scope) => cred.with_cache_scope(scope),
             None => cred,
         });
-        Ok(Ticket { caller: caller.clone(), name: name.to_string(), resolution, plugin, cred, version })
+        let opened = Arc::new(Opened {
+            layer: resolved.layer,
+            source: resolved.source,
+            plugin,
+            cred,
+            version,
+            fingerprint: OnceLock::new(),
+        });
+        // Kept only for what the record alone decides: the vault's secrets,
+        // with no per-call override.
+        let opened = match &record {
+            Some(record) if opened.layer == Layer::Vault && overrides.is_empty() => record.keep(opened),
+            _ => opened,
+        };
+        Ok(Ticket { caller: caller.clone(), name: name.to_string(), record, opened })
     }
 
     /// Steps 3–7: sign `input` with the ticket's credential for `delivery`,
@@ -348,7 +397,7 @@ impl Broker {
         let host = prepared.host();
         ticket.check_destination(host)?;
         let for_agent = delivery == Delivery::Caller && matches!(ticket.caller, Caller::Agent(_));
-        if for_agent && ticket.plugin.reads_secrets {
+        if for_agent && ticket.plugin().reads_secrets {
             // Refused before the call: not even its error text reaches the agent.
             return Err(granted_refusal(ticket));
         }
@@ -357,10 +406,10 @@ impl Broker {
         let started = Instant::now();
         // A request-independent scheme's answer for this credential state is
         // reused (checked and spliced afresh); other calls run the plugin.
-        let applied = match self.runtime.apply_template(&ticket.plugin, &cred) {
+        let applied = match self.runtime.apply_template(ticket.plugin(), &cred) {
             Some(applied) => applied,
             None => {
-                let (runtime, plugin) = (self.runtime.clone(), ticket.plugin.clone());
+                let (runtime, plugin) = (self.runtime.clone(), ticket.plugin().clone());
                 let (request, now) = (prepared.request().clone(), prepared.now());
                 // Short calls run on this worker, long ones on a pool
                 // thread (the pool's inline lane).
@@ -368,7 +417,7 @@ impl Broker {
                     .runtime
                     .pool()
                     .run_call(
-                        ticket.plugin.name(),
+                        ticket.plugin().name(),
                         ticket.caller.org(),
                         move |lane| runtime.apply_call_in(&plugin, &cred, now, &request, lane),
                         |called| called.is_err(),
@@ -379,7 +428,7 @@ impl Broker {
         };
         let applied = match applied {
             Ok(a) => a,
-            Err(e) if ticket.plugin.reads_secrets => {
+            Err(e) if ticket.plugin().reads_secrets => {
                 // A plugin that reads raw secrets may quote one in its error.
                 let text = e.to_string();
                 if leak::find(&[text], ticket.secrets()).is_some() {
@@ -407,12 +456,18 @@ impl Broker {
         }
 
         // Without the salt no use can be recorded as it must be: fail closed.
-        let fingerprint = self.vault.fingerprint(ticket.secrets()).await.map_err(|e| {
-            CallError::new(
-                ErrorCode::AuditUnavailable,
-                format!("the audit fingerprint cannot be computed ({e}); nothing was sent"),
-            )
-        })?;
+        let fingerprint = match ticket.opened.fingerprint.get() {
+            Some(f) => f.clone(),
+            None => {
+                let f = self.vault.fingerprint(ticket.secrets()).await.map_err(|e| {
+                    CallError::new(
+                        ErrorCode::AuditUnavailable,
+                        format!("the audit fingerprint cannot be computed ({e}); nothing was sent"),
+                    )
+                })?;
+                ticket.opened.fingerprint.get_or_init(|| f).clone()
+            }
+        };
         self.vault
             .record_use_durable(UseEvent {
                 org: ticket.caller.org().to_string(),
@@ -467,7 +522,7 @@ fn release_check(
     digested: bool,
 ) -> Result<(), CallError> {
     let (name, scheme) = (&ticket.name, ticket.scheme());
-    if ticket.plugin.reads_secrets {
+    if ticket.plugin().reads_secrets {
         return Err(granted_refusal(ticket));
     }
     if signed.carries_secret {

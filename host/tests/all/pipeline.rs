@@ -540,3 +540,57 @@ async fn a_looping_plugin_spends_only_its_own_share() {
     let b = Arc::into_inner(b).unwrap();
     b.close().await;
 }
+
+/// A credential's opened secrets are kept with its cached record, so calls
+/// with an unchanged credential share one opened state; a change to the
+/// credential (a rotation, here) is a new record with its own, and the old
+/// state is freed (zeroed) once no call holds it: it is not kept alive by
+/// the record it was kept with. Overridden secrets are never kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opened_secrets_live_as_long_as_their_record() {
+    use latchkey::broker::{Broker, Caller};
+    use latchkey::vault::model::Overrides;
+    let Some(b) = bench(Backend::Sqlite, &[], RuntimeConfig::default()).await else { return };
+    let (first, second) = (canary("memo-first"), canary("memo-second"));
+    b.credential("memo-key", "api-key", &[], &[("key", &first)]).await;
+    let issued = b.vault.create_agent("default", "memo-bot", "t").await.unwrap();
+    b.vault.set_attachment("default", "memo-key", AttachmentKind::Agent, "memo-bot", true, "t").await.unwrap();
+    let broker = Broker::new(b.vault.clone(), b.runtime.clone());
+    let caller = Caller::Agent(issued.agent);
+    let none = Overrides::new();
+    let key_of = |t: &latchkey::broker::Ticket| t.call_credential().secret("key").unwrap().expose().to_string();
+
+    let one = broker.open(&caller, "memo-key", &none, None).await.unwrap();
+    let two = broker.open(&caller, "memo-key", &none, None).await.unwrap();
+    assert_eq!(key_of(&one), first);
+    assert!(Arc::ptr_eq(&one.call_credential(), &two.call_credential()), "one opened state per record");
+    let old = Arc::downgrade(&one.call_credential());
+
+    b.vault
+        .rotate(
+            "default",
+            "memo-key",
+            BTreeMap::from([("key".into(), Secret::new(second.as_str()))]),
+            Default::default(),
+            "t",
+        )
+        .await
+        .unwrap();
+    let three = broker.open(&caller, "memo-key", &none, None).await.unwrap();
+    assert_eq!(key_of(&three), second, "the rotated secret on the next call");
+    assert!(old.upgrade().is_some(), "calls that hold the old state keep it until they end");
+    drop((one, two));
+    assert!(old.upgrade().is_none(), "the old state is freed once no call holds it");
+
+    // An operator's per-call override is never kept with the record.
+    let mut overrides = Overrides::new();
+    overrides.set("memo-key", "key", Secret::new(canary("memo-override")));
+    let operator = Caller::Operator { org: "default".into(), actor: "t".into() };
+    let a = broker.open(&operator, "memo-key", &overrides, None).await.unwrap();
+    let c = broker.open(&operator, "memo-key", &overrides, None).await.unwrap();
+    assert!(!Arc::ptr_eq(&a.call_credential(), &c.call_credential()));
+    let d = broker.open(&operator, "memo-key", &none, None).await.unwrap();
+    assert!(Arc::ptr_eq(&d.call_credential(), &three.call_credential()), "operator and agent share the record's state");
+    assert_eq!(key_of(&d), second);
+    b.close().await;
+}

@@ -355,23 +355,59 @@ impl Resolution {
     /// route), so it is allowed.
     pub fn check_destination(&self, host: &str) -> Result<(), VaultError> {
         match self.credential() {
-            Some(c) if !c.allows(host) => Err(VaultError::DestinationNotAllowed {
-                credential: c.name.to_string(),
-                host: sanitize_for_log(host, 255),
-                allowed: if c.destinations.is_empty() {
-                    "none (add one with `latchkey credential update --destination`)".into()
-                } else {
-                    c.destinations.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-                },
-            }),
-            _ => Ok(()),
+            Some(c) => destination_allowed(c, host),
+            None => Ok(()),
         }
     }
+
+    /// The vault record the secrets were opened from (if the vault holds
+    /// the name), and what the layers resolved.
+    pub fn into_parts(self) -> (Option<CredentialRef>, Resolved) {
+        (self.entry.map(CredentialRef), self.resolved)
+    }
+}
+
+fn destination_allowed(c: &Credential, host: &str) -> Result<(), VaultError> {
+    if c.allows(host) {
+        return Ok(());
+    }
+    Err(VaultError::DestinationNotAllowed {
+        credential: c.name.to_string(),
+        host: sanitize_for_log(host, 255),
+        allowed: if c.destinations.is_empty() {
+            "none (add one with `latchkey credential update --destination`)".into()
+        } else {
+            c.destinations.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        },
+    })
 }
 
 /// A cached credential record, shared without copying.
 #[derive(Debug, Clone)]
 pub struct CredentialRef(Arc<StoredCredential>);
+
+impl CredentialRef {
+    /// Refuse `host` unless this record allows it.
+    pub fn check_destination(&self, host: &str) -> Result<(), VaultError> {
+        destination_allowed(&self.0.credential, host)
+    }
+
+    /// The value the call path kept with this record ([`CredentialRef::keep`]),
+    /// if it is of type `T`.
+    pub fn memo<T: std::any::Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.0.memo.get()
+    }
+
+    /// Keep `value` with this record for as long as the record is cached,
+    /// and return what is kept (the first value kept wins). Only what was
+    /// derived from this very record (its config, its version, the secrets
+    /// opened from its blob) may be kept: a change to the credential is a
+    /// new record, which starts with nothing kept. The value must not hold
+    /// the record itself (that would be a cycle, never freed).
+    pub fn keep<T: std::any::Any + Send + Sync>(&self, value: Arc<T>) -> Arc<T> {
+        self.0.memo.set(value)
+    }
+}
 
 impl std::ops::Deref for CredentialRef {
     type Target = Credential;
@@ -1091,6 +1127,7 @@ impl Vault {
             secret_version: 1,
             key_term: keyring.current(),
             last_used_at: None,
+            memo: Default::default(),
         };
         let change = Change {
             org: row.credential.org.as_str(),

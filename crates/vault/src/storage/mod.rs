@@ -281,6 +281,51 @@ pub(crate) struct StoredCredential {
     pub secret_version: u64,
     pub key_term: u32,
     pub last_used_at: Option<OffsetDateTime>,
+    /// What the call path derived from this row and its opened secrets,
+    /// kept as long as the row is cached (see [`Memo`]).
+    pub memo: Memo,
+}
+
+/// One value the call path derives from a cached row (its opened,
+/// zeroed-on-drop secrets, made ready for plugin calls) and keeps with it,
+/// so a call with an unchanged credential does not open the sealed blob
+/// again. It lives exactly as long as the row's cache entry: any change to
+/// the credential, a master-key rotation or a change feed outage drops the
+/// entry, and with it the value, once the calls holding it finish. A row
+/// read afresh starts empty. Type-erased: the vault does not know the
+/// call path's types. A memo is not part of the row, so it is never
+/// compared or copied.
+#[derive(Default)]
+pub(crate) struct Memo(std::sync::OnceLock<std::sync::Arc<dyn std::any::Any + Send + Sync>>);
+
+impl Memo {
+    pub(crate) fn get<T: std::any::Any + Send + Sync>(&self) -> Option<std::sync::Arc<T>> {
+        self.0.get().cloned().and_then(|v| v.downcast::<T>().ok())
+    }
+
+    /// Keep `value` unless a value is kept already; either way, the kept one.
+    pub(crate) fn set<T: std::any::Any + Send + Sync>(&self, value: std::sync::Arc<T>) -> std::sync::Arc<T> {
+        let kept = self.0.get_or_init(|| value.clone());
+        kept.clone().downcast::<T>().unwrap_or(value)
+    }
+}
+
+impl Clone for Memo {
+    fn clone(&self) -> Memo {
+        Memo::default()
+    }
+}
+
+impl PartialEq for Memo {
+    fn eq(&self, _: &Memo) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Memo(kept)" } else { "Memo(empty)" })
+    }
 }
 
 /// The columns every credential read selects, in [`decode_row`]'s order.
@@ -331,6 +376,7 @@ where
         last_used_at: row.try_get::<Option<i64>, _>(13)?.map(from_micros),
         credential,
         id,
+        memo: Memo::default(),
     })
 }
 
