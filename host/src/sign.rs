@@ -90,9 +90,9 @@ pub struct SignedRequest {
 
 /// A checked request, ready for a plugin.
 pub struct Prepared {
+    /// The plugin's view, which also holds the URL (fragment dropped) and
+    /// the headers as they will be sent before the plugin's edits.
     request: crate::plugin::Request,
-    headers: Vec<Header>,
-    url: String,
     host: String,
     now: Datetime,
 }
@@ -124,11 +124,10 @@ pub fn prepare(input: &SignInput) -> Result<Prepared, SignError> {
     // Keep the URL as written (S3 signs `//` and `/./` literally); only the
     // fragment goes, since it is never sent.
     let url = input.url.split('#').next().unwrap_or_default().to_string();
-    let authority = match parsed.port() {
+    let authority = || match parsed.port() {
         Some(p) => format!("{host}:{p}"),
         None => host.to_string(),
     };
-    let mut headers = Vec::with_capacity(input.headers.len());
     for (name, value) in &input.headers {
         if !edits::is_token(name) {
             return Err(bad(format!("header name {name:?} is not a valid RFC 9110 token")));
@@ -136,10 +135,12 @@ pub fn prepare(input: &SignInput) -> Result<Prepared, SignError> {
         if !edits::is_field_value(value) {
             return Err(bad(format!("header `{name}` has a value with CR, LF, NUL or another control character")));
         }
-        if name.eq_ignore_ascii_case("host") && !value.eq_ignore_ascii_case(&authority) {
-            return Err(bad(format!("Host header `{value}` does not match the URL's authority `{authority}`")));
+        if name.eq_ignore_ascii_case("host") {
+            let authority = authority();
+            if !value.eq_ignore_ascii_case(&authority) {
+                return Err(bad(format!("Host header `{value}` does not match the URL's authority `{authority}`")));
+            }
         }
-        headers.push(Header { name: name.clone(), value: Value::plain(value.clone()) });
     }
     if input.body.len() > MAX_BODY {
         return Err(bad(format!("body of {} bytes is over the {MAX_BODY} byte limit", input.body.len())));
@@ -148,7 +149,7 @@ pub fn prepare(input: &SignInput) -> Result<Prepared, SignError> {
     let now = Datetime { seconds: at.unix_timestamp(), nanoseconds: at.nanosecond() };
     let request = crate::plugin::Request {
         method: input.method.clone(),
-        url: url.clone(),
+        url,
         headers: input.headers.clone(),
         body_sha256: match &input.body_digest {
             BodyDigest::Compute => Some(hex::encode(digest::digest(&digest::SHA256, &input.body))),
@@ -161,7 +162,7 @@ pub fn prepare(input: &SignInput) -> Result<Prepared, SignError> {
             BodyDigest::Unknown => None,
         },
     };
-    Ok(Prepared { request, headers, url, host: host_name, now })
+    Ok(Prepared { request, host: host_name, now })
 }
 
 /// Check secret fields against what the scheme declares (the vault's rule,
@@ -203,7 +204,7 @@ pub fn sign(
 /// Apply checked edits to a prepared request: the outgoing request.
 pub fn finish(prepared: &Prepared, checked: Vec<edits::Checked>) -> SignedRequest {
     let carries_secret = checked.iter().any(|e| edit_value(e).is_some_and(|(_, v)| v.sensitive));
-    let (mut url, mut headers) = (prepared.url.clone(), prepared.headers.clone());
+    let (mut url, mut headers) = prepared.url_and_headers();
     edits::apply(&mut url, &mut headers, checked);
     SignedRequest {
         method: prepared.request.method.clone(),
@@ -241,13 +242,25 @@ pub fn shown(prepared: &Prepared, checked: &[edits::Checked]) -> (String, Vec<(S
             edits::Checked::Remove(n) => edits::Checked::Remove(n.clone()),
         })
         .collect();
-    let (mut url, mut headers) = (prepared.url.clone(), prepared.headers.clone());
+    let (mut url, mut headers) = prepared.url_and_headers();
     edits::apply(&mut url, &mut headers, shown_edits);
     // The marker reads as itself, not percent-encoded, in a query.
     (url.replace("%5Bredacted%5D", "[redacted]"), headers.into_iter().map(|h| (h.name, h.value.text)).collect())
 }
 
 impl Prepared {
+    /// The URL and headers as sent, for the edits to apply to: made from
+    /// the plugin's view, which holds them once.
+    fn url_and_headers(&self) -> (String, Vec<Header>) {
+        let headers = self
+            .request
+            .headers
+            .iter()
+            .map(|(n, v)| Header { name: n.clone(), value: Value::plain(v.clone()) })
+            .collect();
+        (self.request.url.clone(), headers)
+    }
+
     /// The plugin's view of the request.
     pub fn request(&self) -> &crate::plugin::Request {
         &self.request

@@ -335,12 +335,14 @@ fn vault_bench(root: &Path) -> Result<()> {
     let warm = estimate("warm")?;
     let decrypt = estimate("decrypt")?;
     let miss = estimate("miss")?;
+    let snapshot = estimate("snapshot_warm")?;
     let table = format!(
         "| measurement | time (median) | ratio |\n|---|---|---|\n\
          | `HashMap<String, Vec<u8>>` lookup by name, 100 000 entries | {} | 1.00 (reference) |\n\
          | (d) resolve, warm cache | {} | **{:.1}** |\n\
          | … of which opening the sealed blob (`crypto::open`) | {} | {:.1} |\n\
-         | (e) resolve, cache miss | {} | **{:.0}** |\n",
+         | (e) resolve, cache miss | {} | **{:.0}** |\n\
+         | (f) the call path's snapshot, warm (`Broker::open` for an agent, opened state kept with the record) | {} | **{:.1}** |\n",
         us(map),
         us(warm),
         warm / map,
@@ -348,6 +350,8 @@ fn vault_bench(root: &Path) -> Result<()> {
         decrypt / map,
         us(miss),
         miss / map,
+        us(snapshot),
+        snapshot / map,
     );
     write_table(root, "vault-bench", &table)
 }

@@ -41,6 +41,10 @@ pub struct CallCredential {
     /// What the plugin cache files this credential's entries under, unique
     /// to one credential and version; `None` turns the cache off.
     pub(crate) cache_scope: Option<Arc<str>>,
+    /// The output-template key of this credential for one plugin (that
+    /// plugin's digest, the key): an HMAC over the config and secrets,
+    /// which cannot change while the credential is shared.
+    pub(crate) template_key: std::sync::OnceLock<(String, [u8; 32])>,
 }
 
 impl std::fmt::Debug for CallCredential {
@@ -63,7 +67,15 @@ impl CallCredential {
         config: Vec<(String, String)>,
         secrets: BTreeMap<String, Secret>,
     ) -> CallCredential {
-        CallCredential { name: name.into(), version, config, secrets, keys: KeyCache::default(), cache_scope: None }
+        CallCredential {
+            name: name.into(),
+            version,
+            config,
+            secrets,
+            keys: KeyCache::default(),
+            cache_scope: None,
+            template_key: std::sync::OnceLock::new(),
+        }
     }
 
     /// Let the plugin cache keep entries for this credential under `scope`,

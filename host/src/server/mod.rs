@@ -404,11 +404,7 @@ async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Nex
             !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
         .map(str::to_string);
-    let id = given.unwrap_or_else(|| {
-        let mut b = [0u8; 8];
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-        hex::encode(b)
-    });
+    let id = given.unwrap_or_else(fresh_request_id);
     if let Ok(v) = HeaderValue::from_str(&id) {
         req.headers_mut().insert("x-request-id", v);
     }
@@ -431,6 +427,26 @@ async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Nex
         response.headers_mut().insert("x-request-id", v);
     }
     response
+}
+
+/// A new request id: 16 hex digits, unique within the process. An id
+/// correlates log lines, so it must be unique, not secret: one random key
+/// per process, mixed with a counter by SplitMix64's finaliser (a bijection
+/// of 64-bit words, so no two counters give one id), instead of a
+/// `getrandom` system call on every request.
+fn fresh_request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static KEY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let key = *KEY.get_or_init(|| {
+        let mut b = [0u8; 8];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+        u64::from_le_bytes(b)
+    });
+    let mut z = key.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    format!("{:016x}", z ^ (z >> 31))
 }
 
 /// Why a request's body framing could be read two ways (THREATS.md case
