@@ -35,8 +35,9 @@
 //! counts; another process reading the current minute may see this one's
 //! reserved uses) and on close.
 //! At every moment the store's count of a key is at least the uses it
-//! released; a crash can leave it above them by at most 1.5 × [`LEASE_MAX`],
-//! never below. A store that stops accepting writes stops the calls once the
+//! released; a crash can leave it above them by at most 2.5 × [`LEASE_MAX`]
+//! (this minute's lease and top-up, and the next minute's lease taken in
+//! this minute's last seconds), never below. A store that stops accepting writes stops the calls once the
 //! leases already committed are spent. A refused call (nothing
 //! released) never waits: its use is added to an in-memory map of counts,
 //! which the writer commits with the next batch (or within [`TICK`]); the
@@ -90,11 +91,17 @@ pub const OTHER: &str = "(other)";
 pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Longest a releasing call waits for its use event to commit.
 pub const DURABLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// In the last this-many microseconds of a minute, a key's top-up also
+/// commits a lease of the same size for the key's next minute, so a key
+/// busy at the turn of the minute does not start the next one with its
+/// calls waiting on commits (16, then 32, 64 … uses at a time).
+const LEASE_AHEAD_US: i64 = 10_000_000;
 /// The first lease of committed uses a count key gets (see [`UseRecorder`]).
 pub const LEASE_FIRST: u64 = 16;
 /// The largest lease: each top-up doubles the last, up to this. A crash can
-/// leave a key's count at most 1.5 × this above the uses released (half a
-/// lease left when the top-up is asked for, and the top-up).
+/// leave a key's count at most 2.5 × this above the uses released (half a
+/// lease left when the top-up is asked for, the top-up, and in a minute's
+/// last seconds the next minute's lease).
 pub const LEASE_MAX: u64 = 1024;
 
 /// HMAC-SHA256 fingerprint of a credential's secret values under the
@@ -1146,8 +1153,17 @@ impl Writer {
                 if !urgent {
                     // Top-ups asked for, and a first lease for each key a
                     // waiting use of this minute will commit.
+                    let ahead = to_micros(OffsetDateTime::now_utc()) - this_minute >= MINUTE_US - LEASE_AHEAD_US;
                     for key in refills.drain(..).filter(|k| k.minute == this_minute) {
                         let size = q.leases.get(&key).map_or(LEASE_FIRST, |l| (l.size * 2).min(LEASE_MAX));
+                        if ahead {
+                            // A busy key's next minute starts on a lease too,
+                            // instead of its first calls waiting for commits.
+                            let next = CountKey { minute: key.minute + MINUTE_US, ..key.clone() };
+                            if !q.leases.contains_key(&next) {
+                                grants.entry(next).or_insert(size);
+                            }
+                        }
                         grants.insert(key, size);
                     }
                     for (key, v) in &releases.groups {
