@@ -45,6 +45,51 @@ pub struct CallCredential {
     /// plugin's digest, the key): an HMAC over the config and secrets,
     /// which cannot change while the credential is shared.
     pub(crate) template_key: std::sync::OnceLock<(String, [u8; 32])>,
+    /// Keys derived by `crypto.hmac-sha256` derivation chains (SigV4's
+    /// date, region and service steps), by what they were derived from; the
+    /// key bytes are zeroed on drop, with the credential.
+    derived: std::sync::Mutex<Vec<(Vec<u8>, Zeroizing<[u8; 32]>)>>,
+}
+
+/// Derived keys one credential keeps at most (a few per day: one per
+/// region and service it signs for); when full, it starts again.
+const MAX_DERIVED: usize = 32;
+
+impl CallCredential {
+    /// The key `derivation` leads to from `field`'s secret with
+    /// `key_prefix`: HMAC-SHA256 of each step under the key so far. Each
+    /// chain is computed once per credential version and kept (its bytes
+    /// zeroed on drop), so a SigV4 call costs one key set-up, not five.
+    fn derived_key(&self, field: &str, secret: &Secret, key_prefix: &[u8], derivation: &[Vec<u8>]) -> hmac::Key {
+        if derivation.is_empty() {
+            let mut k0 = Zeroizing::new(key_prefix.to_vec());
+            k0.extend_from_slice(secret.expose().as_bytes());
+            return hmac::Key::new(hmac::HMAC_SHA256, &k0);
+        }
+        // What the key was derived from, unambiguously: every part with its length.
+        let mut id = Vec::with_capacity(field.len() + key_prefix.len() + 64);
+        for part in [field.as_bytes(), key_prefix].into_iter().chain(derivation.iter().map(Vec::as_slice)) {
+            id.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            id.extend_from_slice(part);
+        }
+        let mut kept = self.derived.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, bytes)) = kept.iter().find(|(i, _)| *i == id) {
+            return hmac::Key::new(hmac::HMAC_SHA256, bytes.as_ref());
+        }
+        let mut k0 = Zeroizing::new(key_prefix.to_vec());
+        k0.extend_from_slice(secret.expose().as_bytes());
+        let mut key = hmac::Key::new(hmac::HMAC_SHA256, &k0);
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        for step in derivation {
+            bytes.copy_from_slice(hmac::sign(&key, step).as_ref());
+            key = hmac::Key::new(hmac::HMAC_SHA256, bytes.as_ref());
+        }
+        if kept.len() >= MAX_DERIVED {
+            kept.clear();
+        }
+        kept.push((id, bytes));
+        key
+    }
 }
 
 impl std::fmt::Debug for CallCredential {
@@ -75,6 +120,7 @@ impl CallCredential {
             keys: KeyCache::default(),
             cache_scope: None,
             template_key: std::sync::OnceLock::new(),
+            derived: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -524,14 +570,9 @@ impl crypto::Host for State {
             ))));
         }
         self.note_keyed(&field);
+        let key_prefix = Zeroizing::new(key_prefix);
         Ok(self.field(&field).map(|secret| {
-            let mut k0 = Zeroizing::new(key_prefix);
-            k0.extend_from_slice(secret.expose().as_bytes());
-            let mut key = hmac::Key::new(hmac::HMAC_SHA256, &k0);
-            for step in &derivation {
-                let tag = hmac::sign(&key, step);
-                key = hmac::Key::new(hmac::HMAC_SHA256, tag.as_ref());
-            }
+            let key = self.cred.derived_key(&field, secret, &key_prefix, &derivation);
             hmac::sign(&key, &message).as_ref().to_vec()
         }))
     }
@@ -752,5 +793,32 @@ mod tests {
         assert!(!within(&mut reads, limits::CACHE_READS));
         let mut saturated = u32::MAX;
         assert!(charge(&mut saturated, 1, u32::MAX - 1, "x", "y").is_err(), "no wrap-around");
+    }
+
+    /// A derivation chain kept by the credential gives the key the chain
+    /// computes afresh; another chain (another date) gets its own key.
+    #[test]
+    fn derived_keys_match_the_chain_they_stand_for() {
+        let secret = Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
+        let cred = CallCredential::new("c", 1, vec![], [("secret_access_key".to_string(), secret.clone())].into());
+        let chain = |date: &str| -> Vec<Vec<u8>> {
+            [date, "us-east-1", "iam", "aws4_request"].iter().map(|s| s.as_bytes().to_vec()).collect()
+        };
+        let fresh = |derivation: &[Vec<u8>]| {
+            let mut key = hmac::Key::new(hmac::HMAC_SHA256, format!("AWS4{}", secret.expose()).as_bytes());
+            for step in derivation {
+                key = hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&key, step).as_ref());
+            }
+            hmac::sign(&key, b"message").as_ref().to_vec()
+        };
+        for date in ["20150830", "20150830", "20150831", "20150830"] {
+            let key = cred.derived_key("secret_access_key", &secret, b"AWS4", &chain(date));
+            assert_eq!(hmac::sign(&key, b"message").as_ref(), fresh(&chain(date)).as_slice(), "{date}");
+        }
+        assert_eq!(cred.derived.lock().unwrap().len(), 2, "one kept key per chain");
+        // No derivation: the prefixed secret itself is the key.
+        let plain = cred.derived_key("secret_access_key", &secret, b"AWS4", &[]);
+        let direct = hmac::Key::new(hmac::HMAC_SHA256, format!("AWS4{}", secret.expose()).as_bytes());
+        assert_eq!(hmac::sign(&plain, b"m").as_ref(), hmac::sign(&direct, b"m").as_ref());
     }
 }
