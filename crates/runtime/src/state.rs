@@ -48,8 +48,11 @@ pub struct CallCredential {
     /// Keys derived by `crypto.hmac-sha256` derivation chains (SigV4's
     /// date, region and service steps), by what they were derived from; the
     /// key bytes are zeroed on drop, with the credential.
-    derived: std::sync::Mutex<Vec<(Vec<u8>, Zeroizing<[u8; 32]>)>>,
+    derived: std::sync::Mutex<Vec<DerivedKey>>,
 }
+
+/// A kept derived key: what it was derived from, and its bytes.
+type DerivedKey = (Vec<u8>, Zeroizing<[u8; 32]>);
 
 /// Derived keys one credential keeps at most (a few per day: one per
 /// region and service it signs for); when full, it starts again.
