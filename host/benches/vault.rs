@@ -14,9 +14,10 @@
 //!   the part of a hit spent decrypting.
 //! - `vault_resolve/snapshot_warm`: the call path's step 2 as the proxy and
 //!   `/v1/sign` take it, `Broker::open` for an agent attached to every
-//!   credential: the cached record, the attachment check, and the opened
-//!   state kept with the record since an earlier call (secrets opened once
-//!   per record, not per call).
+//!   credential: the cached record, the attachment check, the
+//!   call-independent state kept with the record since an earlier call
+//!   (plugin, config, template key), and the secrets opened for this call
+//!   (one `crypto::open`; no plaintext outlives its call).
 //!
 //! A hit never waits, so each measured call is polled once, with no async
 //! runtime around it (`ready`); a call that would wait fails the bench.

@@ -342,7 +342,7 @@ fn vault_bench(root: &Path) -> Result<()> {
          | (d) resolve, warm cache | {} | **{:.1}** |\n\
          | … of which opening the sealed blob (`crypto::open`) | {} | {:.1} |\n\
          | (e) resolve, cache miss | {} | **{:.0}** |\n\
-         | (f) the call path's snapshot, warm (`Broker::open` for an agent, opened state kept with the record) | {} | **{:.1}** |\n",
+         | (f) the call path's snapshot, warm (`Broker::open` for an agent: the record, its kept call state, the secrets opened) | {} | **{:.1}** |\n",
         us(map),
         us(warm),
         warm / map,

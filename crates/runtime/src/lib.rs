@@ -32,7 +32,7 @@ pub use bindings::{Edit, Part, Segment};
 pub use latchkey_core::error::ErrorCode;
 pub use latchkey_core::text::sanitize_for_log;
 pub use pool::{CallPool, DEMOTION, Lane, PoolConfig, PoolError};
-pub use state::{CallCredential, PluginCache};
+pub use state::{CallCredential, Kept, PluginCache};
 
 use bindings::{CallContext, SchemePlugin, SchemePluginPre};
 use state::{CredentialHandle, State};
@@ -717,7 +717,7 @@ impl Runtime {
         if !plugin.info.request_independent || plugin.reads_secrets {
             return None;
         }
-        match cred.template_key.get() {
+        match cred.kept().template_key.get() {
             Some((digest, key)) if *digest == plugin.digest => return Some(*key),
             _ => {}
         }
@@ -737,7 +737,7 @@ impl Runtime {
             field(cred.secret(name).map(|s| s.expose().as_bytes()).unwrap_or_default());
         }
         let key: [u8; 32] = ctx.sign().as_ref().try_into().ok()?;
-        let _ = cred.template_key.set((plugin.digest.clone(), key));
+        let _ = cred.kept().template_key.set((plugin.digest.clone(), key));
         Some(key)
     }
 

@@ -27,8 +27,9 @@ use latchkey_core::secret::Secret;
 pub struct CredentialHandle;
 
 /// A credential as a plugin call sees it: name, version, config and secrets.
-/// Parsed private keys are cached here, per field and algorithm, for the
-/// lifetime of this credential version.
+/// Parsed private keys are cached here, per field and algorithm, for as
+/// long as this value lives (the broker makes one per call); what outlives
+/// a call is in [`Kept`].
 pub struct CallCredential {
     /// The credential's name.
     pub name: String,
@@ -41,28 +42,43 @@ pub struct CallCredential {
     /// What the plugin cache files this credential's entries under, unique
     /// to one credential and version; `None` turns the cache off.
     pub(crate) cache_scope: Option<Arc<str>>,
-    /// The output-template key of this credential for one plugin (that
-    /// plugin's digest, the key): an HMAC over the config and secrets,
-    /// which cannot change while the credential is shared.
+    /// What calls with this credential version keep between them.
+    kept: Arc<Kept>,
+}
+
+/// What the calls with one credential version keep between them, none of
+/// it a secret value: the key of its output template, and the keys its
+/// `crypto.hmac-sha256` derivation chains lead to (SigV4's date, region and
+/// service steps; secret-derived, their bytes zeroed on drop). The caller
+/// shares one `Kept` between the calls of one version (the broker keeps it
+/// with the cached vault record, so any change to the credential starts
+/// afresh) and opens the secrets for each call.
+#[derive(Default)]
+pub struct Kept {
+    /// The output-template key for one plugin (that plugin's digest, the
+    /// key): an HMAC over the config and secrets, under the runtime's salt.
     pub(crate) template_key: std::sync::OnceLock<(String, [u8; 32])>,
-    /// Keys derived by `crypto.hmac-sha256` derivation chains (SigV4's
-    /// date, region and service steps), by what they were derived from; the
-    /// key bytes are zeroed on drop, with the credential.
     derived: std::sync::Mutex<Vec<DerivedKey>>,
+}
+
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kept").finish_non_exhaustive()
+    }
 }
 
 /// A kept derived key: what it was derived from, and its bytes.
 type DerivedKey = (Vec<u8>, Zeroizing<[u8; 32]>);
 
-/// Derived keys one credential keeps at most (a few per day: one per
-/// region and service it signs for); when full, it starts again.
+/// Derived keys one credential version keeps at most (a few per day: one
+/// per region and service it signs for); when full, it starts again.
 const MAX_DERIVED: usize = 32;
 
-impl CallCredential {
-    /// The key `derivation` leads to from `field`'s secret with
-    /// `key_prefix`: HMAC-SHA256 of each step under the key so far. Each
-    /// chain is computed once per credential version and kept (its bytes
-    /// zeroed on drop), so a SigV4 call costs one key set-up, not five.
+impl Kept {
+    /// The key `derivation` leads to from `secret` with `key_prefix`:
+    /// HMAC-SHA256 of each step under the key so far. Each chain is
+    /// computed once per credential version and kept (its bytes zeroed on
+    /// drop), so a SigV4 call sets up one key, not five.
     fn derived_key(&self, field: &str, secret: &Secret, key_prefix: &[u8], derivation: &[Vec<u8>]) -> hmac::Key {
         if derivation.is_empty() {
             let mut k0 = Zeroizing::new(key_prefix.to_vec());
@@ -95,18 +111,6 @@ impl CallCredential {
     }
 }
 
-impl std::fmt::Debug for CallCredential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CallCredential")
-            .field("name", &self.name)
-            .field("version", &self.version)
-            .field("config", &self.config)
-            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
-            .field("cache_scope", &self.cache_scope)
-            .finish()
-    }
-}
-
 impl CallCredential {
     /// A credential for one or more calls.
     pub fn new(
@@ -122,8 +126,7 @@ impl CallCredential {
             secrets,
             keys: KeyCache::default(),
             cache_scope: None,
-            template_key: std::sync::OnceLock::new(),
-            derived: std::sync::Mutex::new(Vec::new()),
+            kept: Arc::default(),
         }
     }
 
@@ -133,6 +136,18 @@ impl CallCredential {
     pub fn with_cache_scope(mut self, scope: impl Into<Arc<str>>) -> CallCredential {
         self.cache_scope = Some(scope.into());
         self
+    }
+
+    /// Share `kept` with the other calls of this credential version (see
+    /// [`Kept`]); it must be kept for this version and nothing else.
+    pub fn with_kept(mut self, kept: Arc<Kept>) -> CallCredential {
+        self.kept = kept;
+        self
+    }
+
+    /// What this credential's calls keep between them.
+    pub fn kept(&self) -> &Arc<Kept> {
+        &self.kept
     }
 
     /// A secret field's value.
@@ -575,7 +590,7 @@ impl crypto::Host for State {
         self.note_keyed(&field);
         let key_prefix = Zeroizing::new(key_prefix);
         Ok(self.field(&field).map(|secret| {
-            let key = self.cred.derived_key(&field, secret, &key_prefix, &derivation);
+            let key = self.cred.kept.derived_key(&field, secret, &key_prefix, &derivation);
             hmac::sign(&key, &message).as_ref().to_vec()
         }))
     }
@@ -815,12 +830,12 @@ mod tests {
             hmac::sign(&key, b"message").as_ref().to_vec()
         };
         for date in ["20150830", "20150830", "20150831", "20150830"] {
-            let key = cred.derived_key("secret_access_key", &secret, b"AWS4", &chain(date));
+            let key = cred.kept.derived_key("secret_access_key", &secret, b"AWS4", &chain(date));
             assert_eq!(hmac::sign(&key, b"message").as_ref(), fresh(&chain(date)).as_slice(), "{date}");
         }
-        assert_eq!(cred.derived.lock().unwrap().len(), 2, "one kept key per chain");
+        assert_eq!(cred.kept.derived.lock().unwrap().len(), 2, "one kept key per chain");
         // No derivation: the prefixed secret itself is the key.
-        let plain = cred.derived_key("secret_access_key", &secret, b"AWS4", &[]);
+        let plain = cred.kept.derived_key("secret_access_key", &secret, b"AWS4", &[]);
         let direct = hmac::Key::new(hmac::HMAC_SHA256, format!("AWS4{}", secret.expose()).as_bytes());
         assert_eq!(hmac::sign(&plain, b"m").as_ref(), hmac::sign(&direct, b"m").as_ref());
     }

@@ -133,26 +133,44 @@ pub struct Ticket {
     /// the name (its destinations are checked against).
     record: Option<CredentialRef>,
     opened: Arc<Opened>,
+    /// The credential as this call's plugin sees it: the secrets, opened
+    /// for this call.
+    cred: Arc<CallCredential>,
 }
 
-/// What a credential's state gives every call with it: the winning layer,
-/// the plugin, the credential as plugin calls see it (its secrets, zeroed on
-/// drop) and the audit fingerprint of those secrets.
+/// What a credential's state gives every call with it, no secret value
+/// among it: the winning layer, the plugin, the config, and what the calls
+/// keep between them (the output-template key, derived signing keys:
+/// [`crate::plugin::Kept`]; the audit fingerprint of the secrets).
 ///
 /// When the vault supplies the secrets, this is made once per record and
 /// kept with the cached record ([`CredentialRef::keep`]): a call with an
-/// unchanged credential opens no sealed blob and fingerprints nothing, and
-/// any change to the credential (a new record) starts afresh. It must never
-/// hold the record, which holds it. Secrets from an override or the
-/// environment are opened per call, as before.
+/// unchanged credential runs no resolution layers and fingerprints nothing,
+/// and any change to the credential (a new record) starts afresh. Each call
+/// still opens the secrets from the sealed record for itself: no plaintext
+/// outlives its call. It must never hold the record, which holds it.
+/// Secrets from an override or the environment get one per call.
 struct Opened {
     layer: Layer,
     source: String,
     plugin: Arc<Plugin>,
-    cred: Arc<CallCredential>,
+    config: Vec<(String, String)>,
+    scope: Option<Arc<str>>,
+    kept: Arc<crate::plugin::Kept>,
     version: u64,
     /// Computed on the first released call (it needs the audit salt).
     fingerprint: OnceLock<String>,
+}
+
+impl Opened {
+    /// The credential for one call, with `secrets` opened for it.
+    fn credential(&self, name: &str, secrets: std::collections::BTreeMap<String, crate::Secret>) -> CallCredential {
+        let cred = CallCredential::new(name, self.version, self.config.clone(), secrets).with_kept(self.kept.clone());
+        match &self.scope {
+            Some(scope) => cred.with_cache_scope(scope.clone()),
+            None => cred,
+        }
+    }
 }
 
 impl std::fmt::Debug for Ticket {
@@ -221,12 +239,12 @@ impl Ticket {
 
     /// The secret values, for redacting mock answers.
     pub(crate) fn secrets(&self) -> &std::collections::BTreeMap<String, crate::Secret> {
-        self.opened.cred.secrets()
+        self.cred.secrets()
     }
 
     /// The credential as a plugin call sees it.
     pub fn call_credential(&self) -> Arc<CallCredential> {
-        self.opened.cred.clone()
+        self.cred.clone()
     }
 }
 
@@ -318,13 +336,23 @@ impl Broker {
                 ));
             }
         }
-        // A record whose secrets were opened for an earlier call: the same
-        // snapshot, already made ready (see `Opened`).
+        // A record resolved for an earlier call: the same snapshot, its
+        // call-independent part made already (see `Opened`); only the
+        // secrets are opened, for this call. If they cannot be (another
+        // process rotated the master key), the full path below reloads.
         if overrides.is_empty()
             && let Some(record) = &record
             && let Some(opened) = record.memo::<Opened>()
+            && let Ok(secrets) = self.vault.open_record(record)
         {
-            return Ok(Ticket { caller: caller.clone(), name: name.to_string(), record: Some(record.clone()), opened });
+            let cred = Arc::new(opened.credential(name, secrets));
+            return Ok(Ticket {
+                caller: caller.clone(),
+                name: name.to_string(),
+                record: Some(record.clone()),
+                opened,
+                cred,
+            });
         }
         // The secrets come from the record just checked: one snapshot.
         let resolution = self.vault.resolve_snapshot(org, name, record.as_ref(), overrides).await?;
@@ -343,18 +371,15 @@ impl Broker {
             // Vault secrets were validated when stored; others are checked now.
             sign::check_credential(&self.runtime, &plugin, &config, &resolution.resolved.secrets)?;
         }
-        let scope = resolution.cache_scope();
+        let scope = resolution.cache_scope().map(Arc::from);
         let (record, resolved) = resolution.into_parts();
-        let cred = CallCredential::new(name, version, config, resolved.secrets);
-        let cred = Arc::new(match scope {
-            Some(scope) => cred.with_cache_scope(scope),
-            None => cred,
-        });
         let opened = Arc::new(Opened {
             layer: resolved.layer,
             source: resolved.source,
             plugin,
-            cred,
+            config,
+            scope,
+            kept: Arc::default(),
             version,
             fingerprint: OnceLock::new(),
         });
@@ -364,7 +389,8 @@ impl Broker {
             Some(record) if opened.layer == Layer::Vault && overrides.is_empty() => record.keep(opened),
             _ => opened,
         };
-        Ok(Ticket { caller: caller.clone(), name: name.to_string(), record, opened })
+        let cred = Arc::new(opened.credential(name, resolved.secrets));
+        Ok(Ticket { caller: caller.clone(), name: name.to_string(), record, opened, cred })
     }
 
     /// Steps 3–7: sign `input` with the ticket's credential for `delivery`,

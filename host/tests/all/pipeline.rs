@@ -541,13 +541,15 @@ async fn a_looping_plugin_spends_only_its_own_share() {
     b.close().await;
 }
 
-/// A credential's opened secrets are kept with its cached record, so calls
-/// with an unchanged credential share one opened state; a change to the
-/// credential (a rotation, here) is a new record with its own, and the old
-/// state is freed (zeroed) once no call holds it: it is not kept alive by
-/// the record it was kept with. Overridden secrets are never kept.
+/// What calls with an unchanged credential share — its call-independent
+/// state, kept with its cached record (the template key, derived signing
+/// keys, the audit fingerprint) — is made once per record; the secrets are
+/// opened for each call, so no plaintext outlives its call. A change to the
+/// credential (a rotation, here) is a new record with its own state, and the
+/// old state is freed once no call holds it: the record it was kept with
+/// does not keep it alive. Overridden secrets share nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn opened_secrets_live_as_long_as_their_record() {
+async fn call_state_lives_as_long_as_its_record() {
     use latchkey::broker::{Broker, Caller};
     use latchkey::vault::model::Overrides;
     let Some(b) = bench(Backend::Sqlite, &[], RuntimeConfig::default()).await else { return };
@@ -559,12 +561,14 @@ async fn opened_secrets_live_as_long_as_their_record() {
     let caller = Caller::Agent(issued.agent);
     let none = Overrides::new();
     let key_of = |t: &latchkey::broker::Ticket| t.call_credential().secret("key").unwrap().expose().to_string();
+    let kept = |t: &latchkey::broker::Ticket| t.call_credential().kept().clone();
 
     let one = broker.open(&caller, "memo-key", &none, None).await.unwrap();
     let two = broker.open(&caller, "memo-key", &none, None).await.unwrap();
-    assert_eq!(key_of(&one), first);
-    assert!(Arc::ptr_eq(&one.call_credential(), &two.call_credential()), "one opened state per record");
-    let old = Arc::downgrade(&one.call_credential());
+    assert_eq!((key_of(&one), key_of(&two)), (first.clone(), first.clone()));
+    assert!(Arc::ptr_eq(&kept(&one), &kept(&two)), "one kept state per record");
+    assert!(!Arc::ptr_eq(&one.call_credential(), &two.call_credential()), "secrets opened per call");
+    let old = Arc::downgrade(&kept(&one));
 
     b.vault
         .rotate(
@@ -578,19 +582,20 @@ async fn opened_secrets_live_as_long_as_their_record() {
         .unwrap();
     let three = broker.open(&caller, "memo-key", &none, None).await.unwrap();
     assert_eq!(key_of(&three), second, "the rotated secret on the next call");
+    assert!(!Arc::ptr_eq(&kept(&three), &kept(&one)), "a changed credential starts afresh");
     assert!(old.upgrade().is_some(), "calls that hold the old state keep it until they end");
     drop((one, two));
     assert!(old.upgrade().is_none(), "the old state is freed once no call holds it");
 
-    // An operator's per-call override is never kept with the record.
+    // An operator's per-call override shares nothing.
     let mut overrides = Overrides::new();
     overrides.set("memo-key", "key", Secret::new(canary("memo-override")));
     let operator = Caller::Operator { org: "default".into(), actor: "t".into() };
     let a = broker.open(&operator, "memo-key", &overrides, None).await.unwrap();
     let c = broker.open(&operator, "memo-key", &overrides, None).await.unwrap();
-    assert!(!Arc::ptr_eq(&a.call_credential(), &c.call_credential()));
+    assert!(!Arc::ptr_eq(&kept(&a), &kept(&c)) && !Arc::ptr_eq(&kept(&a), &kept(&three)));
     let d = broker.open(&operator, "memo-key", &none, None).await.unwrap();
-    assert!(Arc::ptr_eq(&d.call_credential(), &three.call_credential()), "operator and agent share the record's state");
+    assert!(Arc::ptr_eq(&kept(&d), &kept(&three)), "operator and agent share the record's state");
     assert_eq!(key_of(&d), second);
     b.close().await;
 }

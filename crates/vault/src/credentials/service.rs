@@ -400,8 +400,10 @@ impl CredentialRef {
 
     /// Keep `value` with this record for as long as the record is cached,
     /// and return what is kept (the first value kept wins). Only what was
-    /// derived from this very record (its config, its version, the secrets
-    /// opened from its blob) may be kept: a change to the credential is a
+    /// derived from this very record (its config, its version, keys and
+    /// hashes derived from its secrets) may be kept, and never a secret
+    /// value: the cache holds sealed blobs, and each call opens the secrets
+    /// for itself ([`Vault::open_record`]). A change to the credential is a
     /// new record, which starts with nothing kept. The value must not hold
     /// the record itself (that would be a cycle, never freed).
     pub fn keep<T: std::any::Any + Send + Sync>(&self, value: Arc<T>) -> Arc<T> {
@@ -826,6 +828,21 @@ impl Vault {
         let entry = self.fetch(org, name).await?.map(Arc::new);
         self.cache.fill(generation, org, name, entry.clone());
         Ok(entry)
+    }
+
+    /// Open the secrets of `record` (a record read with
+    /// [`Vault::credential`]) for one call, skipping the resolution layers:
+    /// for a caller that resolved this very record before, found the vault
+    /// layer winning with no overrides, and kept what it derived with the
+    /// record ([`CredentialRef::keep`]). A disabled record opens nothing.
+    pub fn open_record(&self, record: &CredentialRef) -> Result<BTreeMap<String, Secret>, VaultError> {
+        if !record.0.credential.enabled {
+            return Err(ModelError::CredentialDisabled {
+                name: sanitize_for_log(record.0.credential.name.as_str(), 80),
+            }
+            .into());
+        }
+        Ok(self.open_secrets(&record.0)?)
     }
 
     /// The record of `org`/`name` from the cache (no secrets opened), for

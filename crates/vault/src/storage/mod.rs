@@ -286,15 +286,16 @@ pub(crate) struct StoredCredential {
     pub memo: Memo,
 }
 
-/// One value the call path derives from a cached row (its opened,
-/// zeroed-on-drop secrets, made ready for plugin calls) and keeps with it,
-/// so a call with an unchanged credential does not open the sealed blob
-/// again. It lives exactly as long as the row's cache entry: any change to
-/// the credential, a master-key rotation or a change feed outage drops the
+/// One value the call path derives from a cached row and keeps with it
+/// (its plugin, config, output-template key, derived signing keys, audit
+/// fingerprint: never a secret value, which each call opens for itself),
+/// so a call with an unchanged credential does not derive them again. It
+/// lives exactly as long as the row's cache entry: any change to the
+/// credential, a master-key rotation or a change feed outage drops the
 /// entry, and with it the value, once the calls holding it finish. A row
-/// read afresh starts empty. Type-erased: the vault does not know the
-/// call path's types. A memo is not part of the row, so it is never
-/// compared or copied.
+/// read afresh starts empty. Type-erased: the vault does not know the call
+/// path's types. A memo is not part of the row, so it is never compared or
+/// copied.
 #[derive(Default)]
 pub(crate) struct Memo(std::sync::OnceLock<std::sync::Arc<dyn std::any::Any + Send + Sync>>);
 
