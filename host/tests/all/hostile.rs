@@ -306,6 +306,25 @@ fn invalid_components_are_refused_at_load() {
     assert!(rt.load_bytes(&big, PluginSource::Builtin).unwrap_err().to_string().contains("limit"));
 }
 
+/// THREATS.md case 25: compilation has a time cap too. A real component
+/// whose compilation cannot finish within the cap (1 ns here) is refused
+/// with `plugin_load_failed` and the cap in the message; with the default
+/// cap it loads.
+#[test]
+fn compilation_over_the_time_cap_is_refused() {
+    let bytes = std::fs::read(guests::SPIN).unwrap();
+    let capped = Runtime::new(RuntimeConfig {
+        compile_timeout: std::time::Duration::from_nanos(1),
+        cache_dir: None,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let err = capped.load_bytes(&bytes, PluginSource::Builtin).unwrap_err();
+    assert_eq!(err.code(), "plugin_load_failed", "{err}");
+    assert!(err.to_string().contains("compilation took longer than"), "{err}");
+    runtime().load_bytes(&bytes, PluginSource::Builtin).expect("the same component loads under the default cap");
+}
+
 #[test]
 fn readme_example() {
     // The example in README.md is this guest, verbatim.
