@@ -80,10 +80,13 @@ impl Kept {
     /// computed once per credential version and kept (its bytes zeroed on
     /// drop), so a SigV4 call sets up one key, not five.
     fn derived_key(&self, field: &str, secret: &Secret, key_prefix: &[u8], derivation: &[Vec<u8>]) -> hmac::Key {
-        if derivation.is_empty() {
+        let base = || {
             let mut k0 = Zeroizing::new(key_prefix.to_vec());
             k0.extend_from_slice(secret.expose().as_bytes());
-            return hmac::Key::new(hmac::HMAC_SHA256, &k0);
+            hmac::Key::new(hmac::HMAC_SHA256, &k0)
+        };
+        if derivation.is_empty() {
+            return base();
         }
         // What the key was derived from, unambiguously: every part with its length.
         let mut id = Vec::with_capacity(field.len() + key_prefix.len() + 64);
@@ -95,9 +98,7 @@ impl Kept {
         if let Some((_, bytes)) = kept.iter().find(|(i, _)| *i == id) {
             return hmac::Key::new(hmac::HMAC_SHA256, bytes.as_ref());
         }
-        let mut k0 = Zeroizing::new(key_prefix.to_vec());
-        k0.extend_from_slice(secret.expose().as_bytes());
-        let mut key = hmac::Key::new(hmac::HMAC_SHA256, &k0);
+        let mut key = base();
         let mut bytes = Zeroizing::new([0u8; 32]);
         for step in derivation {
             bytes.copy_from_slice(hmac::sign(&key, step).as_ref());

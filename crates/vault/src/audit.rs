@@ -1126,7 +1126,8 @@ impl Writer {
             }
             let stopping = disconnected || closing.is_some();
             let urgent = stopping || !flushes.is_empty();
-            let this_minute = minute_of(to_micros(OffsetDateTime::now_utc()));
+            let now_us = to_micros(OffsetDateTime::now_utc());
+            let this_minute = minute_of(now_us);
 
             // What the call path left: refusals, sink events, leases' last
             // uses; and the leases to give back (expired, or all of them
@@ -1153,7 +1154,7 @@ impl Writer {
                 if !urgent {
                     // Top-ups asked for, and a first lease for each key a
                     // waiting use of this minute will commit.
-                    let ahead = to_micros(OffsetDateTime::now_utc()) - this_minute >= MINUTE_US - LEASE_AHEAD_US;
+                    let ahead = now_us - this_minute >= MINUTE_US - LEASE_AHEAD_US;
                     for key in refills.drain(..).filter(|k| k.minute == this_minute) {
                         let size = q.leases.get(&key).map_or(LEASE_FIRST, |l| (l.size * 2).min(LEASE_MAX));
                         if ahead {

@@ -46,16 +46,17 @@ use crate::vault::model::Overrides;
 /// Hop-by-hop and framing headers, never forwarded either way. `Expect`
 /// belongs to this hop too: the broker has already answered it (or buffered
 /// the body), and the upstream gets the body at once.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "expect",
+/// Constant names, so neither direction parses a name per call.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    axum::http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    axum::http::header::TE,
+    axum::http::header::TRAILER,
+    axum::http::header::TRANSFER_ENCODING,
+    axum::http::header::UPGRADE,
+    axum::http::header::HOST,
+    axum::http::header::EXPECT,
 ];
 
 /// Whether `name` (lower case) is a forwarding header: what a proxy in front
@@ -299,7 +300,10 @@ async fn proxy_input(
     let mut headers: Vec<(String, String)> = Vec::with_capacity(parts.headers.len());
     for (name, value) in &parts.headers {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || auth::CREDENTIAL_HEADERS.contains(&n) || n == "content-length" || is_forwarding(n)
+        if HOP_BY_HOP.contains(name)
+            || auth::CREDENTIAL_HEADERS.contains(&n)
+            || n == "content-length"
+            || is_forwarding(n)
         {
             continue;
         }
@@ -355,34 +359,19 @@ async fn proxy_input(
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     use axum::http::header;
     // Headers named in Connection are hop-by-hop too.
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
-            .filter(|h| *h != header::HOST)
-            .collect();
-        for h in named {
-            headers.remove(h);
-        }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
+        .filter(|h| *h != header::HOST)
+        .collect();
+    for h in named {
+        headers.remove(h);
     }
-    // HOP_BY_HOP but `host`, as constants (no name parsed per call).
-    const NAMES: [HeaderName; 8] = [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::EXPECT,
-    ];
-    for h in &NAMES {
-        if headers.contains_key(h) {
-            headers.remove(h);
-        }
+    for h in HOP_BY_HOP.iter().filter(|h| **h != header::HOST) {
+        headers.remove(h);
     }
 }
 
@@ -452,7 +441,7 @@ mod tests {
     fn hop_by_hop_headers_are_stripped_from_answers() {
         let mut headers = HeaderMap::new();
         for name in HOP_BY_HOP {
-            headers.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            headers.insert(name, HeaderValue::from_static("x"));
         }
         headers.append("connection", HeaderValue::from_static("x-hop, host"));
         headers.insert("x-hop", HeaderValue::from_static("1"));
