@@ -1,6 +1,7 @@
 //! `cargo xtask bench-http`: the broker under load on loopback, measured with
 //! wrk against references run beside it — nginx as a proxy that adds the same
-//! header, and the broker's own no-op endpoint for `/v1/sign` — then both
+//! header, a native-Rust proxy on the broker's own HTTP stack
+//! (`reference_proxy.rs`), and the broker's own no-op endpoint for `/v1/sign` — then both
 //! proxies' latency at a fixed rate (`fixed_rate.rs`), and a JWT-identified
 //! agent's calls against a token-identified agent's.
 
@@ -121,7 +122,7 @@ pub fn bench_http(root: &Path) -> Result<()> {
 
     let mut lab = Lab::new()?;
     let key = random_hex(16)?;
-    let (upstream, proxy, broker) = (free_port()?, free_port()?, free_port()?);
+    let (upstream, proxy, broker, reference) = (free_port()?, free_port()?, free_port()?, free_port()?);
     let upstream_conf = UPSTREAM_SERVER.replace("@PORT@", &upstream.to_string()).replace("@KEY@", &key);
     lab.nginx(&nginx_bin, "upstream", upstream, &upstream_conf)?;
     let proxy_conf = PROXY_SERVER
@@ -132,6 +133,7 @@ pub fn bench_http(root: &Path) -> Result<()> {
     let agent_token = lab.set_up_broker(&bin, &key, upstream)?;
     let jwt = lab.jwt_agent(&bin)?;
     lab.serve_broker(&bin, broker)?;
+    lab.reference_proxy(reference, upstream, &format!("Bearer {key}"))?;
 
     // Correctness, once, before any timing.
     let bearer = |t: &str| format!("Bearer {t}");
@@ -141,6 +143,7 @@ pub fn bench_http(root: &Path) -> Result<()> {
         ("upstream with the key", upstream, "GET", "/", Some(&key_auth), "", 200),
         ("nginx proxy", proxy, "GET", "/anything", Some(&agent_auth), "", 200),
         ("broker proxy", broker, "GET", "/proxy/bench/anything", Some(&agent_auth), "", 200),
+        ("hyper reference proxy", reference, "GET", "/anything", Some(&agent_auth), "", 200),
         ("broker proxy, JWT-identified agent", broker, "GET", "/proxy/bench/anything", Some(&jwt_auth), "", 200),
         ("broker /v1/sign", broker, "POST", "/v1/sign", Some(&agent_auth), SIGN_BODY, 200),
         ("broker /healthz", broker, "GET", "/healthz", None, "", 200),
@@ -171,6 +174,7 @@ pub fn bench_http(root: &Path) -> Result<()> {
     // (master and worker), the broker's process (all its threads).
     let nginx_proxy = Cpu::of_tree(lab.children[1].id());
     let broker_cpu = Cpu::of_tree(lab.children[2].id());
+    let reference_cpu = Cpu::of_tree(lab.children[3].id());
     let sign_headers = {
         let mut h = header(&agent_auth);
         h.extend(["-s".to_string(), script.display().to_string()]);
@@ -227,6 +231,20 @@ pub fn bench_http(root: &Path) -> Result<()> {
             header(&jwt_auth),
             &C16,
             Some(&broker_cpu),
+        ),
+        Target::new(
+            "hyper reference proxy (native Rust, the broker's HTTP stack, nothing else)",
+            url(reference, "/anything"),
+            header(&agent_auth),
+            &C16,
+            Some(&reference_cpu),
+        ),
+        Target::new(
+            "hyper reference proxy, 64 connections",
+            url(reference, "/anything"),
+            header(&agent_auth),
+            &C64,
+            Some(&reference_cpu),
         ),
     ];
     for t in &targets {
@@ -285,8 +303,8 @@ pub fn bench_http(root: &Path) -> Result<()> {
     drop(lab);
 
     let m: Vec<Sample> = samples.iter().map(|s| Sample::median(s)).collect();
-    let [direct, nginx, proxied, sign, healthz, nginx64, proxied64, sequential, jwt_proxied] =
-        [m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8]];
+    let [direct, nginx, proxied, sign, healthz, nginx64, proxied64, sequential, jwt_proxied, hyper, hyper64] =
+        [m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10]];
     let mut table = String::from(
         "| target | connections | requests/s | p50 | p99 | CPU per request |\n|---|---|---|---|---|---|\n",
     );
@@ -327,6 +345,23 @@ pub fn bench_http(root: &Path) -> Result<()> {
     let cpu_ratio = proxied.cpu_us.zip(nginx.cpu_us).map_or(f64::NAN, |(b, n)| b / n);
     let sign_ratio = sign.rps / healthz.rps;
     let jwt_ratio = jwt_proxied.rps / proxied.rps;
+    // The gap to nginx, split: the HTTP stack's share and the broker's own.
+    let cpu_of = |a: Sample, b: Sample| a.cpu_us.zip(b.cpu_us);
+    let split = format!(
+        "| hyper reference proxy ÷ nginx proxy, requests/s, 16 / 64 connections (what the HTTP stack costs) | \
+         {:.2} / {:.2} | |\n\
+         | broker proxy ÷ hyper reference proxy, requests/s, 16 / 64 connections (what the broker adds) | \
+         {:.2} / {:.2} | |\n\
+         | CPU per request, hyper reference ÷ nginx; broker − hyper reference (16 connections) | {} | |\n",
+        hyper.rps / nginx.rps,
+        hyper64.rps / nginx64.rps,
+        proxied.rps / hyper.rps,
+        proxied64.rps / hyper64.rps,
+        match (cpu_of(hyper, nginx), cpu_of(proxied, hyper)) {
+            (Some((h, n)), Some((b, h2))) => format!("{:.2}; {:+.1} µs", h / n, b - h2),
+            _ => "n/a".to_string(),
+        },
+    );
     let added = |s: Sample| format!("{:+.2} / {:+.2} ms", (s.p50 - direct.p50) / 1e3, (s.p99 - direct.p99) / 1e3);
     // Broker's added latency ÷ nginx's, at the fixed rate: no ratio when
     // nginx adds (next to) nothing.
@@ -353,7 +388,7 @@ pub fn bench_http(root: &Path) -> Result<()> {
          | JWT-identified agent ÷ token-identified agent, broker proxy requests/s, 16 connections | \
          **{jwt_ratio:.2}** | ≥ 0.9: {} |\n\
          | (g) `/v1/sign` ÷ `/healthz`, requests/s | **{sign_ratio:.2}** | ≥ 0.85: {} |\n\
-         | sequential client p99, broker proxy | **{}** | ≤ 2 ms: {} |\n",
+         | sequential client p99, broker proxy | **{}** | ≤ 2 ms: {} |\n{split}",
         at_least(proxy_ratio, 0.95),
         at_least(proxy64_ratio, 0.95),
         at_most(cpu_ratio, 1.2),
@@ -556,6 +591,20 @@ impl Lab {
         let signing_input = format!("{}.{}", B64.encode(header), B64.encode(claims));
         let signature = pair.sign(signing_input.as_bytes());
         Ok(format!("{signing_input}.{}", B64.encode(signature.as_ref())))
+    }
+
+    /// Start the hyper reference proxy (`xtask reference-proxy`, this same
+    /// binary) on `port`, forwarding to `upstream` with `authorization`.
+    fn reference_proxy(&mut self, port: u16, upstream: u16, authorization: &str) -> Result<()> {
+        let log = self.dir.join("reference-proxy.log");
+        let child = Command::new(std::env::current_exe()?)
+            .args(["reference-proxy", &format!("127.0.0.1:{port}"), &format!("127.0.0.1:{upstream}"), authorization])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting the hyper reference proxy")?;
+        self.children.push(child);
+        self.wait("the hyper reference proxy", &log, || TcpStream::connect(("127.0.0.1", port)).is_ok())
     }
 
     /// Start the broker set up by [`Lab::set_up_broker`] and wait for `/healthz`.

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 
 mod bench_http;
 mod fixed_rate;
+mod reference_proxy;
 
 const USAGE: &str = "\
 usage: cargo xtask <task>
@@ -50,6 +51,8 @@ fn main() -> Result<()> {
         "bench" => bench(&root, std::env::args().nth(2).as_deref()),
         "bench-http" => bench_http::bench_http(&root),
         "bench-isolation" => bench_http::bench_isolation(&root),
+        // Started by `bench-http` as its native-Rust reference, not a task of its own.
+        "reference-proxy" => reference_proxy::main(&std::env::args().skip(2).collect::<Vec<_>>()),
         "fuzz" => fuzz(&root, std::env::args().nth(2).as_deref(), std::env::args().nth(3).as_deref()),
         _ => {
             eprint!("{USAGE}");
