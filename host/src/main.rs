@@ -388,6 +388,7 @@ fn sign_parts(args: &SignArgs) -> Result<SignParts, Failure> {
         body,
         at,
         body_digest: sign::BodyDigest::Compute,
+        origin: None,
     };
     Ok(SignParts { config, secrets, input })
 }

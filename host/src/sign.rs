@@ -57,6 +57,45 @@ pub struct SignInput {
     pub at: Option<OffsetDateTime>,
     /// How the scheme learns the body's digest.
     pub body_digest: BodyDigest,
+    /// The origin `url` starts with, already parsed and checked (a proxy
+    /// route's base URL, [`Origin::of`]): a URL it covers is not parsed
+    /// again. Anything else is parsed in full, as without it.
+    pub origin: Option<Arc<Origin>>,
+}
+
+/// A base URL parsed and checked once as [`prepare`] checks a URL (http or
+/// https, no user information, a host; and no query or fragment), so that
+/// the URLs made of it and a path need not be parsed per call.
+#[derive(Debug)]
+pub struct Origin {
+    base: String,
+    host: String,
+    port: Option<u16>,
+}
+
+impl Origin {
+    /// `base` as an origin, or `None` if [`prepare`] would refuse it or it
+    /// has a query or fragment (its URLs are then parsed in full).
+    pub fn of(base: &str) -> Option<Origin> {
+        if base.bytes().any(|b| b <= 0x20 || b >= 0x7f) {
+            return None;
+        }
+        let parsed = url::Url::parse(base).ok()?;
+        let checked = matches!(parsed.scheme(), "http" | "https")
+            && parsed.username().is_empty()
+            && parsed.password().is_none()
+            && parsed.query().is_none()
+            && parsed.fragment().is_none();
+        let host = parsed.host_str().filter(|_| checked)?.to_string();
+        Some(Origin { base: base.to_string(), host, port: parsed.port() })
+    }
+
+    /// Whether `url` is the base followed by nothing or by a path (`/…`).
+    /// The base ends inside or after its authority, and a `/` ends an
+    /// authority, so such a URL has the base's host and port.
+    fn covers(&self, url: &str) -> bool {
+        url.strip_prefix(self.base.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
 }
 
 /// The body digest a scheme gets.
@@ -112,19 +151,25 @@ pub fn prepare(input: &SignInput) -> Result<Prepared, SignError> {
     if let Some(i) = input.url.bytes().position(|b| b <= 0x20 || b >= 0x7f) {
         return Err(bad(format!("URL has a raw space, control or non-ASCII character at byte {i}; percent-encode it")));
     }
-    let parsed = url::Url::parse(&input.url).map_err(|e| bad(format!("malformed URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(bad(format!("URL scheme `{}` is not http or https", parsed.scheme())));
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(bad("URL must not contain user information (`user@host`)".into()));
-    }
-    let Some(host) = parsed.host_str() else { return Err(bad("URL has no host".into())) };
-    let host_name = host.to_string();
+    let (host_name, port) = match input.origin.as_deref().filter(|o| o.covers(&input.url)) {
+        Some(origin) => (origin.host.clone(), origin.port),
+        None => {
+            let parsed = url::Url::parse(&input.url).map_err(|e| bad(format!("malformed URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(bad(format!("URL scheme `{}` is not http or https", parsed.scheme())));
+            }
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                return Err(bad("URL must not contain user information (`user@host`)".into()));
+            }
+            let Some(host) = parsed.host_str() else { return Err(bad("URL has no host".into())) };
+            (host.to_string(), parsed.port())
+        }
+    };
+    let host = host_name.as_str();
     // Keep the URL as written (S3 signs `//` and `/./` literally); only the
     // fragment goes, since it is never sent.
     let url = input.url.split('#').next().unwrap_or_default().to_string();
-    let authority = || match parsed.port() {
+    let authority = || match port {
         Some(p) => format!("{host}:{p}"),
         None => host.to_string(),
     };
@@ -285,4 +330,62 @@ pub fn explain(
     prepared: &Prepared,
 ) -> Result<String, SignError> {
     Ok(runtime.explain(plugin, cred, prepared.now, &prepared.request)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(url: &str, origin: Option<&Arc<Origin>>) -> SignInput {
+        SignInput {
+            method: "GET".into(),
+            url: url.into(),
+            headers: vec![("host".into(), "example.test:8443".into())],
+            body_digest: BodyDigest::Unknown,
+            origin: origin.cloned(),
+            ..SignInput::default()
+        }
+    }
+
+    /// A URL the origin covers is prepared as a full parse would prepare
+    /// it; one it does not cover is parsed in full, so a wrong origin
+    /// cannot lend it its host.
+    #[test]
+    fn an_origin_stands_for_the_parse_it_replaces() {
+        let origin = Arc::new(Origin::of("https://Example.TEST:8443/v1").expect("a valid base"));
+        for url in ["https://Example.TEST:8443/v1", "https://Example.TEST:8443/v1/a//b/./c?x=1&y"] {
+            let (with, without) = (prepare(&input(url, Some(&origin))).unwrap(), prepare(&input(url, None)).unwrap());
+            assert_eq!(with.host, "example.test");
+            assert_eq!(with.host, without.host);
+            assert_eq!(with.request.url, without.request.url);
+        }
+        // Not the base followed by a path: parsed in full, with its own host.
+        let bare = Arc::new(Origin::of("https://example.test:8443").unwrap());
+        for (url, host) in [
+            ("https://example.test:8443.evil.test/x", None),
+            ("https://example.test:8443@evil.test/x", None),
+            ("https://other.test:8443/v1/x", Some("other.test")),
+        ] {
+            assert!(!bare.covers(url), "{url}");
+            let mut call = input(url, Some(&bare));
+            call.headers.clear();
+            match (prepare(&call), host) {
+                (Ok(p), Some(host)) => assert_eq!(p.host, host, "{url}"),
+                (Err(_), None) => {}
+                (p, host) => panic!("{url}: {:?} / {host:?}", p.map(|p| p.host)),
+            }
+        }
+        assert!(bare.covers("https://example.test:8443") && bare.covers("https://example.test:8443/x?y"));
+        // The Host check runs on the origin's authority as on a parsed one.
+        let mut wrong_host = input("https://Example.TEST:8443/v1/x", Some(&origin));
+        wrong_host.headers = vec![("host".into(), "evil.test".into())];
+        let refused = prepare(&wrong_host).err().expect("a Host that is not the origin's is refused");
+        assert!(refused.to_string().contains("does not match"), "{refused}");
+        // Bases prepare would refuse, or with a query, are no origin.
+        for base in
+            ["ftp://example.test", "https://u:p@example.test", "https://example.test/?q", "https://ex ample.test"]
+        {
+            assert!(Origin::of(base).is_none(), "{base}");
+        }
+    }
 }

@@ -74,6 +74,7 @@ pub async fn check_credential(app: &Arc<AppState>, org: &str, name: &str) -> Res
         body: Vec::new(),
         at: None,
         body_digest: BodyDigest::Compute,
+        origin: None,
     };
     let caller = Caller::Operator { org: org.to_string(), actor: "check".into() };
     let ticket = app.broker.open(&caller, name, &Overrides::new(), None).await?;

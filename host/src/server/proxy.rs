@@ -228,6 +228,8 @@ async fn forward(
 pub(crate) struct Upstream {
     host: String,
     refusal: Option<String>,
+    /// The base as a signing origin (`None`: each URL is parsed in full).
+    origin: Option<Arc<crate::sign::Origin>>,
 }
 
 /// Upstream base URLs parsed once each (they are few: one per route), so a
@@ -249,6 +251,7 @@ impl Upstreams {
         let upstream = Arc::new(Upstream {
             host: parsed.host_str().unwrap_or_default().to_string(),
             refusal: policy.literal_refusal(&parsed),
+            origin: crate::sign::Origin::of(base).map(Arc::new),
         });
         let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_UPSTREAMS {
@@ -352,6 +355,8 @@ async fn proxy_input(
         body: bytes,
         at: None,
         body_digest: digest,
+        // `url` is the route's base followed by a path, whose origin was parsed once.
+        origin: upstream.origin.clone(),
     };
     Ok((input, out_body))
 }

@@ -163,6 +163,7 @@ fn to_input(body: SignBody, reads_body: bool, scheme: &str, max_body: usize) -> 
         body: raw_body,
         at,
         body_digest: digest,
+        origin: None,
     })
 }
 

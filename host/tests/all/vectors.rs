@@ -89,6 +89,7 @@ fn run_case(rt: &latchkey::Runtime, plugin: &latchkey::Plugin, case: &Case) -> R
         body: base64::engine::general_purpose::STANDARD.decode(&case.request.body_base64).map_err(|e| e.to_string())?,
         at: Some(at),
         body_digest: latchkey::sign::BodyDigest::Compute,
+        origin: None,
     };
     let config: Vec<(String, String)> = case.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let secrets: BTreeMap<String, Secret> =
