@@ -74,20 +74,15 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// `base` as an origin, or `None` if [`prepare`] would refuse it or it
-    /// has a query or fragment (its URLs are then parsed in full).
-    pub fn of(base: &str) -> Option<Origin> {
-        if base.bytes().any(|b| b <= 0x20 || b >= 0x7f) {
+    /// `base` (`parsed` is its parse) as an origin, or `None` if [`prepare`]
+    /// would refuse it or it has a query or fragment (its URLs are then
+    /// parsed in full).
+    pub fn of(base: &str, parsed: &url::Url) -> Option<Origin> {
+        if raw_byte(base).is_some() || parsed.query().is_some() || parsed.fragment().is_some() {
             return None;
         }
-        let parsed = url::Url::parse(base).ok()?;
-        let checked = matches!(parsed.scheme(), "http" | "https")
-            && parsed.username().is_empty()
-            && parsed.password().is_none()
-            && parsed.query().is_none()
-            && parsed.fragment().is_none();
-        let host = parsed.host_str().filter(|_| checked)?.to_string();
-        Some(Origin { base: base.to_string(), host, port: parsed.port() })
+        let (host, port) = checked_authority(parsed).ok()?;
+        Some(Origin { base: base.to_string(), host, port })
     }
 
     /// Whether `url` is the base followed by nothing or by a path (`/…`).
@@ -96,6 +91,25 @@ impl Origin {
     fn covers(&self, url: &str) -> bool {
         url.strip_prefix(self.base.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }
+}
+
+/// Where `url` has its first raw space, control or non-ASCII byte: a URL
+/// with one is not in wire form.
+fn raw_byte(url: &str) -> Option<usize> {
+    url.bytes().position(|b| b <= 0x20 || b >= 0x7f)
+}
+
+/// A parsed URL's host and port, if it passes what every signed URL must:
+/// http or https, no user information, a host.
+fn checked_authority(parsed: &url::Url) -> Result<(String, Option<u16>), String> {
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("URL scheme `{}` is not http or https", parsed.scheme()));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("URL must not contain user information (`user@host`)".into());
+    }
+    let host = parsed.host_str().ok_or("URL has no host")?;
+    Ok((host.to_string(), parsed.port()))
 }
 
 /// The body digest a scheme gets.
@@ -148,21 +162,14 @@ pub fn prepare(input: &SignInput) -> Result<Prepared, SignError> {
     // The URL is sent exactly as signed, so it must already be in wire form:
     // a raw space or non-ASCII byte would be encoded by some clients and not
     // by others, and the signature would no longer match what is sent.
-    if let Some(i) = input.url.bytes().position(|b| b <= 0x20 || b >= 0x7f) {
+    if let Some(i) = raw_byte(&input.url) {
         return Err(bad(format!("URL has a raw space, control or non-ASCII character at byte {i}; percent-encode it")));
     }
     let (host_name, port) = match input.origin.as_deref().filter(|o| o.covers(&input.url)) {
         Some(origin) => (origin.host.clone(), origin.port),
         None => {
             let parsed = url::Url::parse(&input.url).map_err(|e| bad(format!("malformed URL: {e}")))?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(bad(format!("URL scheme `{}` is not http or https", parsed.scheme())));
-            }
-            if !parsed.username().is_empty() || parsed.password().is_some() {
-                return Err(bad("URL must not contain user information (`user@host`)".into()));
-            }
-            let Some(host) = parsed.host_str() else { return Err(bad("URL has no host".into())) };
-            (host.to_string(), parsed.port())
+            checked_authority(&parsed).map_err(bad)?
         }
     };
     let host = host_name.as_str();
@@ -336,6 +343,10 @@ pub fn explain(
 mod tests {
     use super::*;
 
+    fn origin(base: &str) -> Option<Origin> {
+        Origin::of(base, &url::Url::parse(base).ok()?)
+    }
+
     fn input(url: &str, origin: Option<&Arc<Origin>>) -> SignInput {
         SignInput {
             method: "GET".into(),
@@ -352,7 +363,7 @@ mod tests {
     /// cannot lend it its host.
     #[test]
     fn an_origin_stands_for_the_parse_it_replaces() {
-        let origin = Arc::new(Origin::of("https://Example.TEST:8443/v1").expect("a valid base"));
+        let origin = Arc::new(self::origin("https://Example.TEST:8443/v1").expect("a valid base"));
         for url in ["https://Example.TEST:8443/v1", "https://Example.TEST:8443/v1/a//b/./c?x=1&y"] {
             let (with, without) = (prepare(&input(url, Some(&origin))).unwrap(), prepare(&input(url, None)).unwrap());
             assert_eq!(with.host, "example.test");
@@ -360,7 +371,7 @@ mod tests {
             assert_eq!(with.request.url, without.request.url);
         }
         // Not the base followed by a path: parsed in full, with its own host.
-        let bare = Arc::new(Origin::of("https://example.test:8443").unwrap());
+        let bare = Arc::new(self::origin("https://example.test:8443").unwrap());
         for (url, host) in [
             ("https://example.test:8443.evil.test/x", None),
             ("https://example.test:8443@evil.test/x", None),
@@ -385,7 +396,7 @@ mod tests {
         for base in
             ["ftp://example.test", "https://u:p@example.test", "https://example.test/?q", "https://ex ample.test"]
         {
-            assert!(Origin::of(base).is_none(), "{base}");
+            assert!(self::origin(base).is_none(), "{base}");
         }
     }
 }

@@ -251,7 +251,7 @@ impl Upstreams {
         let upstream = Arc::new(Upstream {
             host: parsed.host_str().unwrap_or_default().to_string(),
             refusal: policy.literal_refusal(&parsed),
-            origin: crate::sign::Origin::of(base).map(Arc::new),
+            origin: crate::sign::Origin::of(base, &parsed).map(Arc::new),
         });
         let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_UPSTREAMS {
