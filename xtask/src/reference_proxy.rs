@@ -1,12 +1,14 @@
 //! `xtask reference-proxy LISTEN UPSTREAM AUTHORIZATION`: the least a proxy
 //! built on the broker's own HTTP stack can do, as a reference for
 //! `bench-http`. The same crates and settings as the broker's proxy path —
-//! tokio's multi-threaded runtime, hyper's HTTP/1 server, hyper-util's pooled
-//! client, mimalloc, `TCP_NODELAY` on both sides — and nothing else: no
-//! agent, route, credential, plugin, audit or metrics; it sets one fixed
-//! `Authorization` header and forwards. The broker's distance from nginx
-//! then splits into what this stack costs (this reference ÷ nginx) and what
-//! the broker does on top of it (broker ÷ this reference).
+//! one accept loop handing connections in turn to one worker thread per
+//! core, each a single-threaded tokio runtime with its own hyper-util
+//! pooled client, hyper's HTTP/1 server, mimalloc, `TCP_NODELAY` on both
+//! sides — and nothing else: no agent, route, credential, plugin, audit or
+//! metrics; it sets one fixed `Authorization` header and forwards. The
+//! broker's distance from nginx then splits into what this stack costs (this
+//! reference ÷ nginx) and what the broker does on top of it (broker ÷ this
+//! reference).
 
 use std::net::SocketAddr;
 
@@ -29,17 +31,36 @@ pub fn main(args: &[String]) -> Result<()> {
     let listen: SocketAddr = listen.parse().context("LISTEN")?;
     let base = format!("http://{upstream}");
     let authorization = HeaderValue::from_str(authorization).context("AUTHORIZATION")?;
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(listen, base, authorization))
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut queues = Vec::new();
+    for _ in 0..workers {
+        let (queue, incoming) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
+        let (base, authorization) = (base.clone(), authorization.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::spawn(move || runtime.block_on(worker(incoming, base, authorization)));
+        queues.push(queue);
+    }
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        for next in 0usize.. {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            queues[next % queues.len()].send(stream.into_std()?).context("a worker stopped")?;
+        }
+        Ok(())
+    })
 }
 
-async fn serve(listen: SocketAddr, base: String, authorization: HeaderValue) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+async fn worker(
+    mut incoming: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
+    base: String,
+    authorization: HeaderValue,
+) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
-    loop {
-        let (stream, _) = listener.accept().await?;
-        stream.set_nodelay(true)?;
+    while let Some(stream) = incoming.recv().await {
+        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
         let (client, base, authorization) = (client.clone(), base.clone(), authorization.clone());
         tokio::spawn(async move {
             let service = service_fn(move |mut req: Request<Incoming>| {

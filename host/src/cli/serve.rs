@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// Accept `Authorization: Basic` agent credentials on a plain-HTTP listener (they are readable on the wire).
     #[arg(long)]
     pub allow_basic_over_http: bool,
+    /// HTTP worker threads, each serving its share of the connections on its own runtime [default: one per core].
+    #[arg(long, env = "LATCHKEY_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
     /// The admin token's name in the audit trail (`admin:NAME`); the token itself is never recorded.
     #[arg(long, env = "LATCHKEY_ADMIN_TOKEN_NAME", default_value = "admin", value_name = "NAME")]
     pub admin_token_name: String,
@@ -123,6 +126,7 @@ pub async fn serve(
         tls: net::TlsOptions { extra_ca_files: args.ca_files.clone(), no_system_roots: false },
         allow_basic_over_http: args.allow_basic_over_http,
         admin_token_name: latchkey::plugin::sanitize_for_log(&args.admin_token_name, 64),
+        workers: args.workers.map_or_else(server::workers::default_count, usize::from),
         ..ServerConfig::default()
     };
     let config = match std::env::var("LATCHKEY_ADMIN_TOKEN") {

@@ -105,7 +105,7 @@ pub async fn check_credential(app: &Arc<AppState>, org: &str, name: &str) -> Res
         }
     }
     let request = builder.body(Body::empty()).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
-    let outcome = match tokio::time::timeout(Duration::from_secs(15), app.client.request(request)).await {
+    let outcome = match tokio::time::timeout(Duration::from_secs(15), app.client.get().request(request)).await {
         Ok(Ok(resp)) => {
             let status = resp.status().as_u16();
             let state = classify(status);

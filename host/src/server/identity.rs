@@ -252,7 +252,7 @@ async fn fetch(app: &AppState, url: &str) -> Result<String, String> {
         .header("user-agent", concat!("latchkey/", env!("CARGO_PKG_VERSION")))
         .body(Body::empty())
         .map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(FETCH_TIMEOUT, app.client.request(request))
+    let response = tokio::time::timeout(FETCH_TIMEOUT, app.client.get().request(request))
         .await
         .map_err(|_| format!("no answer within {} s", FETCH_TIMEOUT.as_secs()))?
         .map_err(|e| {

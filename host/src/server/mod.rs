@@ -21,6 +21,7 @@ pub mod net;
 mod proxy;
 mod sign;
 pub mod views;
+pub mod workers;
 
 /// The JSON bodies of the broker's own routes as their handlers read them,
 /// for the fuzz targets (`fuzz/`); not an API.
@@ -77,6 +78,9 @@ pub struct ServerConfig {
     /// Accept `Authorization: Basic` agent credentials over plain HTTP.
     /// Off by default: Basic is accepted only on a TLS listener.
     pub allow_basic_over_http: bool,
+    /// HTTP worker threads, each with its own runtime and upstream
+    /// connections; by default one per core.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +94,7 @@ impl Default for ServerConfig {
             admin_token_sha256: None,
             admin_token_name: "admin".into(),
             allow_basic_over_http: false,
+            workers: workers::default_count(),
         }
     }
 }
@@ -100,8 +105,8 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     /// The configuration.
     pub config: ServerConfig,
-    /// The upstream client.
-    pub client: net::UpstreamClient,
+    /// The upstream clients, one per HTTP worker.
+    pub client: net::Clients,
     /// Prometheus metrics.
     pub metrics: metrics::Metrics,
     /// Identity providers' key sets.
@@ -266,7 +271,7 @@ pub fn state(
     runtime: Arc<crate::Runtime>,
     config: ServerConfig,
 ) -> Result<Arc<AppState>, net::TlsSetupError> {
-    let client = net::client(Arc::new(config.address_policy.clone()), &config.tls)?;
+    let client = net::clients(Arc::new(config.address_policy.clone()), &config.tls, config.workers)?;
     Ok(Arc::new(AppState {
         broker: crate::broker::Broker::new(vault.clone(), runtime),
         vault,
@@ -670,61 +675,18 @@ pub async fn serve_tls(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // axum::serve speaks plain TCP only; this is its accept loop with a TLS
-    // handshake in front, on hyper-util's connection builder and graceful
-    // shutdown watcher.
+    let workers = state.config.workers;
     let app = router(state).layer(axum::Extension(auth::ArrivedOverTls));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, app, builder) = (acceptor.clone(), app.clone(), builder.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service);
-            let _ = watcher.watch(conn.into_owned()).await;
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+    workers::serve(listener, app, Some(acceptor), workers, shutdown).await
 }
 
-/// Serve `router` on `listener` until `shutdown` resolves, finishing
-/// in-flight calls.
+/// Serve on `listener` until `shutdown` resolves, finishing in-flight
+/// calls, on [`ServerConfig::workers`] worker threads (see `workers.rs`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    // No Nagle on accepted sockets: a small answer must not wait for the
-    // client's delayed ACK (~40 ms stalls on sequential clients).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let workers = state.config.workers;
+    workers::serve(listener, router(state), None, workers, shutdown).await
 }

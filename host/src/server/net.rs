@@ -280,6 +280,41 @@ pub fn client_with_lookup(
     tls: &TlsOptions,
     lookup: Arc<dyn Lookup>,
 ) -> Result<UpstreamClient, TlsSetupError> {
+    Ok(client_on(tls_config(tls)?, policy, lookup))
+}
+
+/// One upstream client per HTTP worker (see [`Clients`]), sharing one TLS
+/// configuration (the roots are read once).
+pub fn clients(policy: Arc<AddressPolicy>, tls: &TlsOptions, workers: usize) -> Result<Clients, TlsSetupError> {
+    let config = tls_config(tls)?;
+    let lookup: Arc<dyn Lookup> = Arc::new(SystemLookup);
+    Ok(Clients((0..workers.max(1)).map(|_| client_on(config.clone(), policy.clone(), lookup.clone())).collect()))
+}
+
+/// The upstream clients, one per HTTP worker, each with its own pool of
+/// connections: a call goes out through its worker's client, so the
+/// upstream connection's task runs on the thread that serves the call and
+/// no call wakes another worker (see `workers.rs`). Off the workers (the
+/// CLI, background tasks) the first one serves.
+pub struct Clients(Vec<UpstreamClient>);
+
+impl Clients {
+    /// The client of the worker this runs on.
+    pub fn get(&self) -> &UpstreamClient {
+        let i = super::workers::current().unwrap_or(0);
+        &self.0[i % self.0.len()]
+    }
+}
+
+impl From<UpstreamClient> for Clients {
+    /// One client for every worker (tests that give the state a client of their own).
+    fn from(client: UpstreamClient) -> Clients {
+        Clients(vec![client])
+    }
+}
+
+/// The upstream TLS configuration: the system's roots unless turned off, and extra CA files.
+fn tls_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     if !tls.no_system_roots {
         let native = rustls_native_certs::load_native_certs();
@@ -307,17 +342,21 @@ pub fn client_with_lookup(
         .map_err(|source| TlsSetupError::Rustls { what: "upstream TLS", source })?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn client_on(config: Arc<rustls::ClientConfig>, policy: Arc<AddressPolicy>, lookup: Arc<dyn Lookup>) -> UpstreamClient {
     let mut http = HttpConnector::new_with_resolver(CheckedResolver::new(policy, lookup));
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
+        .with_tls_config((*config).clone())
         .https_or_http()
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).pool_idle_timeout(std::time::Duration::from_secs(60)).build(https))
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(std::time::Duration::from_secs(60)).build(https)
 }
 
 #[cfg(test)]

@@ -213,7 +213,7 @@ async fn forward(
         }
     };
     let request = builder.body(body).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
-    let response = tokio::time::timeout(app.config.upstream_timeout, app.client.request(request))
+    let response = tokio::time::timeout(app.config.upstream_timeout, app.client.get().request(request))
         .await
         .map_err(|_| ApiError::new(ErrorCode::UpstreamTimeout, format!("`{host}` did not answer in time")))?
         .map_err(|e| upstream_error(&host, &e))?;

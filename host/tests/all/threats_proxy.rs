@@ -109,7 +109,7 @@ async fn broker(
     let mut state = server::state(vault.clone(), crate::db::runtime(), config).unwrap();
     if let Some(lookup) = lookup {
         let client = net::client_with_lookup(policy, &tls, lookup).unwrap();
-        Arc::get_mut(&mut state).expect("the state is not shared yet").client = client;
+        Arc::get_mut(&mut state).expect("the state is not shared yet").client = client.into();
     }
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
