@@ -399,39 +399,103 @@ async fn openapi(axum::Extension(document): axum::Extension<Document>) -> Respon
 /// Give every request an id: the caller's `X-Request-Id` when it is a short
 /// token, else a random one. It is echoed in the response and set on the
 /// request's tracing span, so every log line of the request carries it.
-async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    with_request_id(req, |req| next.run(req)).await
+}
+
+/// What [`request_id`] does, around `serve`: the id, the framing check
+/// (refused requests never reach `serve`), the span, the id on the answer.
+/// The proxy's fast path ([`Front`]) and the router's middleware share it.
+async fn with_request_id<F: Future<Output = Response>>(
+    mut req: axum::extract::Request,
+    serve: impl FnOnce(axum::extract::Request) -> F,
+) -> Response {
     use tracing::Instrument as _;
     let given = req
         .headers()
         .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
         .filter(|v| {
-            !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            let v = v.as_bytes();
+            !v.is_empty() && v.len() <= 64 && v.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
         })
-        .map(str::to_string);
-    let id = given.unwrap_or_else(fresh_request_id);
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        req.headers_mut().insert("x-request-id", v);
-    }
+        .cloned();
+    // A header value already: the caller's, or the new id's digits.
+    let id = given.unwrap_or_else(|| HeaderValue::try_from(fresh_request_id()).expect("hex digits"));
+    let shown = || id.to_str().unwrap_or_default();
     if let Some(why) = ambiguous_framing(req.headers()) {
         let mut response = ApiError::new(ErrorCode::InvalidRequest, why).into_response();
         // Nothing after this request on the connection is read as another.
         response.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            response.headers_mut().insert("x-request-id", v);
-        }
-        tracing::warn!(request_id = %id, reason = why, "refused a request with ambiguous framing");
+        response.headers_mut().insert("x-request-id", id.clone());
+        tracing::warn!(request_id = %shown(), reason = why, "refused a request with ambiguous framing");
         return response;
     }
+    req.headers_mut().insert("x-request-id", id.clone());
     // The path only, never the query: queries can carry keys; a token in
     // the path (`DELETE /v1/admin/tokens/lk_reg_…` given a whole token) is
     // logged redacted.
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %loggable_path(req.uri().path()));
-    let mut response = next.run(req).instrument(span).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", v);
-    }
+    let span = tracing::info_span!("request", request_id = %shown(), method = %req.method(), path = %loggable_path(req.uri().path()));
+    let mut response = serve(req).instrument(span).await;
+    response.headers_mut().insert("x-request-id", id);
     response
+}
+
+/// The service every connection is served by: a request on the proxy's
+/// paths goes straight to the proxy, anything else through the router.
+/// The router would reach the same handler, after matching every route
+/// and a middleware layer (about a tenth of a proxied call's CPU time,
+/// BENCHMARKS.md); requests the router would treat differently from the
+/// plain `/<prefix>/<route>[/<path>]` shape (an empty or percent-encoded
+/// route segment, a bare trailing slash) are left to the router.
+#[derive(Clone)]
+pub struct Front {
+    router: Router,
+    app: Arc<AppState>,
+    /// `/<prefix>/`.
+    prefix: Arc<str>,
+    tls: bool,
+}
+
+impl Front {
+    /// The front of `router` (built by [`router`] for `app`); `tls` marks
+    /// requests [`auth::ArrivedOverTls`].
+    pub fn new(app: Arc<AppState>, tls: bool) -> Front {
+        let router = router(app.clone());
+        let router = if tls { router.layer(axum::Extension(auth::ArrivedOverTls)) } else { router };
+        let prefix = format!("/{}/", app.config.proxy_prefix.trim_matches('/')).into();
+        Front { router, app, prefix, tls }
+    }
+}
+
+/// The route's name when `path` is a plain proxy path under `prefix`
+/// (`/<prefix>/`): `/<prefix>/<route>` or `/<prefix>/<route>/<path>`, the
+/// route neither empty nor percent-encoded and the path not a bare `/`.
+fn proxy_route<'p>(prefix: &str, path: &'p str) -> Option<&'p str> {
+    let after = path.strip_prefix(prefix)?;
+    let (route, rest) = after.split_once('/').map_or((after, ""), |(r, _)| (r, &after[r.len()..]));
+    let plain = !route.is_empty() && !route.contains('%') && rest != "/";
+    plain.then_some(route)
+}
+
+impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Front {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, std::convert::Infallible>> + Send>>;
+
+    fn call(&self, req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        let mut req = req.map(axum::body::Body::new);
+        let Some(route) = proxy_route(&self.prefix, req.uri().path()).map(str::to_string) else {
+            let router = self.router.clone();
+            return Box::pin(async move {
+                Ok(tower_service::Service::call(&mut router.clone(), req).await.unwrap_or_else(|e| match e {}))
+            });
+        };
+        if self.tls {
+            req.extensions_mut().insert(auth::ArrivedOverTls);
+        }
+        let app = self.app.clone();
+        Box::pin(async move { Ok(with_request_id(req, |req| proxy::handle(app, route, req)).await) })
+    }
 }
 
 /// A new request id: 16 hex digits, unique within the process. An id
@@ -676,8 +740,7 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let workers = state.config.workers;
-    let app = router(state).layer(axum::Extension(auth::ArrivedOverTls));
-    workers::serve(listener, app, Some(acceptor), workers, shutdown).await
+    workers::serve(listener, Front::new(state, true), Some(acceptor), workers, shutdown).await
 }
 
 /// Serve on `listener` until `shutdown` resolves, finishing in-flight
@@ -688,5 +751,25 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let workers = state.config.workers;
-    workers::serve(listener, router(state), None, workers, shutdown).await
+    workers::serve(listener, Front::new(state, false), None, workers, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proxy_route;
+
+    #[test]
+    fn only_plain_proxy_paths_take_the_fast_path() {
+        let p = "/proxy/";
+        assert_eq!(proxy_route(p, "/proxy/bench/anything"), Some("bench"));
+        assert_eq!(proxy_route(p, "/proxy/bench/a/b?c"), Some("bench"));
+        assert_eq!(proxy_route(p, "/proxy/bench"), Some("bench"));
+        assert_eq!(proxy_route(p, "/proxy/bench//x"), Some("bench"));
+        // Left to the router, which decodes, matches or refuses them itself.
+        for path in
+            ["/proxy/bench/", "/proxy//x", "/proxy/", "/proxy", "/proxy/%62ench/x", "/proxyx/bench", "/v1/sign", "/"]
+        {
+            assert_eq!(proxy_route(p, path), None, "{path}");
+        }
+    }
 }

@@ -125,7 +125,7 @@ pub(super) async fn proxy(
     handle(app, route, req).await
 }
 
-async fn handle(app: Arc<AppState>, route_name: String, req: Request) -> Response {
+pub(super) async fn handle(app: Arc<AppState>, route_name: String, req: Request) -> Response {
     let started = Instant::now();
     let mut scheme = String::from("-");
     let result = forward(&app, &route_name, req, &mut scheme).await;

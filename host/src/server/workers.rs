@@ -23,12 +23,37 @@ use std::cell::Cell;
 use std::future::Future;
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::sync::{mpsc, oneshot};
+
+/// What a worker serves each connection with ([`super::Front`] in the broker).
+pub(super) trait Service:
+    hyper::service::Service<
+        axum::http::Request<hyper::body::Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Service for S where
+    S: hyper::service::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
 
 thread_local! {
     /// The index of the worker this thread is, if it is one.
@@ -50,9 +75,9 @@ pub fn default_count() -> usize {
 /// resolves; then stop accepting, let every worker finish its in-flight
 /// calls (idle keep-alive connections are closed), and return. With `tls`,
 /// each connection's handshake runs on its worker before HTTP.
-pub(super) async fn serve(
+pub(super) async fn serve<S: Service>(
     listener: tokio::net::TcpListener,
-    app: Router,
+    app: S,
     tls: Option<tokio_rustls::TlsAcceptor>,
     workers: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -124,9 +149,9 @@ pub(super) async fn serve(
 
 /// One worker: serve each connection handed to it, until its queue closes;
 /// then finish the in-flight calls.
-async fn worker(
+async fn worker<S: Service>(
     mut incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
-    app: Router,
+    app: S,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -143,8 +168,7 @@ async fn worker(
         tokio::spawn(async move {
             match tls {
                 None => {
-                    let service = TowerToHyperService::new(app);
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), app);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
                 Some(acceptor) => {
@@ -157,8 +181,7 @@ async fn worker(
                         }
                         Err(_) => return,
                     };
-                    let service = TowerToHyperService::new(app);
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), app);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
             }
@@ -170,6 +193,7 @@ async fn worker(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::Router;
     use std::io::{Read as _, Write as _};
 
     /// Send two requests on one connection; the worker index each was answered on.
@@ -200,6 +224,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
+        let app = hyper_util::service::TowerToHyperService::new(app);
         let served = tokio::spawn(serve(listener, app, None, 3, async move {
             let _ = stopped.await;
         }));
