@@ -20,7 +20,10 @@
 //!   request amplifier against the identity provider;
 //! - if refreshing keeps failing, cached keys are used until they are 12
 //!   refresh intervals old (at least an hour), then calls fail with
-//!   `jwks_unavailable` rather than trust keys the issuer may have revoked.
+//!   `jwks_unavailable` rather than trust keys the issuer may have revoked;
+//!   through an outage a background refresh, an unknown `kid` and a call
+//!   past that grace each try the issuer at most once per [`MIN_REFETCH`],
+//!   so a down issuer is not met with a fetch per call.
 
 use crate::error::ErrorCode;
 use std::collections::{HashMap, HashSet};
@@ -57,6 +60,11 @@ struct Entry {
     keys: Mutex<Option<Keys>>,
     /// When a token's unknown `kid` last caused a fetch.
     last_kid_refetch: Mutex<Option<Instant>>,
+    /// When a background refresh was last started.
+    last_refresh: Mutex<Option<Instant>>,
+    /// When a fetch last failed: past the grace period, calls fail at once
+    /// until [`MIN_REFETCH`] after it instead of each fetching again.
+    last_failure: Mutex<Option<Instant>>,
     refreshing: std::sync::atomic::AtomicBool,
     fetch: tokio::sync::Mutex<()>,
 }
@@ -67,6 +75,10 @@ struct Entry {
 pub struct JwksStore {
     entries: Mutex<HashMap<(String, String), Arc<Entry>>>,
     verified: Mutex<HashMap<[u8; 32], Verified>>,
+    /// How far the store's clock runs ahead of the system's, in
+    /// milliseconds: 0 but in tests of refresh, grace and expiry
+    /// ([`JwksStore::advance`]).
+    ahead_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A token that verified: who it names, and until when that holds without
@@ -92,6 +104,22 @@ const VERIFIED_FOR: i64 = 60;
 const MAX_VERIFIED: usize = 10_000;
 
 impl JwksStore {
+    /// The store's clock: key-set ages, refresh intervals, the grace period
+    /// and the unknown-`kid` rate limit are all read from it.
+    fn now(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.ahead_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Move the store's clock `by` ahead, as if that much time had passed
+    /// (for tests of the refresh interval, the grace period and the
+    /// unknown-`kid` rate limit; a verified token's trust is bounded by its
+    /// `exp` and the wall clock, not by this).
+    #[doc(hidden)]
+    pub fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.ahead_ms.fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn verified(&self, hash: &[u8; 32], now: i64, generation: u64) -> Option<Verified> {
         let map = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         map.get(hash).filter(|v| v.until > now && v.generation == generation).cloned()
@@ -152,7 +180,7 @@ impl JwksStore {
                 let keys = Keys {
                     json: Arc::from(doc.as_str()),
                     kids: kids_of(doc),
-                    fetched: Instant::now(),
+                    fetched: self.now(),
                     source: p.jwks.clone(),
                 };
                 *entry.keys.lock().unwrap_or_else(|e| e.into_inner()) = Some(keys.clone());
@@ -165,9 +193,10 @@ impl JwksStore {
         match current {
             None => self.fetch_now(app, p, &entry, &url, None).await,
             Some(k) => {
-                let age = k.fetched.elapsed();
+                let now = self.now();
+                let age = now.saturating_duration_since(k.fetched);
                 let unknown_kid = kid.is_some_and(|kid| !k.kids.contains(kid));
-                if unknown_kid && claim_kid_refetch(&entry) {
+                if unknown_kid && claim_kid_refetch(&entry, now) {
                     // The issuer may have rotated: fetch now, once per MIN_REFETCH.
                     return match self.fetch_now(app, p, &entry, &url, Some(k.fetched)).await {
                         Ok(json) => Ok(json),
@@ -179,9 +208,23 @@ impl JwksStore {
                     };
                 }
                 if age >= max_stale {
+                    // Failing closed; one fetch per MIN_REFETCH tries again,
+                    // so an outage is not met with a fetch per call.
+                    let failed = *entry.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+                    if failed.is_some_and(|t| now.saturating_duration_since(t) < MIN_REFETCH) {
+                        return Err(unavailable(
+                            p,
+                            "the last fetch failed and the cached keys are past their grace period",
+                        ));
+                    }
                     return self.fetch_now(app, p, &entry, &url, Some(k.fetched)).await;
                 }
-                if age >= refresh && !entry.refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                // One background refresh at a time, and after one is started
+                // (it may fail: an outage) none again for MIN_REFETCH.
+                if age >= refresh
+                    && claim_slot(&entry.last_refresh, now)
+                    && !entry.refreshing.swap(true, std::sync::atomic::Ordering::AcqRel)
+                {
                     let (app2, p2, entry2, url2) = (app.clone(), p.clone(), entry.clone(), url.clone());
                     tokio::spawn(async move {
                         let store = &app2.jwks;
@@ -214,13 +257,15 @@ impl JwksStore {
         {
             return Ok(k.json);
         }
-        let doc = fetch(app, url).await.map_err(|why| unavailable(p, why))?;
-        let keys = Keys {
-            json: Arc::from(doc.as_str()),
-            kids: kids_of(&doc),
-            fetched: Instant::now(),
-            source: p.jwks.clone(),
+        let doc = match fetch(app, url).await {
+            Ok(doc) => doc,
+            Err(why) => {
+                *entry.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.now());
+                return Err(unavailable(p, why));
+            }
         };
+        let keys =
+            Keys { json: Arc::from(doc.as_str()), kids: kids_of(&doc), fetched: self.now(), source: p.jwks.clone() };
         tracing::info!(idp = %p.name, keys = keys.kids.len(), "fetched the JWKS");
         app.metrics.jwks_fetches.inc();
         *entry.keys.lock().unwrap_or_else(|e| e.into_inner()) = Some(keys.clone());
@@ -230,12 +275,18 @@ impl JwksStore {
 
 /// Whether an unknown `kid` may cause a fetch now (at most one per
 /// [`MIN_REFETCH`] per provider); claims the slot if so.
-fn claim_kid_refetch(entry: &Entry) -> bool {
-    let mut last = entry.last_kid_refetch.lock().unwrap_or_else(|e| e.into_inner());
-    if last.is_some_and(|t| t.elapsed() < MIN_REFETCH) {
+fn claim_kid_refetch(entry: &Entry, now: Instant) -> bool {
+    claim_slot(&entry.last_kid_refetch, now)
+}
+
+/// Whether what `slot` times may happen now (at most once per
+/// [`MIN_REFETCH`]); claims it if so.
+fn claim_slot(slot: &Mutex<Option<Instant>>, now: Instant) -> bool {
+    let mut last = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_some_and(|t| now.saturating_duration_since(t) < MIN_REFETCH) {
         return false;
     }
-    *last = Some(Instant::now());
+    *last = Some(now);
     true
 }
 

@@ -80,29 +80,34 @@ pub(crate) fn ed_jwk(k: &Ed25519KeyPair, kid: &str) -> serde_json::Value {
     serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(k.public_key().as_ref())})
 }
 
-/// A JWKS server: the document can be swapped; fetches are counted.
+/// A JWKS server: the document can be swapped, the server taken down
+/// (every fetch answered 503); fetches are counted.
 struct JwksServer {
     doc: Arc<Mutex<String>>,
     fetches: Arc<AtomicUsize>,
+    down: Arc<std::sync::atomic::AtomicBool>,
     url: String,
 }
 
 async fn jwks_server(pki: &crate::server::Pki, keys: Vec<serde_json::Value>) -> JwksServer {
     let doc = Arc::new(Mutex::new(serde_json::json!({ "keys": keys }).to_string()));
     let fetches = Arc::new(AtomicUsize::new(0));
-    let (d, f) = (doc.clone(), fetches.clone());
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (d, f, o) = (doc.clone(), fetches.clone(), down.clone());
     let router = Router::new().route(
         "/.well-known/jwks.json",
         get(move || {
-            let (d, f) = (d.clone(), f.clone());
+            let (d, f, o) = (d.clone(), f.clone(), o.clone());
             async move {
                 f.fetch_add(1, Ordering::SeqCst);
-                ([("content-type", "application/json")], d.lock().unwrap().clone())
+                let status = if o.load(Ordering::SeqCst) { 503 } else { 200 };
+                let status = axum::http::StatusCode::from_u16(status).unwrap();
+                (status, [("content-type", "application/json")], d.lock().unwrap().clone())
             }
         }),
     );
     let port = serve_tls(router, pki).await;
-    JwksServer { doc, fetches, url: format!("https://localhost:{port}/.well-known/jwks.json") }
+    JwksServer { doc, fetches, down, url: format!("https://localhost:{port}/.well-known/jwks.json") }
 }
 
 fn provider(name: &str, alg: &str, jwks: JwksSource) -> IdentityProvider {
@@ -302,6 +307,86 @@ async fn jwt_identity(backend: Backend) {
     let metrics = w.state.metrics.text();
     assert!(metrics.contains("latchkey_agent_auth_refusals_total{kind=\"jwt\",code=\"token_rejected\"}"), "{metrics}");
     assert!(!metrics.contains(&good[..30]));
+    w.close().await;
+}
+
+/// THREATS.md case 41: through a JWKS outage the last good keys serve for
+/// a bounded grace period (12 refresh intervals, at least an hour), never
+/// longer; a flood of unknown `kid`s meanwhile fetches at most once per
+/// cooldown; many failing tokens at once crash nothing. Time is moved with
+/// the key store's clock ([`latchkey::server::identity::JwksStore::advance`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jwks_outage_serves_last_good_keys_for_a_bounded_grace() {
+    let Some((w, _token)) = world(Backend::Sqlite).await else { return };
+    let rsa = rsa_key();
+    let jwks = jwks_server(&w.pki, vec![rsa_jwk(&rsa, "r1")]).await;
+    // Refresh every 300 s: the grace period is max(12 × 300 s, 1 h) = 1 h.
+    w.vault.put_identity_provider(&provider("corp", "RS256", JwksSource::Url(jwks.url.clone())), "t").await.unwrap();
+    w.vault.bind_agent_jwt("default", "ci-bot", "corp", "svc-ci", "t").await.unwrap();
+    w.vault.set_attachment("default", "openai-key", AttachmentKind::Agent, "ci-bot", true, "t").await.unwrap();
+    let echo = format!("{}/proxy/openai/echo", w.base);
+    // Each call's token is new (its own lifetime), so none is answered
+    // from the verified-token cache: every call needs the keys.
+    let next = AtomicUsize::new(0);
+    let token = |kid: &str| {
+        let lifetime = 300 + next.fetch_add(1, Ordering::SeqCst) as i64;
+        jwt(serde_json::json!({"alg": "RS256", "kid": kid}), claims("svc-ci", lifetime), Signer::Rsa(&rsa))
+    };
+    let call = |t: String| {
+        let echo = echo.clone();
+        async move {
+            let (s, v, _) = http("GET", &echo, &[("authorization", &format!("Bearer {t}"))], None).await;
+            (s, v["error"]["code"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    let fetches = || jwks.fetches.load(Ordering::SeqCst);
+    assert_eq!(call(token("r1")).await.0, 200);
+    assert_eq!(fetches(), 1);
+
+    // The issuer goes down; the keys age past their refresh interval. The
+    // call is served from the last good keys while a background refresh
+    // tries and fails.
+    jwks.down.store(true, Ordering::SeqCst);
+    w.state.jwks.advance(Duration::from_secs(301));
+    assert_eq!(call(token("r1")).await.0, 200, "the last good keys were not used through the outage");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fetches() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no background refresh was tried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Many tokens at once, half naming made-up kids: the good ones pass, the
+    // others are refused, and the made-up kids cause one fetch at most.
+    let before = fetches();
+    let mut calls = Vec::new();
+    for i in 0..24 {
+        let kid = if i % 2 == 0 { "r1".to_string() } else { format!("made-up-{i}") };
+        calls.push(tokio::spawn(call(token(&kid))));
+    }
+    for (i, c) in calls.into_iter().enumerate() {
+        let (status, code) = c.await.unwrap();
+        if i % 2 == 0 {
+            assert_eq!(status, 200, "call {i}: {code}");
+        } else {
+            assert_eq!((status, code.as_str()), (401, "token_rejected"), "call {i}");
+        }
+    }
+    assert!(fetches() <= before + 1, "the outage was met with {} fetches", fetches() - before);
+
+    // Past the grace period the old keys are not trusted: calls fail
+    // closed, and only the first of them tries a fetch.
+    w.state.jwks.advance(Duration::from_secs(3_600));
+    let before = fetches();
+    for _ in 0..5 {
+        assert_eq!(call(token("r1")).await, (503, "jwks_unavailable".to_string()), "stale keys were trusted");
+    }
+    assert_eq!(fetches(), before + 1, "calls past the grace period each fetched");
+    // The issuer is back: once the cooldown has passed, the next call
+    // fetches and passes.
+    jwks.down.store(false, Ordering::SeqCst);
+    assert_eq!(call(token("r1")).await.0, 503, "a fetch was tried again within the cooldown");
+    w.state.jwks.advance(latchkey::server::identity::MIN_REFETCH);
+    assert_eq!(call(token("r1")).await.0, 200);
     w.close().await;
 }
 
