@@ -44,6 +44,29 @@ pub struct Outcome {
     pub p99: f64,
 }
 
+/// `xtask fixed-rate PORT PATH RATE SECONDS [NAME:VALUE…]`: one run, its figures printed.
+pub fn main(args: &[String]) -> Result<()> {
+    let [port, path, rate, seconds, headers @ ..] = args else {
+        bail!("usage: xtask fixed-rate PORT PATH RATE SECONDS [NAME:VALUE…]");
+    };
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|h| h.split_once(':').map(|(n, v)| (n.trim(), v.trim())).context("NAME:VALUE"))
+        .collect::<Result<_>>()?;
+    let load = Load {
+        port: port.parse().context("PORT")?,
+        path,
+        headers: &headers,
+        rate: rate.parse().context("RATE")?,
+        connections: 16,
+        warm_up: Duration::from_secs(1),
+        measure: Duration::from_secs(seconds.parse().context("SECONDS")?),
+    };
+    let o = run(&load)?;
+    println!("achieved {:.0}/s p50 {:.0} µs p99 {:.0} µs", o.achieved, o.p50, o.p99);
+    Ok(())
+}
+
 /// Run `load` against 127.0.0.1. Fails on a connection error, a non-2xx or
 /// chunked answer, or an achieved rate under 90 % of `load.rate` (the
 /// generator or the server could not keep up).

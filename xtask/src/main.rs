@@ -53,6 +53,8 @@ fn main() -> Result<()> {
         "bench-isolation" => bench_http::bench_isolation(&root),
         // Started by `bench-http` as its native-Rust reference, not a task of its own.
         "reference-proxy" => reference_proxy::main(&std::env::args().skip(2).collect::<Vec<_>>()),
+        // A diagnostic: `xtask fixed-rate PORT PATH RATE SECONDS [NAME:VALUE…]`, the generator bench-http uses.
+        "fixed-rate" => fixed_rate::main(&std::env::args().skip(2).collect::<Vec<_>>()),
         "fuzz" => fuzz(&root, std::env::args().nth(2).as_deref(), std::env::args().nth(3).as_deref()),
         _ => {
             eprint!("{USAGE}");

@@ -350,7 +350,8 @@ pub struct Runtime {
 /// Plugins granted raw secrets are never cached (their text could hold one).
 struct Templates {
     salt: ring::hmac::Key,
-    map: std::sync::Mutex<HashMap<[u8; 32], Arc<Template>>>,
+    /// Read on every call of a request-independent scheme, written once per credential state.
+    map: std::sync::RwLock<HashMap<[u8; 32], Arc<Template>>>,
 }
 
 struct Template {
@@ -695,7 +696,7 @@ impl Runtime {
     ) -> Result<Applied, PluginError> {
         let edits = answer.map_err(|e| PluginError::Scheme { plugin: plugin.info.name.clone(), error: e.into() })?;
         if let Some(key) = self.template_key(plugin, cred) {
-            let mut map = self.templates.map.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = self.templates.map.write().unwrap_or_else(|e| e.into_inner());
             if map.len() >= MAX_TEMPLATES {
                 map.clear();
             }
@@ -709,7 +710,7 @@ impl Runtime {
     /// instance. `None`: call the plugin ([`Runtime::apply_call`]).
     pub fn apply_template(&self, plugin: &Plugin, cred: &Arc<CallCredential>) -> Option<Result<Applied, PluginError>> {
         let key = self.template_key(plugin, cred)?;
-        let template = self.templates.map.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned()?;
+        let template = self.templates.map.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned()?;
         Some(finish_apply(plugin, cred, template.edits.clone(), &template.touched))
     }
 

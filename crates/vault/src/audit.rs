@@ -1092,6 +1092,10 @@ impl Writer {
         let mut next_prune = Instant::now();
         let mut next_tick = Instant::now() + TICK;
         let mut closing = None;
+        // What the call path's sink events are swapped with: emptied after
+        // each round, its capacity kept, so the call path's pushes do not
+        // grow (and copy) the vector while holding the queue's lock.
+        let mut spare_events: Vec<Stamped> = Vec::new();
         loop {
             let mut releases = Releases::default();
             let mut flushes = Vec::new();
@@ -1132,14 +1136,14 @@ impl Writer {
             // What the call path left: refusals, sink events, leases' last
             // uses; and the leases to give back (expired, or all of them
             // when flushing, so the counts a query reads are exact).
-            let refusal_events;
+            let mut refusal_events = std::mem::take(&mut spare_events);
             let mut grants: BTreeMap<CountKey, u64> = BTreeMap::new();
             {
                 let mut q = self.shared.queue();
                 for (key, n) in std::mem::take(&mut q.refusals) {
                     add_bounded(&mut pending, key, n);
                 }
-                refusal_events = std::mem::take(&mut q.events);
+                std::mem::swap(&mut q.events, &mut refusal_events);
                 q.leases.retain(|key, lease| {
                     if let Some(at) = lease.last_used.take() {
                         let t = last_used.entry((key.org.clone(), key.credential.clone())).or_insert(at);
@@ -1274,7 +1278,7 @@ impl Writer {
                 let _ = ack.send(result);
             }
             if self.shared.sink_on {
-                sink_events.extend(refusal_events);
+                sink_events.append(&mut refusal_events);
                 // In the order the uses happened, whichever path they took.
                 sink_events.sort_by_key(|(_, at)| *at);
                 if !sink_events.is_empty() {
@@ -1282,6 +1286,8 @@ impl Writer {
                     self.shared.sink_dropped(lost);
                 }
             }
+            refusal_events.clear();
+            spare_events = refusal_events;
 
             let prune_due = self.retention.is_some() && now >= next_prune;
             if prune_due || !prunes.is_empty() {
