@@ -485,10 +485,9 @@ impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Fro
     fn call(&self, req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
         let mut req = req.map(axum::body::Body::new);
         let Some(route) = proxy_route(&self.prefix, req.uri().path()).map(str::to_string) else {
-            let router = self.router.clone();
-            return Box::pin(async move {
-                Ok(tower_service::Service::call(&mut router.clone(), req).await.unwrap_or_else(|e| match e {}))
-            });
+            // axum's router is always ready: it may be called without `poll_ready`.
+            let mut router = self.router.clone();
+            return Box::pin(async move { tower_service::Service::call(&mut router, req).await });
         };
         if self.tls {
             req.extensions_mut().insert(auth::ArrivedOverTls);
