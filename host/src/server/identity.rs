@@ -196,7 +196,7 @@ impl JwksStore {
                 let now = self.now();
                 let age = now.saturating_duration_since(k.fetched);
                 let unknown_kid = kid.is_some_and(|kid| !k.kids.contains(kid));
-                if unknown_kid && claim_kid_refetch(&entry, now) {
+                if unknown_kid && claim_slot(&entry.last_kid_refetch, now) {
                     // The issuer may have rotated: fetch now, once per MIN_REFETCH.
                     return match self.fetch_now(app, p, &entry, &url, Some(k.fetched)).await {
                         Ok(json) => Ok(json),
@@ -273,14 +273,9 @@ impl JwksStore {
     }
 }
 
-/// Whether an unknown `kid` may cause a fetch now (at most one per
-/// [`MIN_REFETCH`] per provider); claims the slot if so.
-fn claim_kid_refetch(entry: &Entry, now: Instant) -> bool {
-    claim_slot(&entry.last_kid_refetch, now)
-}
-
-/// Whether what `slot` times may happen now (at most once per
-/// [`MIN_REFETCH`]); claims it if so.
+/// Whether what `slot` times (an unknown-`kid` fetch, a background
+/// refresh) may happen now, at most once per [`MIN_REFETCH`] per
+/// provider; claims it if so.
 fn claim_slot(slot: &Mutex<Option<Instant>>, now: Instant) -> bool {
     let mut last = slot.lock().unwrap_or_else(|e| e.into_inner());
     if last.is_some_and(|t| now.saturating_duration_since(t) < MIN_REFETCH) {

@@ -457,11 +457,10 @@ pub struct Front {
 }
 
 impl Front {
-    /// The front of `router` (built by [`router`] for `app`); `tls` marks
-    /// requests [`auth::ArrivedOverTls`].
+    /// The front of [`router`] for `app`; `tls` marks every request
+    /// [`auth::ArrivedOverTls`], on either path.
     pub fn new(app: Arc<AppState>, tls: bool) -> Front {
         let router = router(app.clone());
-        let router = if tls { router.layer(axum::Extension(auth::ArrivedOverTls)) } else { router };
         let prefix = format!("/{}/", app.config.proxy_prefix.trim_matches('/')).into();
         Front { router, app, prefix, tls }
     }
@@ -484,14 +483,14 @@ impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Fro
 
     fn call(&self, req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
         let mut req = req.map(axum::body::Body::new);
+        if self.tls {
+            req.extensions_mut().insert(auth::ArrivedOverTls);
+        }
         let Some(route) = proxy_route(&self.prefix, req.uri().path()).map(str::to_string) else {
             // axum's router is always ready: it may be called without `poll_ready`.
             let mut router = self.router.clone();
             return Box::pin(async move { tower_service::Service::call(&mut router, req).await });
         };
-        if self.tls {
-            req.extensions_mut().insert(auth::ArrivedOverTls);
-        }
         let app = self.app.clone();
         Box::pin(async move { Ok(with_request_id(req, |req| proxy::handle(app, route, req)).await) })
     }
